@@ -1,0 +1,271 @@
+//! RoBERTa's byte-level BPE through the HF `tokenizers` crate, from `tokenizer.json` or
+//! from GPT-2-style `vocab.json` + `merges.txt`, with RoBERTa's special tokens checked.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::error::{DataError, Result};
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const VOCAB_FILE: &str = "vocab.json";
+pub const MERGES_FILE: &str = "merges.txt";
+
+/// Ids of the tokens RoBERTa gives a meaning to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialTokens {
+    pub bos: u32,
+    pub pad: u32,
+    pub eos: u32,
+    pub unk: u32,
+    pub mask: u32,
+}
+
+impl SpecialTokens {
+    pub fn contains(&self, id: u32) -> bool {
+        [self.bos, self.pad, self.eos, self.unk, self.mask].contains(&id)
+    }
+}
+
+/// One encoded text: ids with the character (not byte) span of each token in the input;
+/// special tokens span `(0, 0)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub offsets: Vec<(usize, usize)>,
+}
+
+#[derive(Clone)]
+pub struct RobertaTokenizer {
+    inner: Tokenizer,
+    specials: SpecialTokens,
+    source: PathBuf,
+}
+
+impl std::fmt::Debug for RobertaTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RobertaTokenizer")
+            .field("source", &self.source)
+            .field("vocab_size", &self.vocab_size())
+            .field("specials", &self.specials)
+            .finish()
+    }
+}
+
+impl RobertaTokenizer {
+    /// Loads `tokenizer.json`, or a directory holding it or `vocab.json` + `merges.txt`.
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            let json = path.join(TOKENIZER_FILE);
+            if json.exists() {
+                return Self::from_file(&json);
+            }
+            let (vocab, merges) = (path.join(VOCAB_FILE), path.join(MERGES_FILE));
+            if vocab.exists() && merges.exists() {
+                return Self::from_vocab_merges(&vocab, &merges);
+            }
+            return Err(DataError::NoTokenizer {
+                path: path.to_path_buf(),
+            });
+        }
+        Self::from_file(path)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = Tokenizer::from_file(path).map_err(|e| DataError::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::new(inner, path)
+    }
+
+    /// Builds what HF's `RobertaTokenizerFast` builds from the two GPT-2 files.
+    pub fn from_vocab_merges(vocab: &Path, merges: &Path) -> Result<Self> {
+        let err = |e: tokenizers::Error| DataError::Tokenizer {
+            path: vocab.to_path_buf(),
+            message: e.to_string(),
+        };
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(err)?;
+        let mut inner = Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevel::new(true, true, true)));
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| DataError::MissingSpecialToken {
+                    path: vocab.to_path_buf(),
+                    token: t.to_string(),
+                })
+        };
+        let (bos, eos) = (id("<s>")?, id("</s>")?);
+        inner.with_post_processor(Some(
+            RobertaProcessing::new(("</s>".into(), eos), ("<s>".into(), bos))
+                .trim_offsets(true)
+                .add_prefix_space(false),
+        ));
+        let specials: Vec<AddedToken> = ["<s>", "<pad>", "</s>", "<unk>"]
+            .into_iter()
+            .map(|t| AddedToken::from(t, true))
+            .chain([AddedToken::from("<mask>", true).lstrip(true)])
+            .collect();
+        inner.add_special_tokens(specials).map_err(err)?;
+        Self::new(inner, vocab)
+    }
+
+    fn new(inner: Tokenizer, source: &Path) -> Result<Self> {
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| DataError::MissingSpecialToken {
+                    path: source.to_path_buf(),
+                    token: t.to_string(),
+                })
+        };
+        let specials = SpecialTokens {
+            bos: id("<s>")?,
+            pad: id("<pad>")?,
+            eos: id("</s>")?,
+            unk: id("<unk>")?,
+            mask: id("<mask>")?,
+        };
+        Ok(Self {
+            inner,
+            specials,
+            source: source.to_path_buf(),
+        })
+    }
+
+    pub fn specials(&self) -> SpecialTokens {
+        self.specials
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// `<s> text </s>` with special tokens, or the bare tokens without.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Encoded> {
+        let encoding = self
+            .inner
+            .encode_char_offsets(text, add_special_tokens)
+            .map_err(|e| self.encode_error(e))?;
+        Ok(Self::encoded(&encoding))
+    }
+
+    /// `<s> a </s></s> b </s>`.
+    pub fn encode_pair(&self, a: &str, b: &str) -> Result<Encoded> {
+        let encoding = self
+            .inner
+            .encode_char_offsets((a, b), true)
+            .map_err(|e| self.encode_error(e))?;
+        Ok(Self::encoded(&encoding))
+    }
+
+    fn encoded(encoding: &tokenizers::Encoding) -> Encoded {
+        Encoded {
+            ids: encoding.get_ids().to_vec(),
+            offsets: encoding.get_offsets().to_vec(),
+        }
+    }
+
+    fn encode_error(&self, e: tokenizers::Error) -> DataError {
+        DataError::Tokenizer {
+            path: self.source.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| self.encode_error(e))
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(path: &str) -> Option<PathBuf> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data")
+            .join(path);
+        if p.exists() {
+            Some(p)
+        } else {
+            eprintln!("skipped: {} is absent", p.display());
+            None
+        }
+    }
+
+    #[test]
+    fn roberta_base_specials_and_pairs() {
+        let Some(dir) = shared("roberta_base_tokenizer") else {
+            return;
+        };
+        let tok = RobertaTokenizer::load(&dir).unwrap();
+        assert_eq!(
+            tok.specials(),
+            SpecialTokens {
+                bos: 0,
+                pad: 1,
+                eos: 2,
+                unk: 3,
+                mask: 50264
+            }
+        );
+        let e = tok.encode("Hello world", true).unwrap();
+        assert_eq!(e.ids, vec![0, 31414, 232, 2]);
+        assert_eq!(e.offsets, vec![(0, 0), (0, 5), (6, 11), (0, 0)]);
+        let p = tok.encode_pair("Hello", "world").unwrap();
+        assert_eq!(p.ids, vec![0, 31414, 2, 2, 8331, 2]);
+    }
+
+    #[test]
+    fn vocab_merges_equal_tokenizer_json() {
+        let Some(dir) = shared("roberta_base_tokenizer") else {
+            return;
+        };
+        let json = RobertaTokenizer::from_file(&dir.join(TOKENIZER_FILE)).unwrap();
+        let files =
+            RobertaTokenizer::from_vocab_merges(&dir.join(VOCAB_FILE), &dir.join(MERGES_FILE))
+                .unwrap();
+        for text in [
+            "The quick brown fox <mask> over   the lazy dog.",
+            "Café naïve — 東京 🙂  spaces\tand\nnewlines",
+            "<mask>",
+        ] {
+            assert_eq!(
+                json.encode(text, true).unwrap(),
+                files.encode(text, true).unwrap(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_tokenizer_without_roberta_specials() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(VOCAB_FILE), r#"{"a": 0, "b": 1, "ab": 2}"#).unwrap();
+        std::fs::write(dir.path().join(MERGES_FILE), "#version: 0.2\na b\n").unwrap();
+        let err = RobertaTokenizer::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("<s>"), "{err}");
+    }
+}

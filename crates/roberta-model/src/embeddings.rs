@@ -1,0 +1,98 @@
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
+use burn::prelude::*;
+
+use crate::config::RobertaConfig;
+use crate::init;
+
+/// `RobertaEmbeddings`: word + position + token type, then LayerNorm and dropout.
+#[derive(Module, Debug)]
+pub struct RobertaEmbeddings<B: Backend> {
+    pub word_embeddings: Embedding<B>,
+    pub position_embeddings: Embedding<B>,
+    pub token_type_embeddings: Embedding<B>,
+    /// HF key `embeddings.LayerNorm`.
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: Dropout,
+    pub padding_idx: usize,
+}
+
+impl<B: Backend> RobertaEmbeddings<B> {
+    pub fn new(config: &RobertaConfig, device: &B::Device) -> Self {
+        Self {
+            word_embeddings: init::embedding(
+                config,
+                config.vocab_size,
+                Some(config.pad_token_id),
+                device,
+            ),
+            position_embeddings: init::embedding(
+                config,
+                config.max_position_embeddings,
+                Some(config.pad_token_id),
+                device,
+            ),
+            token_type_embeddings: init::embedding(config, config.type_vocab_size, None, device),
+            layer_norm: init::layer_norm(config, device),
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            padding_idx: config.pad_token_id,
+        }
+    }
+
+    /// `input_ids`, `token_type_ids`: `[batch, seq]` → `[batch, seq, hidden]`.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let position_ids = position_ids(input_ids.clone(), self.padding_idx);
+        let token_type_ids =
+            token_type_ids.unwrap_or_else(|| Tensor::zeros(input_ids.dims(), &input_ids.device()));
+        let embeddings = self.word_embeddings.forward(input_ids)
+            + self.position_embeddings.forward(position_ids)
+            + self.token_type_embeddings.forward(token_type_ids);
+        self.dropout.forward(self.layer_norm.forward(embeddings))
+    }
+}
+
+/// HF's `create_position_ids_from_input_ids`: real tokens count from `padding_idx + 1`,
+/// padding keeps `padding_idx`, so left- and right-padded inputs embed alike.
+pub fn position_ids<B: Backend>(
+    input_ids: Tensor<B, 2, Int>,
+    padding_idx: usize,
+) -> Tensor<B, 2, Int> {
+    let not_pad = input_ids.not_equal_elem(padding_idx as i64).int();
+    not_pad.clone().cumsum(1) * not_pad + padding_idx as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn positions_start_after_padding_idx_and_skip_pads() {
+        let device = Default::default();
+        let ids =
+            Tensor::<Flex, 2, Int>::from_data([[0, 5, 6, 2, 1, 1], [1, 1, 0, 7, 2, 1]], &device);
+        let pos = position_ids(ids, 1).into_data().to_vec::<i32>().unwrap();
+        assert_eq!(pos, vec![2, 3, 4, 5, 1, 1, 1, 1, 2, 3, 4, 1]);
+    }
+
+    #[test]
+    fn padding_rows_start_at_zero() {
+        let device = Default::default();
+        let config = RobertaConfig::tiny(50);
+        let e = RobertaEmbeddings::<Flex>::new(&config, &device);
+        let row = e.word_embeddings.weight.val().slice([1..2]);
+        assert_eq!(row.abs().sum().into_scalar(), 0.0);
+        let std = e
+            .word_embeddings
+            .weight
+            .val()
+            .var(0)
+            .mean()
+            .sqrt()
+            .into_scalar();
+        assert!((std - 0.02).abs() < 0.005, "init std {std}");
+    }
+}

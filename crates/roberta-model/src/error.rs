@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading or writing a model directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: invalid RoBERTa config: {message}")]
+    InvalidConfig { path: PathBuf, message: String },
+    #[error("{path}: not a readable safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error(
+        "{path}: tensor `{key}` has dtype {dtype}; expected a float type (or I64/I32 for buffers)"
+    )]
+    UnsupportedDtype {
+        path: PathBuf,
+        key: String,
+        dtype: String,
+    },
+    #[error("{path}: no model.safetensors in this directory{hint}")]
+    NoWeights { path: PathBuf, hint: String },
+    #[error("{path}: weights do not match the config:{details}")]
+    WeightMismatch { path: PathBuf, details: String },
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

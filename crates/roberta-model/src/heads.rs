@@ -1,0 +1,180 @@
+//! Task heads on top of [`RobertaModel`], each shaped like its HF class so that the
+//! checkpoint keys (`lm_head.dense`, `classifier.out_proj`, `qa_outputs`, …) map 1:1.
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::prelude::*;
+
+use crate::activation::gelu;
+use crate::config::RobertaConfig;
+use crate::init;
+use crate::model::{RobertaInput, RobertaModel, first_token};
+
+/// `RobertaLMHead`: dense → GELU → LayerNorm → decoder. The decoder's weight is the word
+/// embedding matrix (tied, so not a parameter here); its bias is `lm_head.bias`.
+#[derive(Module, Debug)]
+pub struct RobertaLMHead<B: Backend> {
+    pub dense: Linear<B>,
+    pub layer_norm: LayerNorm<B>,
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> RobertaLMHead<B> {
+    pub fn new(config: &RobertaConfig, device: &B::Device) -> Self {
+        Self {
+            dense: init::linear(config, config.hidden_size, config.hidden_size, device),
+            layer_norm: init::layer_norm(config, device),
+            bias: Param::from_tensor(Tensor::zeros([config.vocab_size], device)),
+        }
+    }
+
+    /// `features`: `[n, hidden]`; `word_embeddings`: `[vocab, hidden]` → logits `[n, vocab]`.
+    pub fn forward(&self, features: Tensor<B, 2>, word_embeddings: Tensor<B, 2>) -> Tensor<B, 2> {
+        let x = self.layer_norm.forward(gelu(self.dense.forward(features)));
+        x.matmul(word_embeddings.transpose()) + self.bias.val().unsqueeze()
+    }
+}
+
+/// `RobertaForMaskedLM`.
+#[derive(Module, Debug)]
+pub struct RobertaForMaskedLM<B: Backend> {
+    pub roberta: RobertaModel<B>,
+    pub lm_head: RobertaLMHead<B>,
+}
+
+impl<B: Backend> RobertaForMaskedLM<B> {
+    pub fn new(config: &RobertaConfig, device: &B::Device) -> Self {
+        Self {
+            roberta: RobertaModel::new(config, false, device),
+            lm_head: RobertaLMHead::new(config, device),
+        }
+    }
+
+    /// Logits at every position: `[batch, seq, vocab]`.
+    pub fn forward(&self, input: RobertaInput<B>) -> Tensor<B, 3> {
+        let hidden = self.roberta.forward(input, false).last_hidden_state;
+        let [batch, seq, width] = hidden.dims();
+        let logits = self.lm_head.forward(
+            hidden.reshape([batch * seq, width]),
+            self.roberta.embeddings.word_embeddings.weight.val(),
+        );
+        let [_, vocab] = logits.dims();
+        logits.reshape([batch, seq, vocab])
+    }
+
+    /// Logits at the given positions only: `positions` indexes the flattened
+    /// `[batch * seq]` tokens; returns `[positions, vocab]`. The vocabulary projection is
+    /// pretraining's largest matmul, and ~85% of its rows would be thrown away.
+    pub fn forward_positions(
+        &self,
+        input: RobertaInput<B>,
+        positions: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 2> {
+        let hidden = self.roberta.forward(input, false).last_hidden_state;
+        let [batch, seq, width] = hidden.dims();
+        let selected = hidden.reshape([batch * seq, width]).select(0, positions);
+        self.lm_head.forward(
+            selected,
+            self.roberta.embeddings.word_embeddings.weight.val(),
+        )
+    }
+}
+
+/// `RobertaClassificationHead`: on `<s>`, dropout → dense → tanh → dropout → out_proj.
+#[derive(Module, Debug)]
+pub struct RobertaClassificationHead<B: Backend> {
+    pub dense: Linear<B>,
+    pub dropout: Dropout,
+    pub out_proj: Linear<B>,
+}
+
+/// `RobertaForSequenceClassification`: single sentences or pairs; regression when
+/// `num_labels == 1`.
+#[derive(Module, Debug)]
+pub struct RobertaForSequenceClassification<B: Backend> {
+    pub roberta: RobertaModel<B>,
+    pub classifier: RobertaClassificationHead<B>,
+}
+
+impl<B: Backend> RobertaForSequenceClassification<B> {
+    pub fn new(config: &RobertaConfig, num_labels: usize, device: &B::Device) -> Self {
+        Self {
+            roberta: RobertaModel::new(config, false, device),
+            classifier: RobertaClassificationHead {
+                dense: init::linear(config, config.hidden_size, config.hidden_size, device),
+                dropout: DropoutConfig::new(config.classifier_dropout_prob()).init(),
+                out_proj: init::linear(config, config.hidden_size, num_labels, device),
+            },
+        }
+    }
+
+    /// `[batch, num_labels]`.
+    pub fn forward(&self, input: RobertaInput<B>) -> Tensor<B, 2> {
+        let hidden = self.roberta.forward(input, false).last_hidden_state;
+        let head = &self.classifier;
+        let x = head.dropout.forward(first_token(hidden));
+        let x = head.dropout.forward(head.dense.forward(x).tanh());
+        head.out_proj.forward(x)
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.classifier.out_proj.weight.dims()[1]
+    }
+}
+
+/// `RobertaForTokenClassification`: dropout → classifier at every token.
+#[derive(Module, Debug)]
+pub struct RobertaForTokenClassification<B: Backend> {
+    pub roberta: RobertaModel<B>,
+    pub dropout: Dropout,
+    pub classifier: Linear<B>,
+}
+
+impl<B: Backend> RobertaForTokenClassification<B> {
+    pub fn new(config: &RobertaConfig, num_labels: usize, device: &B::Device) -> Self {
+        Self {
+            roberta: RobertaModel::new(config, false, device),
+            dropout: DropoutConfig::new(config.classifier_dropout_prob()).init(),
+            classifier: init::linear(config, config.hidden_size, num_labels, device),
+        }
+    }
+
+    /// `[batch, seq, num_labels]`.
+    pub fn forward(&self, input: RobertaInput<B>) -> Tensor<B, 3> {
+        let hidden = self.roberta.forward(input, false).last_hidden_state;
+        self.classifier.forward(self.dropout.forward(hidden))
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.classifier.weight.dims()[1]
+    }
+}
+
+/// `RobertaForQuestionAnswering`: start and end logits for extractive spans.
+#[derive(Module, Debug)]
+pub struct RobertaForQuestionAnswering<B: Backend> {
+    pub roberta: RobertaModel<B>,
+    pub qa_outputs: Linear<B>,
+}
+
+impl<B: Backend> RobertaForQuestionAnswering<B> {
+    pub fn new(config: &RobertaConfig, device: &B::Device) -> Self {
+        Self {
+            roberta: RobertaModel::new(config, false, device),
+            qa_outputs: init::linear(config, config.hidden_size, 2, device),
+        }
+    }
+
+    /// `(start_logits, end_logits)`, each `[batch, seq]`.
+    pub fn forward(&self, input: RobertaInput<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let hidden = self.roberta.forward(input, false).last_hidden_state;
+        let [batch, seq, _] = hidden.dims();
+        let logits = self.qa_outputs.forward(hidden);
+        let start = logits
+            .clone()
+            .slice([0..batch, 0..seq, 0..1])
+            .reshape([batch, seq]);
+        let end = logits.slice([0..batch, 0..seq, 1..2]).reshape([batch, seq]);
+        (start, end)
+    }
+}

@@ -1,0 +1,716 @@
+//! HuggingFace model directories: `config.json` + `model.safetensors`, read and written
+//! with HF's key names. Each module lists its own keys in `HfModule`, so the whole
+//! mapping reads as a table next to the module it describes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::prelude::*;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::attention::RobertaAttention;
+use crate::config::RobertaConfig;
+use crate::embeddings::RobertaEmbeddings;
+use crate::encoder::RobertaLayer;
+use crate::error::{ModelError, Result};
+use crate::heads::{
+    RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+};
+use crate::model::{RobertaModel, RobertaPooler};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Prefix under which HF's task classes keep the backbone.
+const BACKBONE_PREFIX: &str = "roberta.";
+/// Keys of every head HF defines for RoBERTa: a checkpoint of another task carries them.
+const HEAD_PREFIXES: [&str; 3] = ["lm_head.", "classifier.", "qa_outputs."];
+/// Keys that may be present or absent without meaning anything: buffers, and the MLM
+/// decoder, tied to the word embeddings and `lm_head.bias`.
+const OPTIONAL_KEYS: [&str; 4] = [
+    "embeddings.position_ids",
+    "embeddings.token_type_ids",
+    "lm_head.decoder.weight",
+    "lm_head.decoder.bias",
+];
+
+/// The tensors of a safetensors file, converted to f32 with their shapes.
+pub struct HfWeights {
+    pub path: PathBuf,
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl HfWeights {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (key, view) in file.tensors() {
+            let data = to_f32(&view).ok_or_else(|| ModelError::UnsupportedDtype {
+                path: path.to_path_buf(),
+                key: key.clone(),
+                dtype: format!("{:?}", view.dtype()),
+            })?;
+            tensors.insert(key, (view.shape().to_vec(), data));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn get(&self, key: &str) -> Option<(&[usize], &[f32])> {
+        self.tensors
+            .get(key)
+            .map(|(shape, data)| (shape.as_slice(), data.as_slice()))
+    }
+
+    /// `"roberta."` for task checkpoints, `""` for a bare `RobertaModel`.
+    fn backbone_prefix(&self) -> &'static str {
+        if self.keys().any(|k| k.starts_with(BACKBONE_PREFIX)) {
+            BACKBONE_PREFIX
+        } else {
+            ""
+        }
+    }
+}
+
+fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
+    let bytes = view.data();
+    Some(match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        // Integer tensors are buffers (`embeddings.position_ids`), never parameters.
+        Dtype::I64 => bytes
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        Dtype::I32 => bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Moves tensors from [`HfWeights`] into modules, recording what was missing or misshapen
+/// instead of stopping at the first problem, so that one error lists them all.
+pub struct Loader<'a, B: Backend> {
+    weights: &'a HfWeights,
+    device: B::Device,
+    used: BTreeSet<String>,
+    missing: Vec<String>,
+    mismatched: Vec<String>,
+}
+
+impl<'a, B: Backend> Loader<'a, B> {
+    fn new(weights: &'a HfWeights, device: &B::Device) -> Self {
+        Self {
+            weights,
+            device: device.clone(),
+            used: BTreeSet::new(),
+            missing: Vec::new(),
+            mismatched: Vec::new(),
+        }
+    }
+
+    fn has_prefix(&self, prefix: &str) -> bool {
+        self.weights.keys().any(|k| k.starts_with(prefix))
+    }
+
+    fn tensor<const D: usize>(&mut self, keys: &[&str], shape: [usize; D]) -> Option<Tensor<B, D>> {
+        let Some((key, (found, data))) = keys
+            .iter()
+            .find_map(|k| self.weights.get(k).map(|t| (*k, t)))
+        else {
+            self.missing.push(keys[0].to_string());
+            return None;
+        };
+        self.used.insert(key.to_string());
+        if found != shape {
+            self.mismatched
+                .push(format!("{key}: shape {found:?}, expected {shape:?}"));
+            return None;
+        }
+        Some(Tensor::from_data(
+            TensorData::new(data.to_vec(), shape),
+            &self.device,
+        ))
+    }
+
+    fn param<const D: usize>(&mut self, param: &mut Param<Tensor<B, D>>, keys: &[&str]) {
+        let shape = param.dims();
+        if let Some(t) = self.tensor(keys, shape) {
+            *param = Param::from_tensor(t);
+        }
+    }
+
+    fn linear(&mut self, prefix: &str, linear: &mut Linear<B>) {
+        // burn keeps [in, out]; PyTorch's nn.Linear keeps [out, in].
+        let [d_in, d_out] = linear.weight.dims();
+        if let Some(w) = self.tensor::<2>(&[&format!("{prefix}.weight")], [d_out, d_in]) {
+            linear.weight = Param::from_tensor(w.transpose());
+        }
+        if let Some(bias) = linear.bias.as_mut() {
+            self.param(bias, &[&format!("{prefix}.bias")]);
+        }
+    }
+
+    fn layer_norm(&mut self, prefix: &str, norm: &mut LayerNorm<B>) {
+        // Old BERT-era checkpoints call the parameters gamma/beta.
+        self.param(
+            &mut norm.gamma,
+            &[&format!("{prefix}.weight"), &format!("{prefix}.gamma")],
+        );
+        if let Some(beta) = norm.beta.as_mut() {
+            self.param(
+                beta,
+                &[&format!("{prefix}.bias"), &format!("{prefix}.beta")],
+            );
+        }
+    }
+
+    fn embedding(&mut self, prefix: &str, embedding: &mut Embedding<B>) {
+        self.param(&mut embedding.weight, &[&format!("{prefix}.weight")]);
+    }
+}
+
+/// Collects tensors under HF names for writing.
+#[derive(Default)]
+pub struct Saver {
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl Saver {
+    fn tensor<B: Backend, const D: usize>(&mut self, key: String, tensor: Tensor<B, D>) {
+        let shape = tensor.dims().to_vec();
+        let data = tensor
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("converted to f32");
+        self.tensors.push((key, shape, data));
+    }
+
+    fn linear<B: Backend>(&mut self, prefix: &str, linear: &Linear<B>) {
+        self.tensor(format!("{prefix}.weight"), linear.weight.val().transpose());
+        if let Some(bias) = &linear.bias {
+            self.tensor(format!("{prefix}.bias"), bias.val());
+        }
+    }
+
+    fn layer_norm<B: Backend>(&mut self, prefix: &str, norm: &LayerNorm<B>) {
+        self.tensor(format!("{prefix}.weight"), norm.gamma.val());
+        if let Some(beta) = &norm.beta {
+            self.tensor(format!("{prefix}.bias"), beta.val());
+        }
+    }
+
+    fn embedding<B: Backend>(&mut self, prefix: &str, embedding: &Embedding<B>) {
+        self.tensor(format!("{prefix}.weight"), embedding.weight.val());
+    }
+
+    /// Serialises in safetensors with the `{"format": "pt"}` metadata `transformers`
+    /// requires.
+    fn to_bytes(&self) -> Vec<u8> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(k, shape, data)| {
+                (
+                    k.clone(),
+                    shape.clone(),
+                    data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views = bytes.iter().map(|(k, shape, data)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data"),
+            )
+        });
+        let metadata = Some([("format".to_string(), "pt".to_string())].into());
+        safetensors::serialize(views, metadata).expect("f32 tensors serialise")
+    }
+
+    pub fn keys(&self) -> Vec<&str> {
+        self.tensors.iter().map(|(k, _, _)| k.as_str()).collect()
+    }
+}
+
+/// A module whose parameters have HF checkpoint names.
+pub trait HfModule<B: Backend> {
+    fn load_hf(&mut self, prefix: &str, loader: &mut Loader<'_, B>);
+    fn save_hf(&self, prefix: &str, saver: &mut Saver);
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+impl<B: Backend> HfModule<B> for RobertaEmbeddings<B> {
+    fn load_hf(&mut self, p: &str, l: &mut Loader<'_, B>) {
+        l.embedding(&join(p, "word_embeddings"), &mut self.word_embeddings);
+        l.embedding(
+            &join(p, "position_embeddings"),
+            &mut self.position_embeddings,
+        );
+        l.embedding(
+            &join(p, "token_type_embeddings"),
+            &mut self.token_type_embeddings,
+        );
+        l.layer_norm(&join(p, "LayerNorm"), &mut self.layer_norm);
+    }
+
+    fn save_hf(&self, p: &str, s: &mut Saver) {
+        s.embedding(&join(p, "word_embeddings"), &self.word_embeddings);
+        s.embedding(&join(p, "position_embeddings"), &self.position_embeddings);
+        s.embedding(
+            &join(p, "token_type_embeddings"),
+            &self.token_type_embeddings,
+        );
+        s.layer_norm(&join(p, "LayerNorm"), &self.layer_norm);
+    }
+}
+
+impl<B: Backend> HfModule<B> for RobertaAttention<B> {
+    fn load_hf(&mut self, p: &str, l: &mut Loader<'_, B>) {
+        l.linear(&join(p, "self.query"), &mut self.self_attn.query);
+        l.linear(&join(p, "self.key"), &mut self.self_attn.key);
+        l.linear(&join(p, "self.value"), &mut self.self_attn.value);
+        l.linear(&join(p, "output.dense"), &mut self.output.dense);
+        l.layer_norm(&join(p, "output.LayerNorm"), &mut self.output.layer_norm);
+    }
+
+    fn save_hf(&self, p: &str, s: &mut Saver) {
+        s.linear(&join(p, "self.query"), &self.self_attn.query);
+        s.linear(&join(p, "self.key"), &self.self_attn.key);
+        s.linear(&join(p, "self.value"), &self.self_attn.value);
+        s.linear(&join(p, "output.dense"), &self.output.dense);
+        s.layer_norm(&join(p, "output.LayerNorm"), &self.output.layer_norm);
+    }
+}
+
+impl<B: Backend> HfModule<B> for RobertaLayer<B> {
+    fn load_hf(&mut self, p: &str, l: &mut Loader<'_, B>) {
+        self.attention.load_hf(&join(p, "attention"), l);
+        l.linear(&join(p, "intermediate.dense"), &mut self.intermediate.dense);
+        l.linear(&join(p, "output.dense"), &mut self.output.dense);
+        l.layer_norm(&join(p, "output.LayerNorm"), &mut self.output.layer_norm);
+    }
+
+    fn save_hf(&self, p: &str, s: &mut Saver) {
+        self.attention.save_hf(&join(p, "attention"), s);
+        s.linear(&join(p, "intermediate.dense"), &self.intermediate.dense);
+        s.linear(&join(p, "output.dense"), &self.output.dense);
+        s.layer_norm(&join(p, "output.LayerNorm"), &self.output.layer_norm);
+    }
+}
+
+impl<B: Backend> HfModule<B> for RobertaModel<B> {
+    fn load_hf(&mut self, p: &str, l: &mut Loader<'_, B>) {
+        self.embeddings.load_hf(&join(p, "embeddings"), l);
+        for (i, layer) in self.encoder.layer.iter_mut().enumerate() {
+            layer.load_hf(&join(p, &format!("encoder.layer.{i}")), l);
+        }
+        if let Some(pooler) = self.pooler.as_mut() {
+            l.linear(&join(p, "pooler.dense"), &mut pooler.dense);
+        }
+    }
+
+    fn save_hf(&self, p: &str, s: &mut Saver) {
+        self.embeddings.save_hf(&join(p, "embeddings"), s);
+        for (i, layer) in self.encoder.layer.iter().enumerate() {
+            layer.save_hf(&join(p, &format!("encoder.layer.{i}")), s);
+        }
+        if let Some(pooler) = &self.pooler {
+            s.linear(&join(p, "pooler.dense"), &pooler.dense);
+        }
+    }
+}
+
+/// A model that can be read from and written to an HF model directory.
+pub trait Pretrained<B: Backend>: Sized {
+    /// The `architectures` entry of `config.json`.
+    const ARCHITECTURE: &'static str;
+    /// Fresh weights (HF's initialisation) for this config; `num_labels` for heads with labels.
+    fn init(config: &RobertaConfig, num_labels: usize, device: &B::Device) -> Self;
+    fn backbone(&self) -> &RobertaModel<B>;
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B>;
+    /// Prefix of the head's keys, `None` for the bare `RobertaModel`.
+    fn head_prefix() -> Option<&'static str>;
+    fn load_head(&mut self, loader: &mut Loader<'_, B>);
+    fn save_head(&self, saver: &mut Saver);
+    /// Number of labels the head predicts (0 when it has none).
+    fn num_labels(&self) -> usize {
+        0
+    }
+}
+
+impl<B: Backend> Pretrained<B> for RobertaModel<B> {
+    const ARCHITECTURE: &'static str = "RobertaModel";
+    fn init(config: &RobertaConfig, _: usize, device: &B::Device) -> Self {
+        RobertaModel::new(config, true, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        self
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        self
+    }
+    fn head_prefix() -> Option<&'static str> {
+        None
+    }
+    fn load_head(&mut self, _: &mut Loader<'_, B>) {}
+    fn save_head(&self, _: &mut Saver) {}
+}
+
+impl<B: Backend> Pretrained<B> for RobertaForMaskedLM<B> {
+    const ARCHITECTURE: &'static str = "RobertaForMaskedLM";
+    fn init(config: &RobertaConfig, _: usize, device: &B::Device) -> Self {
+        RobertaForMaskedLM::new(config, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        &self.roberta
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        &mut self.roberta
+    }
+    fn head_prefix() -> Option<&'static str> {
+        Some("lm_head.")
+    }
+    fn load_head(&mut self, l: &mut Loader<'_, B>) {
+        l.linear("lm_head.dense", &mut self.lm_head.dense);
+        l.layer_norm("lm_head.layer_norm", &mut self.lm_head.layer_norm);
+        l.param(
+            &mut self.lm_head.bias,
+            &["lm_head.bias", "lm_head.decoder.bias"],
+        );
+    }
+    fn save_head(&self, s: &mut Saver) {
+        s.linear("lm_head.dense", &self.lm_head.dense);
+        s.layer_norm("lm_head.layer_norm", &self.lm_head.layer_norm);
+        s.tensor("lm_head.bias".into(), self.lm_head.bias.val());
+    }
+}
+
+impl<B: Backend> Pretrained<B> for RobertaForSequenceClassification<B> {
+    const ARCHITECTURE: &'static str = "RobertaForSequenceClassification";
+    fn init(config: &RobertaConfig, num_labels: usize, device: &B::Device) -> Self {
+        RobertaForSequenceClassification::new(config, num_labels, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        &self.roberta
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        &mut self.roberta
+    }
+    fn head_prefix() -> Option<&'static str> {
+        Some("classifier.")
+    }
+    fn load_head(&mut self, l: &mut Loader<'_, B>) {
+        l.linear("classifier.dense", &mut self.classifier.dense);
+        l.linear("classifier.out_proj", &mut self.classifier.out_proj);
+    }
+    fn save_head(&self, s: &mut Saver) {
+        s.linear("classifier.dense", &self.classifier.dense);
+        s.linear("classifier.out_proj", &self.classifier.out_proj);
+    }
+    fn num_labels(&self) -> usize {
+        RobertaForSequenceClassification::num_labels(self)
+    }
+}
+
+impl<B: Backend> Pretrained<B> for RobertaForTokenClassification<B> {
+    const ARCHITECTURE: &'static str = "RobertaForTokenClassification";
+    fn init(config: &RobertaConfig, num_labels: usize, device: &B::Device) -> Self {
+        RobertaForTokenClassification::new(config, num_labels, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        &self.roberta
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        &mut self.roberta
+    }
+    fn head_prefix() -> Option<&'static str> {
+        Some("classifier.")
+    }
+    fn load_head(&mut self, l: &mut Loader<'_, B>) {
+        l.linear("classifier", &mut self.classifier);
+    }
+    fn save_head(&self, s: &mut Saver) {
+        s.linear("classifier", &self.classifier);
+    }
+    fn num_labels(&self) -> usize {
+        RobertaForTokenClassification::num_labels(self)
+    }
+}
+
+impl<B: Backend> Pretrained<B> for RobertaForQuestionAnswering<B> {
+    const ARCHITECTURE: &'static str = "RobertaForQuestionAnswering";
+    fn init(config: &RobertaConfig, _: usize, device: &B::Device) -> Self {
+        RobertaForQuestionAnswering::new(config, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        &self.roberta
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        &mut self.roberta
+    }
+    fn head_prefix() -> Option<&'static str> {
+        Some("qa_outputs.")
+    }
+    fn load_head(&mut self, l: &mut Loader<'_, B>) {
+        l.linear("qa_outputs", &mut self.qa_outputs);
+    }
+    fn save_head(&self, s: &mut Saver) {
+        s.linear("qa_outputs", &self.qa_outputs);
+    }
+}
+
+/// How strictly a directory must match the requested architecture.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Start the head from fresh weights when the directory has none for it, as when
+    /// fine-tuning from a pretrained masked-LM checkpoint.
+    pub allow_new_head: bool,
+    /// Label count for a new classification head; otherwise taken from the checkpoint's
+    /// `id2label` (and from the weights' shape when that is absent).
+    pub num_labels: Option<usize>,
+}
+
+/// What loading did beyond the exact match: worth a log line each.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// Head keys absent from the file and freshly initialised.
+    pub initialized: Vec<String>,
+    /// Keys of other heads present in the file and not used.
+    pub unused: Vec<String>,
+}
+
+/// A model loaded from a directory, with its config.
+pub struct Loaded<M> {
+    pub model: M,
+    pub config: RobertaConfig,
+    pub report: LoadReport,
+}
+
+/// Reads `config.json` + `model.safetensors` from an HF model directory into `M`.
+///
+/// Backbone keys must all be present and of the right shape; unexpected keys are an
+/// error, except the known optional ones (buffers, tied decoder, pooler for heads
+/// that have none) and keys of other task heads, which are reported as unused.
+pub fn load_pretrained<B: Backend, M: Pretrained<B>>(
+    dir: &Path,
+    options: LoadOptions,
+    device: &B::Device,
+) -> Result<Loaded<M>> {
+    let config = RobertaConfig::load(&dir.join(CONFIG_FILE))?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    if !weights_path.exists() {
+        let hint = if dir.join("pytorch_model.bin").exists() {
+            "; it has pytorch_model.bin, which this tool does not read: convert it with \
+             `python scripts/convert_to_safetensors.py DIR`"
+                .to_string()
+        } else {
+            String::new()
+        };
+        return Err(ModelError::NoWeights {
+            path: dir.to_path_buf(),
+            hint,
+        });
+    }
+    let weights = HfWeights::read(&weights_path)?;
+    let prefix = weights.backbone_prefix();
+    let num_labels = options
+        .num_labels
+        .or_else(|| config.num_labels())
+        .or_else(|| head_labels_from_weights(&weights))
+        .unwrap_or(2);
+
+    let mut loader = Loader::<B>::new(&weights, device);
+    let with_pooler = M::head_prefix().is_none() && loader.has_prefix(&format!("{prefix}pooler."));
+    let mut model = M::init(&config, num_labels, device);
+    if M::head_prefix().is_none() && !with_pooler {
+        model.backbone_mut().pooler = None;
+    }
+    if M::head_prefix().is_none() && with_pooler && model.backbone().pooler.is_none() {
+        model.backbone_mut().pooler = Some(RobertaPooler {
+            dense: crate::init::linear(&config, config.hidden_size, config.hidden_size, device),
+        });
+    }
+    model
+        .backbone_mut()
+        .load_hf(prefix.trim_end_matches('.'), &mut loader);
+
+    let mut report = LoadReport::default();
+    let head_missing_before = loader.missing.len();
+    model.load_head(&mut loader);
+    let head_missing: Vec<String> = loader.missing.split_off(head_missing_before);
+    let head_absent = M::head_prefix().is_some_and(|p| !loader.has_prefix(p));
+    if !head_missing.is_empty() {
+        if options.allow_new_head && head_absent {
+            report.initialized = head_missing;
+        } else {
+            loader.missing.extend(head_missing);
+        }
+    }
+
+    let mut unexpected = Vec::new();
+    for key in weights.keys() {
+        if loader.used.contains(key) {
+            continue;
+        }
+        let bare = key.strip_prefix(prefix).unwrap_or(key);
+        let optional = OPTIONAL_KEYS.contains(&bare) || OPTIONAL_KEYS.contains(&key);
+        let pooler = bare.starts_with("pooler.");
+        let other_head = HEAD_PREFIXES.iter().any(|h| key.starts_with(h));
+        if optional || (pooler && M::head_prefix().is_some()) {
+            continue;
+        }
+        if other_head && (head_absent || M::head_prefix().is_none() || options.allow_new_head) {
+            report.unused.push(key.to_string());
+        } else {
+            unexpected.push(key.to_string());
+        }
+    }
+
+    let mut details = String::new();
+    if !loader.missing.is_empty() {
+        details += &format!("\n  missing keys: {}", loader.missing.join(", "));
+    }
+    if !loader.mismatched.is_empty() {
+        details += &format!("\n  wrong shapes: {}", loader.mismatched.join("; "));
+    }
+    if !unexpected.is_empty() {
+        details += &format!("\n  unexpected keys: {}", unexpected.join(", "));
+    }
+    if !details.is_empty() {
+        return Err(ModelError::WeightMismatch {
+            path: weights_path,
+            details,
+        });
+    }
+    Ok(Loaded {
+        model,
+        config,
+        report,
+    })
+}
+
+/// The label count of a classification head's weights, for checkpoints without `id2label`.
+fn head_labels_from_weights(weights: &HfWeights) -> Option<usize> {
+    ["classifier.out_proj.bias", "classifier.bias"]
+        .iter()
+        .find_map(|k| weights.get(k).map(|(shape, _)| shape[0]))
+}
+
+/// The HF key names `save_pretrained` would write for this model.
+pub fn hf_keys<B: Backend, M: Pretrained<B>>(model: &M) -> Vec<String> {
+    collect(model)
+        .keys()
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+fn collect<B: Backend, M: Pretrained<B>>(model: &M) -> Saver {
+    let mut saver = Saver::default();
+    let prefix = if M::head_prefix().is_some() {
+        "roberta"
+    } else {
+        ""
+    };
+    model.backbone().save_hf(prefix, &mut saver);
+    model.save_head(&mut saver);
+    saver
+}
+
+/// Writes `config.json` and `model.safetensors` so that `transformers`'
+/// `from_pretrained` loads the directory. Each file is written to a temporary name,
+/// fsynced and renamed, so an interrupted save never leaves a file that looks complete.
+pub fn save_pretrained<B: Backend, M: Pretrained<B>>(
+    model: &M,
+    config: &RobertaConfig,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut config = config.clone();
+    config.architectures = vec![M::ARCHITECTURE.to_string()];
+    let labels = model.num_labels();
+    if labels > 0 && config.num_labels() != Some(labels) {
+        let names = config.labels(labels);
+        config.set_labels(&names);
+    }
+    if labels == 1 && config.problem_type.is_none() {
+        config.problem_type = Some("regression".into());
+    }
+    let json = serde_json::to_vec_pretty(&config).expect("config serialises");
+    write_atomic(&dir.join(WEIGHTS_FILE), &collect(model).to_bytes())?;
+    write_atomic(&dir.join(CONFIG_FILE), &json)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory: written,
+/// fsynced, then renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            d.sync_all().ok();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        std::fs::remove_file(&tmp).ok();
+    }
+    result.map_err(io)
+}

@@ -1,0 +1,27 @@
+//! The RoBERTa Transformer (Liu et al., 2019) as burn modules, numerically equal to
+//! HuggingFace's `modeling_roberta.py`, with its checkpoint keys and directory layout.
+//!
+//! The module tree is HF's key tree: `RobertaForMaskedLM { roberta: RobertaModel {
+//! embeddings, encoder: { layer: [..] } }, lm_head }`. This crate knows nothing of
+//! training, corpora or the command line; its only files are HF model directories.
+
+pub mod activation;
+pub mod attention;
+pub mod config;
+pub mod embeddings;
+pub mod encoder;
+pub mod error;
+pub mod heads;
+pub mod hf;
+mod init;
+pub mod loss;
+pub mod model;
+
+pub use config::RobertaConfig;
+pub use error::{ModelError, Result};
+pub use heads::{
+    RobertaClassificationHead, RobertaForMaskedLM, RobertaForQuestionAnswering,
+    RobertaForSequenceClassification, RobertaForTokenClassification, RobertaLMHead,
+};
+pub use hf::{LoadOptions, LoadReport, Loaded, Pretrained, load_pretrained, save_pretrained};
+pub use model::{RobertaInput, RobertaModel, RobertaModelOutput};

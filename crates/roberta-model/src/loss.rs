@@ -1,0 +1,54 @@
+//! Losses as sums over tokens, not means: the trainer divides by the masked-token count
+//! of the whole accumulation window, so that k micro-batches of b equal one batch of k·b.
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+/// Label value that contributes nothing to a loss (HF's and PyTorch's `ignore_index`).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Sum of the cross-entropy over rows whose target is not [`IGNORE_INDEX`].
+///
+/// `logits`: `[n, classes]`; `targets`: `[n]`. Returns a one-element tensor.
+pub fn cross_entropy_sum<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    let [n, _] = logits.dims();
+    let valid = targets.clone().not_equal_elem(IGNORE_INDEX);
+    let safe = targets
+        .mask_fill(valid.clone().bool_not(), 0)
+        .reshape([n, 1]);
+    let picked = log_softmax(logits, 1).gather(1, safe).reshape([n]);
+    (picked * valid.float()).sum().neg()
+}
+
+/// Number of rows a loss averages over (targets not [`IGNORE_INDEX`]).
+pub fn count_targets<B: Backend>(targets: Tensor<B, 1, Int>) -> Tensor<B, 1, Int> {
+    targets.not_equal_elem(IGNORE_INDEX).int().sum()
+}
+
+/// Sum of squared errors, for regression heads (`num_labels == 1`).
+pub fn squared_error_sum<B: Backend>(
+    predictions: Tensor<B, 1>,
+    targets: Tensor<B, 1>,
+) -> Tensor<B, 1> {
+    (predictions - targets).powi_scalar(2).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn ignores_minus_100_and_sums() {
+        let device = Default::default();
+        let logits = Tensor::<Flex, 2>::from_floats([[0.0, 0.0], [2.0, 0.0], [5.0, -5.0]], &device);
+        let targets = Tensor::<Flex, 1, Int>::from_ints([0, 1, -100], &device);
+        let loss = cross_entropy_sum(logits, targets.clone()).into_scalar() as f64;
+        let expected = 2f64.ln() + (1.0 + 2f64.exp()).ln();
+        assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+        assert_eq!(count_targets(targets).into_scalar(), 2);
+    }
+}

@@ -1,0 +1,191 @@
+//! Backends are cargo features; `--device` picks among the compiled-in ones at run time.
+//! Every command is one generic function over `B: Backend`, instantiated here per backend.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A device as the user names it on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// burn's `flex` CPU backend (feature `cpu`).
+    Cpu,
+    /// burn-wgpu: `wgpu` is the best adapter found, `wgpu:N` the N-th discrete GPU,
+    /// `wgpu-cpu` a software adapter such as lavapipe (feature `wgpu`).
+    Wgpu(Option<usize>),
+    WgpuCpu,
+    /// burn-cuda, device N (feature `cuda`).
+    Cuda(usize),
+    /// burn-tch on libtorch's CPU (feature `tch`).
+    TchCpu,
+    /// burn-tch on CUDA device N (feature `tch`).
+    TchCuda(usize),
+}
+
+impl DeviceSpec {
+    /// The default device: the first compiled-in backend, CPU first.
+    pub fn default_compiled() -> Self {
+        if cfg!(feature = "cpu") {
+            Self::Cpu
+        } else if cfg!(feature = "cuda") {
+            Self::Cuda(0)
+        } else if cfg!(feature = "wgpu") {
+            Self::Wgpu(None)
+        } else {
+            Self::TchCpu
+        }
+    }
+
+    /// The cargo feature that compiles this device's backend in.
+    pub fn feature(&self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu(_) | Self::WgpuCpu => "wgpu",
+            Self::Cuda(_) => "cuda",
+            Self::TchCpu | Self::TchCuda(_) => "tch",
+        }
+    }
+
+    /// The devices this binary can run on.
+    pub fn compiled_in() -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if cfg!(feature = "cpu") {
+            v.push("cpu");
+        }
+        if cfg!(feature = "wgpu") {
+            v.extend(["wgpu", "wgpu:N", "wgpu-cpu"]);
+        }
+        if cfg!(feature = "cuda") {
+            v.push("cuda:N");
+        }
+        if cfg!(feature = "tch") {
+            v.extend(["tch-cpu", "tch-cuda:N"]);
+        }
+        v
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let index = |rest: &str| {
+            rest.parse::<usize>()
+                .map_err(|_| format!("device `{s}`: `{rest}` is not a device index"))
+        };
+        let spec = match s {
+            "cpu" => Self::Cpu,
+            "wgpu" => Self::Wgpu(None),
+            "wgpu-cpu" => Self::WgpuCpu,
+            "cuda" => Self::Cuda(0),
+            "tch-cpu" => Self::TchCpu,
+            "tch-cuda" => Self::TchCuda(0),
+            _ => {
+                if let Some(rest) = s.strip_prefix("wgpu:") {
+                    Self::Wgpu(Some(index(rest)?))
+                } else if let Some(rest) = s.strip_prefix("cuda:") {
+                    Self::Cuda(index(rest)?)
+                } else if let Some(rest) = s.strip_prefix("tch-cuda:") {
+                    Self::TchCuda(index(rest)?)
+                } else {
+                    return Err(format!(
+                        "unknown device `{s}`; expected cpu, wgpu, wgpu:N, wgpu-cpu, cuda:N, tch-cpu or tch-cuda:N"
+                    ));
+                }
+            }
+        };
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Wgpu(None) => write!(f, "wgpu"),
+            Self::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+            Self::WgpuCpu => write!(f, "wgpu-cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+            Self::TchCpu => write!(f, "tch-cpu"),
+            Self::TchCuda(i) => write!(f, "tch-cuda:{i}"),
+        }
+    }
+}
+
+/// Calls `$run::<B>(device, args…)` with the backend and device `$spec` names, or returns
+/// an error saying which feature the binary lacks. `$run` is generic over
+/// `B: AutodiffBackend`; inference-only commands use `B::InnerBackend` inside.
+#[macro_export]
+macro_rules! dispatch {
+    ($spec:expr, $run:ident ( $($arg:expr),* $(,)? )) => {{
+        #[allow(unused_imports)]
+        use burn::backend::Autodiff;
+        let spec: $crate::backend::DeviceSpec = $spec;
+        match spec {
+            #[cfg(feature = "cpu")]
+            $crate::backend::DeviceSpec::Cpu => {
+                $run::<Autodiff<burn::backend::Flex>>(Default::default(), $($arg),*)
+            }
+            #[cfg(feature = "wgpu")]
+            $crate::backend::DeviceSpec::Wgpu(index) => {
+                use burn::backend::wgpu::WgpuDevice;
+                let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+                $run::<Autodiff<burn::backend::Wgpu>>(device, $($arg),*)
+            }
+            #[cfg(feature = "wgpu")]
+            $crate::backend::DeviceSpec::WgpuCpu => {
+                $run::<Autodiff<burn::backend::Wgpu>>(burn::backend::wgpu::WgpuDevice::Cpu, $($arg),*)
+            }
+            #[cfg(feature = "cuda")]
+            $crate::backend::DeviceSpec::Cuda(index) => {
+                $run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(index), $($arg),*)
+            }
+            #[cfg(feature = "tch")]
+            $crate::backend::DeviceSpec::TchCpu => {
+                $run::<Autodiff<burn::backend::LibTorch>>(burn::backend::libtorch::LibTorchDevice::Cpu, $($arg),*)
+            }
+            #[cfg(feature = "tch")]
+            $crate::backend::DeviceSpec::TchCuda(index) => {
+                $run::<Autodiff<burn::backend::LibTorch>>(burn::backend::libtorch::LibTorchDevice::Cuda(index), $($arg),*)
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(anyhow::anyhow!(
+                "device `{other}` is not compiled into this binary (rebuild with `--features {}`); available: {}",
+                other.feature(),
+                $crate::backend::DeviceSpec::compiled_in().join(", ")
+            )),
+        }
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_device_form() {
+        for (s, d) in [
+            ("cpu", DeviceSpec::Cpu),
+            ("wgpu", DeviceSpec::Wgpu(None)),
+            ("wgpu:1", DeviceSpec::Wgpu(Some(1))),
+            ("wgpu-cpu", DeviceSpec::WgpuCpu),
+            ("cuda:3", DeviceSpec::Cuda(3)),
+            ("tch-cpu", DeviceSpec::TchCpu),
+            ("tch-cuda:0", DeviceSpec::TchCuda(0)),
+        ] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap(), d);
+            assert_eq!(d.to_string(), s);
+        }
+        assert!(
+            "cuda:x"
+                .parse::<DeviceSpec>()
+                .unwrap_err()
+                .contains("index")
+        );
+        assert!(
+            "tpu"
+                .parse::<DeviceSpec>()
+                .unwrap_err()
+                .contains("unknown device")
+        );
+    }
+}

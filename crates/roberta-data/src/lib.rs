@@ -2,8 +2,18 @@
 //! packing, the streaming loader and dynamic masking. No tensors live here, so the data
 //! pipeline is the same whatever backend trains on it.
 
+pub mod corpus;
+pub mod dataset;
 pub mod error;
+pub mod loader;
+pub mod masking;
+pub mod preprocess;
+mod rng;
+pub mod shards;
 pub mod tokenizer;
 
+pub use dataset::{BreakMode, Meta, Split};
 pub use error::{DataError, Result};
+pub use loader::{Batch, Corpus, Loader, LoaderConfig, LoaderState};
+pub use masking::{MaskVocab, MaskingConfig};
 pub use tokenizer::{Encoded, RobertaTokenizer, SpecialTokens};

@@ -1,0 +1,309 @@
+//! Corpus readers, streaming: documents are handed out one at a time, never the whole
+//! corpus in memory. Plain text (one sentence per line, a blank line ends a document; or
+//! one document per line) and JSONL (a text field per record).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorpusFormat {
+    Text,
+    Jsonl,
+}
+
+impl CorpusFormat {
+    /// `.jsonl`/`.json`/`.ndjson` are JSONL, anything else text.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl" | "json" | "ndjson") => Self::Jsonl,
+            _ => Self::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadOptions {
+    /// Overrides the format guessed from each file's extension.
+    pub format: Option<CorpusFormat>,
+    /// The JSONL field holding a document's text.
+    pub text_field: String,
+    /// Text files hold one document per line instead of one sentence per line.
+    pub doc_per_line: bool,
+    /// Skip lines that are not valid UTF-8 (and count them) instead of failing.
+    pub skip_invalid: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self {
+            format: None,
+            text_field: "text".into(),
+            doc_per_line: false,
+            skip_invalid: false,
+        }
+    }
+}
+
+/// Files named by `inputs`: files as given, directories walked recursively (sorted, hidden
+/// entries skipped), and `*`/`?` globs. The result is sorted and de-duplicated, so the
+/// same inputs always give the same order.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let text = input.to_string_lossy();
+        if text.contains('*') || text.contains('?') {
+            let matches: Vec<PathBuf> = glob::glob(&text)
+                .map_err(|e| DataError::Corpus {
+                    path: input.clone(),
+                    message: format!("bad glob: {e}"),
+                })?
+                .filter_map(std::result::Result::ok)
+                .filter(|p| p.is_file())
+                .collect();
+            if matches.is_empty() {
+                return Err(DataError::Corpus {
+                    path: input.clone(),
+                    message: "the pattern matches no file".into(),
+                });
+            }
+            files.extend(matches);
+        } else if input.is_dir() {
+            let before = files.len();
+            walk(input, &mut files)?;
+            if files.len() == before {
+                return Err(DataError::Corpus {
+                    path: input.clone(),
+                    message: "the directory holds no file".into(),
+                });
+            }
+        } else if input.is_file() {
+            files.push(input.clone());
+        } else {
+            return Err(DataError::Corpus {
+                path: input.clone(),
+                message: "no such file or directory".into(),
+            });
+        }
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let io = |source| DataError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .map_err(io)?;
+    entries.sort();
+    for path in entries {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Streams the documents of `path` (each a list of sentences) into `sink`.
+/// Returns the number of lines skipped as invalid UTF-8.
+pub fn read_documents(
+    path: &Path,
+    options: &ReadOptions,
+    sink: &mut dyn FnMut(Vec<String>) -> Result<()>,
+) -> Result<u64> {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let format = options
+        .format
+        .unwrap_or_else(|| CorpusFormat::from_path(path));
+    let mut line = Vec::new();
+    let mut offset = 0u64;
+    let mut line_no = 0u64;
+    let mut skipped = 0u64;
+    let mut doc: Vec<String> = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .by_ref()
+            .read_until(b'\n', &mut line)
+            .map_err(|source| DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let start = offset;
+        offset += n as u64;
+        let text = match std::str::from_utf8(&line) {
+            Ok(t) => t.trim_end_matches(['\n', '\r']),
+            Err(e) => {
+                if options.skip_invalid {
+                    skipped += 1;
+                    continue;
+                }
+                return Err(DataError::InvalidUtf8 {
+                    path: path.to_path_buf(),
+                    offset: start + e.valid_up_to() as u64,
+                });
+            }
+        };
+        if text.contains('\0') && !options.skip_invalid {
+            return Err(DataError::Corpus {
+                path: path.to_path_buf(),
+                message: format!(
+                    "line {line_no} (byte {start}) holds a NUL byte: binary data, not text"
+                ),
+            });
+        }
+        match format {
+            CorpusFormat::Text if options.doc_per_line => {
+                if !text.trim().is_empty() {
+                    sink(vec![text.to_string()])?;
+                }
+            }
+            CorpusFormat::Text => {
+                if text.trim().is_empty() {
+                    if !doc.is_empty() {
+                        sink(std::mem::take(&mut doc))?;
+                    }
+                } else {
+                    doc.push(text.to_string());
+                }
+            }
+            CorpusFormat::Jsonl => {
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| DataError::Corpus {
+                        path: path.to_path_buf(),
+                        message: format!("line {line_no}: invalid JSON: {e}"),
+                    })?;
+                let field = value
+                    .get(&options.text_field)
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| DataError::Corpus {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "line {line_no}: no string field \"{}\" (set --text-field)",
+                            options.text_field
+                        ),
+                    })?;
+                let sentences: Vec<String> = field
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if !sentences.is_empty() {
+                    sink(sentences)?;
+                }
+            }
+        }
+    }
+    if !doc.is_empty() {
+        sink(doc)?;
+    }
+    Ok(skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs(path: &Path, options: &ReadOptions) -> Result<Vec<Vec<String>>> {
+        let mut out = Vec::new();
+        read_documents(path, options, &mut |d| {
+            out.push(d);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn text_blank_lines_break_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.txt");
+        std::fs::write(&p, "one.\ntwo.\n\n\nthree.\r\n").unwrap();
+        assert_eq!(
+            docs(&p, &ReadOptions::default()).unwrap(),
+            vec![vec!["one.", "two."], vec!["three."]]
+        );
+        let per_line = ReadOptions {
+            doc_per_line: true,
+            ..Default::default()
+        };
+        assert_eq!(docs(&p, &per_line).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn jsonl_field_and_its_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(&p, "{\"text\": \"a.\\nb.\"}\n{\"body\": \"c\"}\n").unwrap();
+        let err = docs(&p, &ReadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("\"text\""), "{err}");
+        let body = ReadOptions {
+            text_field: "body".into(),
+            ..Default::default()
+        };
+        assert!(docs(&p, &body).unwrap_err().to_string().contains("line 1"));
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_byte_or_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.txt");
+        std::fs::write(&p, b"good\nba\xffd\nfine\n").unwrap();
+        let err = docs(&p, &ReadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("bad.txt") && err.contains("byte 7"), "{err}");
+        let skip = ReadOptions {
+            skip_invalid: true,
+            ..Default::default()
+        };
+        let mut n = 0;
+        let skipped = read_documents(&p, &skip, &mut |d| {
+            n += d.len();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((n, skipped), (2, 1));
+    }
+
+    #[test]
+    fn inputs_expand_dirs_and_globs_and_reject_empty_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b.txt"), "x").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "x").unwrap();
+        let files = expand_inputs(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(files.len(), 2);
+        let glob = dir.path().join("*.txt");
+        assert_eq!(expand_inputs(&[glob]).unwrap().len(), 1);
+        std::fs::create_dir(dir.path().join("empty")).unwrap();
+        assert!(expand_inputs(&[dir.path().join("empty")]).is_err());
+        assert!(expand_inputs(&[dir.path().join("*.none")]).is_err());
+    }
+}

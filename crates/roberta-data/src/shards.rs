@@ -1,0 +1,271 @@
+//! Token shards: documents as contiguous little-endian token ids in `.bin` (u16 when the
+//! vocabulary fits, else u32), sentence and document offsets in `.idx`, both read through
+//! mmap so that a corpus of any size costs no RAM.
+//!
+//! `.idx` layout, all u64 little-endian: magic, sentence count S, document count D, then
+//! S + 1 token offsets of sentence starts, then D + 1 sentence offsets of document starts.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+
+const IDX_MAGIC: u64 = u64::from_le_bytes(*b"RBIDX001");
+
+/// Width of the stored token ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenWidth {
+    U16,
+    U32,
+}
+
+impl TokenWidth {
+    pub fn for_vocab(vocab_size: usize) -> Self {
+        if vocab_size <= u16::MAX as usize + 1 {
+            Self::U16
+        } else {
+            Self::U32
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::U16 => 2,
+            Self::U32 => 4,
+        }
+    }
+}
+
+/// Writes one shard: documents of sentences of token ids.
+pub struct ShardWriter {
+    bin: BufWriter<File>,
+    bin_path: PathBuf,
+    idx_path: PathBuf,
+    width: TokenWidth,
+    sentence_offsets: Vec<u64>,
+    document_offsets: Vec<u64>,
+    tokens: u64,
+}
+
+impl ShardWriter {
+    pub fn create(bin_path: PathBuf, idx_path: PathBuf, width: TokenWidth) -> Result<Self> {
+        let file = File::create(&bin_path).map_err(|source| DataError::Io {
+            path: bin_path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            bin: BufWriter::with_capacity(1 << 20, file),
+            bin_path,
+            idx_path,
+            width,
+            sentence_offsets: vec![0],
+            document_offsets: vec![0],
+            tokens: 0,
+        })
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    pub fn documents(&self) -> u64 {
+        self.document_offsets.len() as u64 - 1
+    }
+
+    pub fn sentences(&self) -> u64 {
+        self.sentence_offsets.len() as u64 - 1
+    }
+
+    /// Appends a document; empty sentences are dropped and an empty document is skipped.
+    pub fn push_document(&mut self, sentences: &[Vec<u32>]) -> Result<()> {
+        let before = self.sentence_offsets.len();
+        for sentence in sentences.iter().filter(|s| !s.is_empty()) {
+            for &id in sentence {
+                let r = match self.width {
+                    TokenWidth::U16 => self.bin.write_all(&(id as u16).to_le_bytes()),
+                    TokenWidth::U32 => self.bin.write_all(&id.to_le_bytes()),
+                };
+                r.map_err(|source| DataError::Io {
+                    path: self.bin_path.clone(),
+                    source,
+                })?;
+            }
+            self.tokens += sentence.len() as u64;
+            self.sentence_offsets.push(self.tokens);
+        }
+        if self.sentence_offsets.len() > before {
+            self.document_offsets
+                .push(self.sentence_offsets.len() as u64 - 1);
+        }
+        Ok(())
+    }
+
+    /// Flushes and fsyncs both files.
+    pub fn finish(mut self) -> Result<()> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataError::Io { path, source }
+        };
+        self.bin.flush().map_err(io(&self.bin_path))?;
+        self.bin.get_ref().sync_all().map_err(io(&self.bin_path))?;
+        let mut idx =
+            Vec::with_capacity(8 * (3 + self.sentence_offsets.len() + self.document_offsets.len()));
+        for v in [IDX_MAGIC, self.sentences(), self.documents()]
+            .into_iter()
+            .chain(self.sentence_offsets.iter().copied())
+            .chain(self.document_offsets.iter().copied())
+        {
+            idx.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut file = File::create(&self.idx_path).map_err(io(&self.idx_path))?;
+        file.write_all(&idx).map_err(io(&self.idx_path))?;
+        file.sync_all().map_err(io(&self.idx_path))
+    }
+}
+
+/// A memory-mapped shard.
+pub struct Shard {
+    bin: Mmap,
+    idx: Mmap,
+    width: TokenWidth,
+    sentences: usize,
+    documents: usize,
+}
+
+impl Shard {
+    pub fn open(bin_path: &Path, idx_path: &Path, width: TokenWidth) -> Result<Self> {
+        let map = |path: &Path| -> Result<Mmap> {
+            let file = File::open(path).map_err(|source| DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            // SAFETY: shards are written once and never modified in place (they are
+            // replaced by rename), so the mapping stays valid and unchanging.
+            unsafe { Mmap::map(&file) }.map_err(|source| DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let bin = map(bin_path)?;
+        let idx = map(idx_path)?;
+        let corrupt = |message: String| DataError::CorruptShard {
+            path: idx_path.to_path_buf(),
+            message,
+        };
+        if idx.len() < 24 || read_u64(&idx, 0) != IDX_MAGIC {
+            return Err(corrupt("not a roberta-rs index (bad magic)".into()));
+        }
+        let sentences = read_u64(&idx, 1) as usize;
+        let documents = read_u64(&idx, 2) as usize;
+        if idx.len() != 8 * (3 + sentences + 1 + documents + 1) {
+            return Err(corrupt(format!(
+                "{} bytes, expected {}",
+                idx.len(),
+                8 * (5 + sentences + documents)
+            )));
+        }
+        let shard = Self {
+            bin,
+            idx,
+            width,
+            sentences,
+            documents,
+        };
+        let tokens = shard.sentence_start(sentences);
+        if shard.bin.len() as u64 != tokens * width.bytes() as u64 {
+            return Err(DataError::CorruptShard {
+                path: bin_path.to_path_buf(),
+                message: format!("{} bytes, the index says {tokens} tokens", shard.bin.len()),
+            });
+        }
+        Ok(shard)
+    }
+
+    pub fn sentences(&self) -> usize {
+        self.sentences
+    }
+
+    pub fn documents(&self) -> usize {
+        self.documents
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.sentence_start(self.sentences)
+    }
+
+    /// Token offset where sentence `s` starts (`s == sentences()` gives the end).
+    pub fn sentence_start(&self, s: usize) -> u64 {
+        read_u64(&self.idx, 3 + s)
+    }
+
+    /// Sentence index where document `d` starts (`d == documents()` gives the end).
+    pub fn document_start(&self, d: usize) -> usize {
+        read_u64(&self.idx, 3 + self.sentences + 1 + d) as usize
+    }
+
+    /// Appends tokens `[start, end)` to `out`.
+    pub fn tokens_into(&self, start: u64, end: u64, out: &mut Vec<u32>) {
+        let (start, end) = (start as usize, end as usize);
+        match self.width {
+            TokenWidth::U16 => out.extend(
+                self.bin[start * 2..end * 2]
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32),
+            ),
+            TokenWidth::U32 => out.extend(
+                self.bin[start * 4..end * 4]
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+        }
+    }
+}
+
+fn read_u64(bytes: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_u16_and_u32() {
+        for width in [TokenWidth::U16, TokenWidth::U32] {
+            let dir = tempfile::tempdir().unwrap();
+            let (bin, idx) = (dir.path().join("s.bin"), dir.path().join("s.idx"));
+            let mut w = ShardWriter::create(bin.clone(), idx.clone(), width).unwrap();
+            w.push_document(&[vec![5, 6, 7], vec![], vec![8]]).unwrap();
+            w.push_document(&[]).unwrap();
+            w.push_document(&[vec![9, 65_535]]).unwrap();
+            w.finish().unwrap();
+            let s = Shard::open(&bin, &idx, width).unwrap();
+            assert_eq!((s.sentences(), s.documents(), s.tokens()), (3, 2, 6));
+            assert_eq!(s.document_start(1), 2);
+            let mut out = Vec::new();
+            s.tokens_into(0, 6, &mut out);
+            assert_eq!(out, vec![5, 6, 7, 8, 9, 65_535]);
+        }
+    }
+
+    #[test]
+    fn truncated_shard_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, idx) = (dir.path().join("s.bin"), dir.path().join("s.idx"));
+        let mut w = ShardWriter::create(bin.clone(), idx.clone(), TokenWidth::U16).unwrap();
+        w.push_document(&[vec![5, 6, 7]]).unwrap();
+        w.finish().unwrap();
+        let data = std::fs::read(&bin).unwrap();
+        std::fs::write(&bin, &data[..4]).unwrap();
+        let err = Shard::open(&bin, &idx, TokenWidth::U16)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("s.bin"), "{err}");
+    }
+}

@@ -199,6 +199,94 @@ impl RobertaTokenizer {
     }
 }
 
+/// Trains a byte-level BPE as RoBERTa's: `<s> <pad> </s> <unk>` at ids 0–3, the learned
+/// merges, and `<mask>` as the last id.
+pub fn train_bpe(
+    files: &[PathBuf],
+    vocab_size: usize,
+    min_frequency: u64,
+) -> Result<RobertaTokenizer> {
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::models::bpe::BpeTrainer;
+
+    if vocab_size < 300 {
+        return Err(DataError::Invalid(format!(
+            "--vocab-size {vocab_size} is too small: the 256 byte symbols and 5 special tokens alone need 261"
+        )));
+    }
+    let specials: Vec<AddedToken> = ["<s>", "<pad>", "</s>", "<unk>"]
+        .into_iter()
+        .map(|t| AddedToken::from(t, true))
+        .collect();
+    let trainer = BpeTrainer::builder()
+        .vocab_size(vocab_size - 1)
+        .min_frequency(min_frequency)
+        .show_progress(false)
+        .special_tokens(specials)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+    let mut tokenizer = Tokenizer::new(BPE::default());
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tokenizer.with_decoder(Some(ByteLevel::new(true, true, true)));
+    let inner_files: Vec<String> = files
+        .iter()
+        .map(|f| f.to_string_lossy().into_owned())
+        .collect();
+    for f in files {
+        if !f.is_file() {
+            return Err(DataError::Corpus {
+                path: f.clone(),
+                message: "no such file".into(),
+            });
+        }
+    }
+    tokenizer
+        .train_from_files(&mut trainer, inner_files)
+        .map_err(|e| DataError::Tokenizer {
+            path: files.first().cloned().unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+    tokenizer
+        .add_special_tokens([AddedToken::from("<mask>", true).lstrip(true)])
+        .map_err(|e| DataError::Invalid(format!("adding <mask>: {e}")))?;
+    let id = |t: &str| tokenizer.token_to_id(t).expect("special token added");
+    let (bos, eos) = (id("<s>"), id("</s>"));
+    tokenizer.with_post_processor(Some(
+        RobertaProcessing::new(("</s>".into(), eos), ("<s>".into(), bos))
+            .trim_offsets(true)
+            .add_prefix_space(false),
+    ));
+    RobertaTokenizer::new(
+        tokenizer,
+        files
+            .first()
+            .map_or(Path::new("<trained>"), PathBuf::as_path),
+    )
+}
+
+impl RobertaTokenizer {
+    /// Writes `tokenizer.json`, `vocab.json` and `merges.txt` into `dir`.
+    pub fn save_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let err = |path: PathBuf| {
+            move |e: tokenizers::Error| DataError::Tokenizer {
+                path,
+                message: e.to_string(),
+            }
+        };
+        self.inner
+            .save(dir.join(TOKENIZER_FILE), true)
+            .map_err(err(dir.join(TOKENIZER_FILE)))?;
+        tokenizers::Model::save(self.inner.get_model(), dir, None)
+            .map_err(err(dir.to_path_buf()))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +346,42 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn trains_a_roberta_style_bpe() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("t.txt");
+        std::fs::write(
+            &text,
+            "the cat sat on the mat.\nthe dog sat on the log.\n".repeat(50),
+        )
+        .unwrap();
+        let tok = train_bpe(&[text], 320, 2).unwrap();
+        assert_eq!(
+            tok.specials(),
+            SpecialTokens {
+                bos: 0,
+                pad: 1,
+                eos: 2,
+                unk: 3,
+                mask: tok.vocab_size() as u32 - 1
+            }
+        );
+        tok.save_dir(&dir.path().join("out")).unwrap();
+        let back = RobertaTokenizer::load(&dir.path().join("out")).unwrap();
+        let files = RobertaTokenizer::from_vocab_merges(
+            &dir.path().join("out/vocab.json"),
+            &dir.path().join("out/merges.txt"),
+        )
+        .unwrap();
+        let e = back.encode("the cat <mask> on the mat.", true).unwrap();
+        assert_eq!(e.ids.first(), Some(&0));
+        assert!(e.ids.contains(&back.specials().mask));
+        assert_eq!(
+            files.encode("the cat sat", true).unwrap(),
+            back.encode("the cat sat", true).unwrap()
+        );
     }
 
     #[test]

@@ -342,3 +342,5 @@ macro_rules! parity_tests {
 parity_tests!(flex, burn::backend::Flex);
 #[cfg(feature = "wgpu")]
 parity_tests!(wgpu, burn::backend::Wgpu);
+#[cfg(feature = "tch")]
+parity_tests!(tch, burn::backend::LibTorch);

@@ -1,14 +1,23 @@
 //! `roberta-train`: pretrain, fine-tune and use RoBERTa models.
 
 mod backend;
+mod checkpoint;
+mod config;
+mod data_cmd;
 mod infer;
+mod pretrain;
+mod progress;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use roberta_data::corpus::{CorpusFormat, ReadOptions};
+use roberta_data::{BreakMode, MaskingConfig};
 
 use backend::DeviceSpec;
+use infer::{embed, fill_mask};
+use pretrain::pretrain;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +36,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Pretrain a masked language model (the RoBERTa recipe) from a TOML config.
+    ///
+    /// Raw text named in [data] is tokenized into shards on first use. The run
+    /// directory receives config.toml, metrics.jsonl, train.log, checkpoints/ and, at
+    /// the end, final/ (an HF model directory with its tokenizer). SIGINT/SIGTERM finish
+    /// the current update, save a checkpoint and exit 0.
+    Pretrain {
+        /// The TOML config (see configs/).
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config value: --set train.batch_size=32 (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+        /// Continue a run: `auto` takes the newest checkpoint of the run directory that
+        /// verifies; or a checkpoint directory.
+        #[arg(long)]
+        resume: Option<String>,
+        /// Run directory (default: runs/<config name>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Resume even if the config changed in ways that break an exact continuation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Tokenize corpus files into token shards (data-bin/) for pretraining.
+    Preprocess(PreprocessCli),
+    /// Train or apply byte-level BPE tokenizers.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+    /// Look at what the loader serves.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Predict the tokens behind each <mask>, like HF's fill-mask pipeline.
     ///
     /// The model directory holds an HF RobertaForMaskedLM (config.json +
@@ -71,23 +112,280 @@ enum Command {
     },
 }
 
-fn main() {
-    tracing_subscriber::fmt()
+#[derive(Args)]
+struct PreprocessCli {
+    /// Training text: files, directories (walked recursively) or globs.
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// The tokenizer: tokenizer.json, or a directory with it or vocab.json + merges.txt.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Held-out files for the valid split.
+    #[arg(long, num_args = 1.., conflicts_with = "valid_fraction")]
+    valid: Vec<PathBuf>,
+    /// Hold out this fraction of the documents as the valid split.
+    #[arg(long, default_value_t = 0.0)]
+    valid_fraction: f64,
+    #[command(flatten)]
+    read: ReadCli,
+    /// Tokenizer threads (default: all cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Tokens per shard file.
+    #[arg(long, default_value_t = 1 << 28)]
+    shard_tokens: u64,
+    /// Seed of the train/valid draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Rebuild even when the output is up to date.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct ReadCli {
+    /// Input format; default: by extension (.jsonl/.json → jsonl, else text).
+    #[arg(long, value_parser = ["text", "jsonl"])]
+    format: Option<String>,
+    /// JSONL field holding the text.
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Text files hold one document per line (default: one sentence per line, blank
+    /// lines between documents).
+    #[arg(long)]
+    doc_per_line: bool,
+    /// Skip lines that are not valid UTF-8 instead of failing.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
+impl From<ReadCli> for ReadOptions {
+    fn from(r: ReadCli) -> Self {
+        ReadOptions {
+            format: r.format.map(|f| {
+                if f == "jsonl" {
+                    CorpusFormat::Jsonl
+                } else {
+                    CorpusFormat::Text
+                }
+            }),
+            text_field: r.text_field,
+            doc_per_line: r.doc_per_line,
+            skip_invalid: r.skip_invalid,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Train a byte-level BPE with RoBERTa's special tokens (<s>=0 <pad>=1 </s>=2
+    /// <unk>=3, <mask> last); writes tokenizer.json, vocab.json and merges.txt.
+    Train {
+        /// Text files, directories or globs.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        #[arg(long, default_value_t = 50265)]
+        vocab_size: usize,
+        /// Merges need a pair seen at least this often.
+        #[arg(long, default_value_t = 2)]
+        min_frequency: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Encode each line of a text file: JSONL of ids and character offsets.
+    Encode {
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Leave out <s> and </s>.
+        #[arg(long)]
+        no_special_tokens: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Write masked batches as JSONL and print the mask rate, the 80/10/10 split and
+    /// the block fill rate.
+    Inspect {
+        /// A preprocessed data directory.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "train")]
+        split: String,
+        #[arg(long, default_value_t = 4)]
+        batches: usize,
+        /// The epoch whose permutation and masks to show.
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 512)]
+        block_size: usize,
+        #[arg(long, value_parser = ["full-sentences", "doc-sentences"], default_value = "full-sentences")]
+        break_mode: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.15)]
+        mask_prob: f64,
+        #[arg(long)]
+        whole_word: bool,
+        #[arg(long, default_value = "inspect.jsonl")]
+        output: PathBuf,
+    },
+}
+
+fn init_logging(log_file: Option<&Path>) -> Result<()> {
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_filter(filter());
+    let file = match log_file {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_filter(filter()),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
         .init();
-    if let Err(e) = run(Cli::parse()) {
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // The config is checked before anything is created, the run directory included.
+    let (run_dir, pretrain_config) = match &cli.command {
+        Command::Pretrain {
+            config,
+            run_dir,
+            sets,
+            ..
+        } => match config::PretrainConfig::load(config, sets) {
+            Ok(loaded) => (
+                Some(
+                    run_dir
+                        .clone()
+                        .unwrap_or_else(|| pretrain::default_run_dir(config)),
+                ),
+                Some(loaded),
+            ),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        },
+        _ => (None, None),
+    };
+    if let Err(e) = init_logging(run_dir.as_ref().map(|d| d.join("train.log")).as_deref()) {
+        eprintln!("error: setting up logging: {e:#}");
+        std::process::exit(1);
+    }
+    if let Err(e) = run(cli, run_dir, pretrain_config) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(
+    cli: Cli,
+    run_dir: Option<PathBuf>,
+    pretrain_config: Option<config::PretrainConfig>,
+) -> Result<()> {
     let device = cli.device.unwrap_or_else(DeviceSpec::default_compiled);
     match cli.command {
+        Command::Pretrain { resume, force, .. } => {
+            let run_dir = run_dir.expect("computed for pretrain");
+            let config = pretrain_config.expect("loaded for pretrain");
+            dispatch!(
+                device,
+                pretrain(pretrain::PretrainArgs {
+                    config,
+                    resume,
+                    run_dir,
+                    force
+                })
+            )
+        }
+        Command::Preprocess(p) => data_cmd::run_preprocess(data_cmd::PreprocessArgs {
+            inputs: p.input,
+            valid: p.valid,
+            valid_fraction: p.valid_fraction,
+            tokenizer: p.tokenizer,
+            out: p.out,
+            read: p.read.into(),
+            workers: p.workers,
+            shard_tokens: p.shard_tokens,
+            seed: p.seed,
+            force: p.force,
+        }),
+        Command::Tokenizer(TokenizerCommand::Train {
+            input,
+            vocab_size,
+            min_frequency,
+            out,
+        }) => data_cmd::tokenizer_train(&input, vocab_size, min_frequency, &out),
+        Command::Tokenizer(TokenizerCommand::Encode {
+            tokenizer,
+            input,
+            output,
+            no_special_tokens,
+        }) => data_cmd::tokenizer_encode(&tokenizer, &input, &output, !no_special_tokens),
+        Command::Data(DataCommand::Inspect {
+            data,
+            split,
+            batches,
+            epoch,
+            batch_size,
+            block_size,
+            break_mode,
+            seed,
+            mask_prob,
+            whole_word,
+            output,
+        }) => data_cmd::inspect(data_cmd::InspectArgs {
+            data,
+            split,
+            batches,
+            epoch,
+            batch_size,
+            block_size,
+            break_mode: if break_mode == "doc-sentences" {
+                BreakMode::DocSentences
+            } else {
+                BreakMode::FullSentences
+            },
+            seed,
+            masking: MaskingConfig {
+                mask_prob,
+                whole_word,
+                ..Default::default()
+            },
+            output,
+        }),
         Command::FillMask {
             model,
             top_k,
@@ -117,10 +415,8 @@ fn run(cli: Cli) -> Result<()> {
                 output,
                 all_layers,
                 batch_size,
-                truncate,
+                truncate
             })
         ),
     }
 }
-
-use infer::{embed, fill_mask};

@@ -1,0 +1,251 @@
+//! Checkpoints: `checkpoints/step-NNNNNNN/` with the model, both optimizers' state, the
+//! trainer state (step, loader position, counters), the resolved config and a manifest of
+//! sha256 checksums. Written into a temporary directory, fsynced, then renamed, so a
+//! crash never leaves a directory that verifies but is incomplete.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use roberta_data::LoaderState;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const TRAINER_STATE: &str = "trainer.json";
+pub const CONFIG: &str = "config.toml";
+
+/// Everything besides tensors that a resumed run needs to continue exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Updates taken.
+    pub step: u64,
+    /// The loader position after the last micro-batch of `step`.
+    pub loader: LoaderState,
+    /// Updates skipped for a non-finite loss, in total and in a row.
+    pub bad_steps: u64,
+    pub bad_in_a_row: u32,
+    /// Non-padding tokens trained on.
+    pub tokens: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    step: u64,
+    files: BTreeMap<String, String>,
+}
+
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+fn step_dir_name(step: u64) -> String {
+    format!("step-{step:07}")
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn fsync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Writes a checkpoint: `write_files(tmp_dir)` puts the tensor files in place; this adds
+/// the trainer state, config and manifest, syncs everything, renames the directory into
+/// place and prunes all but the newest `keep`.
+pub fn save(
+    run_dir: &Path,
+    state: &TrainerState,
+    config_toml: &str,
+    keep: usize,
+    write_files: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let dir = checkpoints_dir(run_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = step_dir_name(state.step);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = (|| -> Result<PathBuf> {
+        write_files(&tmp)?;
+        std::fs::write(tmp.join(TRAINER_STATE), serde_json::to_vec_pretty(state)?)?;
+        std::fs::write(tmp.join(CONFIG), config_toml)?;
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&tmp)? {
+            let path = entry?.path();
+            fsync(&path)?;
+            files.insert(
+                path.file_name()
+                    .expect("file")
+                    .to_string_lossy()
+                    .into_owned(),
+                sha256_file(&path)?,
+            );
+        }
+        let manifest = Manifest {
+            step: state.step,
+            files,
+        };
+        std::fs::write(tmp.join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
+        fsync(&tmp.join(MANIFEST))?;
+        fsync(&tmp)?;
+        let target = dir.join(&name);
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        std::fs::rename(&tmp, &target)?;
+        fsync(&dir)?;
+        Ok(target)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    let target =
+        result.with_context(|| format!("writing checkpoint {name} in {}", dir.display()))?;
+    prune(&dir, keep)?;
+    Ok(target)
+}
+
+/// Checkpoint directories, newest first.
+pub fn list(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let dir = checkpoints_dir(run_dir);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .collect();
+    found.sort();
+    found.reverse();
+    Ok(found)
+}
+
+fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let run_dir = dir.parent().unwrap_or(dir);
+    for old in list(run_dir)?.into_iter().skip(keep) {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// Checks every file against the manifest; the error says which file is wrong.
+pub fn verify(checkpoint: &Path) -> Result<TrainerState> {
+    let text = std::fs::read_to_string(checkpoint.join(MANIFEST))
+        .with_context(|| format!("{}: no readable manifest", checkpoint.display()))?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{}: corrupt manifest", checkpoint.display()))?;
+    for (file, expected) in &manifest.files {
+        let path = checkpoint.join(file);
+        let actual = sha256_file(&path)?;
+        if &actual != expected {
+            bail!(
+                "{}: checksum mismatch (file corrupt or truncated)",
+                path.display()
+            );
+        }
+    }
+    let state: TrainerState =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join(TRAINER_STATE))?)?;
+    if state.step != manifest.step {
+        bail!(
+            "{}: manifest step {} but trainer state step {}",
+            checkpoint.display(),
+            manifest.step,
+            state.step
+        );
+    }
+    Ok(state)
+}
+
+/// The newest checkpoint that verifies; each one that does not is reported in `skipped`.
+pub fn latest_valid(run_dir: &Path) -> Result<(Option<(PathBuf, TrainerState)>, Vec<String>)> {
+    let mut skipped = Vec::new();
+    for dir in list(run_dir)? {
+        match verify(&dir) {
+            Ok(state) => return Ok((Some((dir, state)), skipped)),
+            Err(e) => skipped.push(format!("{e:#}")),
+        }
+    }
+    Ok((None, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: u64) -> TrainerState {
+        TrainerState {
+            step,
+            loader: LoaderState {
+                epoch: 0,
+                cursor: step,
+            },
+            bad_steps: 0,
+            bad_in_a_row: 0,
+            tokens: 0,
+        }
+    }
+
+    fn write(dir: &Path, step: u64) -> PathBuf {
+        save(dir, &state(step), "x = 1", 2, |tmp| {
+            Ok(std::fs::write(
+                tmp.join("model.bin"),
+                vec![step as u8; 100],
+            )?)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn keeps_the_newest_and_verifies() {
+        let run = tempfile::tempdir().unwrap();
+        for step in [10, 20, 30] {
+            write(run.path(), step);
+        }
+        let names: Vec<String> = list(run.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["step-0000030", "step-0000020"]);
+        let (found, skipped) = latest_valid(run.path()).unwrap();
+        assert_eq!(found.unwrap().1.step, 30);
+        assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_newest_checkpoint_falls_back_and_is_named() {
+        let run = tempfile::tempdir().unwrap();
+        write(run.path(), 10);
+        let newest = write(run.path(), 20);
+        std::fs::write(newest.join("model.bin"), b"truncated").unwrap();
+        let (found, skipped) = latest_valid(run.path()).unwrap();
+        assert_eq!(found.unwrap().1.step, 10);
+        assert!(
+            skipped[0].contains("step-0000020") && skipped[0].contains("checksum"),
+            "{skipped:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing() {
+        let run = tempfile::tempdir().unwrap();
+        let err = save(run.path(), &state(5), "", 2, |_| bail!("disk full"));
+        assert!(err.is_err());
+        assert!(list(run.path()).unwrap().is_empty());
+        let leftovers = std::fs::read_dir(checkpoints_dir(run.path()))
+            .unwrap()
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+}

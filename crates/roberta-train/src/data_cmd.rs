@@ -1,0 +1,266 @@
+//! Data commands: `tokenizer train`, `tokenizer encode`, `preprocess`, `data inspect`.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use roberta_data::corpus::{ReadOptions, expand_inputs};
+use roberta_data::loader::{PermutationCache, batch_at};
+use roberta_data::masking::IGNORE_INDEX;
+use roberta_data::preprocess::{Outcome, PreprocessOptions, preprocess};
+use roberta_data::tokenizer::train_bpe;
+use roberta_data::{
+    BreakMode, Corpus, LoaderConfig, LoaderState, MaskVocab, MaskingConfig, RobertaTokenizer, Split,
+};
+
+pub fn tokenizer_train(
+    inputs: &[PathBuf],
+    vocab_size: usize,
+    min_frequency: u64,
+    out: &Path,
+) -> Result<()> {
+    let files = expand_inputs(inputs)?;
+    let tokenizer = train_bpe(&files, vocab_size, min_frequency)?;
+    tokenizer.save_dir(out)?;
+    println!(
+        "trained a byte-level BPE of {} tokens on {} file(s): {}",
+        tokenizer.vocab_size(),
+        files.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+pub fn tokenizer_encode(
+    tokenizer: &Path,
+    input: &Path,
+    output: &Path,
+    special_tokens: bool,
+) -> Result<()> {
+    let tokenizer = RobertaTokenizer::load(tokenizer)
+        .with_context(|| format!("loading {}", tokenizer.display()))?;
+    let file =
+        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let tmp = output.with_extension("jsonl.tmp");
+    let mut out = BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line =
+            line.with_context(|| format!("{}:{}: not UTF-8 text", input.display(), n + 1))?;
+        let e = tokenizer.encode(&line, special_tokens)?;
+        let offsets: Vec<[usize; 2]> = e.offsets.iter().map(|&(a, b)| [a, b]).collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "ids": e.ids, "offsets": offsets })
+        )?;
+    }
+    out.into_inner()?.sync_all()?;
+    std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
+    Ok(())
+}
+
+pub struct PreprocessArgs {
+    pub inputs: Vec<PathBuf>,
+    pub valid: Vec<PathBuf>,
+    pub valid_fraction: f64,
+    pub tokenizer: PathBuf,
+    pub out: PathBuf,
+    pub read: ReadOptions,
+    pub workers: Option<usize>,
+    pub shard_tokens: u64,
+    pub seed: u64,
+    pub force: bool,
+}
+
+pub fn run_preprocess(args: PreprocessArgs) -> Result<()> {
+    let tokenizer = RobertaTokenizer::load(&args.tokenizer)
+        .with_context(|| format!("loading {}", args.tokenizer.display()))?;
+    let mut options = PreprocessOptions {
+        inputs: args.inputs,
+        valid: args.valid,
+        valid_fraction: args.valid_fraction,
+        read: args.read,
+        shard_tokens: args.shard_tokens,
+        seed: args.seed,
+        ..Default::default()
+    };
+    if let Some(w) = args.workers {
+        ensure!(w > 0, "--workers must be at least 1");
+        options.workers = w;
+    }
+    let bar = crate::progress::bytes_bar("preprocessing");
+    let start = std::time::Instant::now();
+    let outcome = preprocess(&tokenizer, &options, &args.out, args.force, &|p| {
+        crate::progress::update_bytes(&bar, p)
+    })?;
+    bar.finish_and_clear();
+    match outcome {
+        Outcome::UpToDate(_) => println!(
+            "{} is up to date (pass --force to rebuild)",
+            args.out.display()
+        ),
+        Outcome::Written(meta) => {
+            let seconds = start.elapsed().as_secs_f64();
+            let bytes: u64 = meta.sources.iter().map(|s| s.bytes).sum();
+            for (name, split) in &meta.splits {
+                println!(
+                    "{name}: {} documents, {} sentences, {} tokens in {} shard(s)",
+                    split.documents,
+                    split.sentences,
+                    split.tokens,
+                    split.shards.len()
+                );
+            }
+            if meta.skipped_invalid > 0 {
+                println!("skipped {} invalid lines", meta.skipped_invalid);
+            }
+            println!(
+                "{:.1} MB in {seconds:.1} s ({:.2} MB/s) → {}",
+                bytes as f64 / 1e6,
+                bytes as f64 / 1e6 / seconds,
+                args.out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub struct InspectArgs {
+    pub data: PathBuf,
+    pub split: String,
+    pub batches: usize,
+    pub epoch: u64,
+    pub batch_size: usize,
+    pub block_size: usize,
+    pub break_mode: BreakMode,
+    pub seed: u64,
+    pub masking: MaskingConfig,
+    pub output: PathBuf,
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    args.masking.validate().map_err(|e| anyhow::anyhow!(e))?;
+    ensure!(
+        args.batch_size > 0 && args.batches > 0,
+        "--batches and --batch-size must be at least 1"
+    );
+    let tokenizer = RobertaTokenizer::load(&args.data.join("tokenizer.json"))
+        .with_context(|| format!("{}: the data directory's tokenizer", args.data.display()))?;
+    let split = Split::open(
+        &args.data,
+        &args.split,
+        Some(&roberta_data::preprocess::tokenizer_sha256(&tokenizer)),
+    )?;
+    let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
+        tokenizer.id_to_token(id)
+    });
+    let corpus = Corpus::new(
+        split,
+        args.block_size,
+        args.break_mode,
+        vocab,
+        args.masking.clone(),
+    );
+    ensure!(
+        !corpus.is_empty(),
+        "{}: the {} split has no blocks",
+        args.data.display(),
+        args.split
+    );
+    let config = LoaderConfig {
+        batch_size: args.batch_size,
+        seed: args.seed,
+        rank: 0,
+        world: 1,
+        pad_to: None,
+        queue_depth: 1,
+    };
+    let mut state = LoaderState {
+        epoch: args.epoch,
+        cursor: 0,
+    };
+    let mut cache = PermutationCache::default();
+    let tmp = args.output.with_extension("jsonl.tmp");
+    let mut out = BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    let mask = tokenizer.specials().mask;
+    let (mut maskable, mut chosen, mut as_mask, mut as_random, mut kept) =
+        (0usize, 0usize, 0usize, 0usize, 0usize);
+    let mut original = Vec::new();
+    for b in 0..args.batches {
+        let batch = batch_at(&corpus, &config, state, &mut cache);
+        for row in 0..batch.batch_size {
+            let range = row * batch.seq_len..(row + 1) * batch.seq_len;
+            let len = batch.attention_mask[range.clone()]
+                .iter()
+                .filter(|&&m| m == 1)
+                .count();
+            let ids = &batch.input_ids[range.start..range.start + len];
+            let labels = &batch.labels[range.start..range.start + len];
+            original.clear();
+            original.extend(
+                ids.iter()
+                    .zip(labels)
+                    .map(|(&i, &l)| if l == IGNORE_INDEX { i } else { l as u32 }),
+            );
+            maskable += original
+                .iter()
+                .filter(|&&t| !tokenizer.specials().contains(t))
+                .count();
+            let positions: Vec<usize> = (0..len).filter(|&p| labels[p] != IGNORE_INDEX).collect();
+            for &p in &positions {
+                chosen += 1;
+                if ids[p] == mask {
+                    as_mask += 1;
+                } else if ids[p] == original[p] {
+                    kept += 1;
+                } else {
+                    as_random += 1;
+                }
+            }
+            let tokens: Vec<String> = ids
+                .iter()
+                .map(|&i| tokenizer.id_to_token(i).unwrap_or_default())
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "batch": b, "row": row, "epoch": batch.epoch,
+                    "input_ids": ids, "tokens": tokens,
+                    "masked_positions": positions, "labels": labels,
+                })
+            )?;
+        }
+        state = batch.next;
+    }
+    out.into_inner()?.sync_all()?;
+    std::fs::rename(&tmp, &args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let pct = |x: usize, of: usize| 100.0 * x as f64 / of.max(1) as f64;
+    println!(
+        "wrote {} batches to {}",
+        args.batches,
+        args.output.display()
+    );
+    println!(
+        "mask rate: {:.2}% of {maskable} maskable tokens",
+        pct(chosen, maskable)
+    );
+    println!(
+        "of the masked: {:.1}% <mask>, {:.1}% random, {:.1}% unchanged",
+        pct(as_mask, chosen),
+        pct(as_random, chosen),
+        pct(kept, chosen)
+    );
+    println!(
+        "block fill rate: {:.1}% of {} tokens over {} blocks",
+        corpus.fill_rate() * 100.0,
+        args.block_size,
+        corpus.len()
+    );
+    Ok(())
+}

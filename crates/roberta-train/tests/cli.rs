@@ -1,0 +1,615 @@
+//! End-to-end tests of the `roberta-train` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run roberta-train")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "unexpected success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn mlm_fixture() -> String {
+    repo()
+        .join("crates/roberta-model/tests/fixtures/mlm")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn fill_mask_prints_top_k_per_mask() {
+    let out = ok(&run(&[
+        "fill-mask",
+        "--model",
+        &mlm_fixture(),
+        "--top-k",
+        "3",
+        "The cat sat on the <mask>.",
+    ]));
+    let candidates = out
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains("The cat sat"))
+        .count();
+    assert_eq!(candidates, 3, "{out}");
+    let err = fails(&run(&[
+        "fill-mask",
+        "--model",
+        &mlm_fixture(),
+        "no mask here",
+    ]));
+    assert!(err.contains("no <mask>"), "{err}");
+    let err = fails(&run(&[
+        "--device",
+        "cuda:0",
+        "fill-mask",
+        "--model",
+        &mlm_fixture(),
+        "<mask>",
+    ]));
+    assert!(
+        err.contains("--features cuda") || err.contains("cuda"),
+        "{err}"
+    );
+}
+
+#[test]
+fn embed_writes_every_input_and_names_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"text\": \"The cat sat.\"}\n\n{\"input_ids\": [0, 100, 101, 2]}\n",
+    )
+    .unwrap();
+    let output = dir.path().join("out.safetensors");
+    ok(&run(&[
+        "embed",
+        "--model",
+        &mlm_fixture(),
+        "--input",
+        s(&input),
+        "--output",
+        s(&output),
+        "--all-layers",
+    ]));
+    let bytes = std::fs::read(&output).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        file.tensor("1.last_hidden_state").unwrap().shape(),
+        &[4, 32]
+    );
+    assert_eq!(file.tensor("1.hidden_states").unwrap().shape(), &[3, 4, 32]);
+    assert!(file.tensor("0.input_ids").is_ok());
+
+    std::fs::write(&input, "{\"text\": \"ok\"}\n{\"txt\": \"typo\"}\n").unwrap();
+    let bad = dir.path().join("bad.safetensors");
+    let err = fails(&run(&[
+        "embed",
+        "--model",
+        &mlm_fixture(),
+        "--input",
+        s(&input),
+        "--output",
+        s(&bad),
+    ]));
+    assert!(err.contains("in.jsonl:2"), "{err}");
+    assert!(!bad.exists(), "no output after an error");
+}
+
+#[test]
+fn tokenizer_train_then_encode_with_char_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "Café au lait, s'il vous plaît.\nThe cat sat on the mat.\n".repeat(40),
+    )
+    .unwrap();
+    let tok = dir.path().join("tok");
+    ok(&run(&[
+        "tokenizer",
+        "train",
+        "--input",
+        s(&text),
+        "--vocab-size",
+        "300",
+        "--out",
+        s(&tok),
+    ]));
+    for f in ["tokenizer.json", "vocab.json", "merges.txt"] {
+        assert!(tok.join(f).exists(), "{f}");
+    }
+    let lines = dir.path().join("l.txt");
+    std::fs::write(&lines, "Café <mask>\n").unwrap();
+    let out = dir.path().join("o.jsonl");
+    ok(&run(&[
+        "tokenizer",
+        "encode",
+        "--tokenizer",
+        s(&tok),
+        "--input",
+        s(&lines),
+        "--output",
+        s(&out),
+    ]));
+    let v: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let offsets = v["offsets"].as_array().unwrap();
+    let last_word = offsets[offsets.len() - 2].as_array().unwrap();
+    // "Café <mask>": characters, not bytes: <mask> spans 4..11 with its lstrip'd space.
+    assert_eq!(last_word[1].as_u64(), Some(11), "{v}");
+}
+
+/// The first `lines` lines of the embedded corpus, in a temp dir.
+fn small_corpus(dir: &Path, lines: usize) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("data/default-corpus/train.txt")).unwrap();
+    let part: Vec<&str> = text.lines().take(lines).collect();
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, part.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn preprocess_is_deterministic_idempotent_and_inspectable() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(dir.path(), 600);
+    let tok = repo().join("data/tokenizer");
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let out = ok(&run(&[
+        "preprocess",
+        "--input",
+        s(&corpus),
+        "--tokenizer",
+        s(&tok),
+        "--out",
+        s(&a),
+        "--valid-fraction",
+        "0.1",
+        "--workers",
+        "1",
+    ]));
+    assert!(out.contains("train:") && out.contains("valid:"), "{out}");
+    ok(&run(&[
+        "preprocess",
+        "--input",
+        s(&corpus),
+        "--tokenizer",
+        s(&tok),
+        "--out",
+        s(&b),
+        "--valid-fraction",
+        "0.1",
+        "--workers",
+        "2",
+    ]));
+    for f in [
+        "train-00000.bin",
+        "train-00000.idx",
+        "valid-00000.bin",
+        "meta.json",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(
+            x == y || f == "meta.json",
+            "{f} differs between 1 and 2 workers"
+        );
+    }
+    let again = ok(&run(&[
+        "preprocess",
+        "--input",
+        s(&corpus),
+        "--tokenizer",
+        s(&tok),
+        "--out",
+        s(&a),
+        "--valid-fraction",
+        "0.1",
+    ]));
+    assert!(again.contains("up to date"), "{again}");
+
+    let jsonl = dir.path().join("inspect.jsonl");
+    let out = ok(&run(&[
+        "data",
+        "inspect",
+        "--data",
+        s(&a),
+        "--batches",
+        "3",
+        "--block-size",
+        "64",
+        "--output",
+        s(&jsonl),
+    ]));
+    assert!(
+        out.contains("mask rate") && out.contains("<mask>") && out.contains("fill rate"),
+        "{out}"
+    );
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&jsonl)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["tokens"][0], "<s>");
+
+    // Bad input: an empty file, an invalid UTF-8 file; nothing left behind.
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let c = dir.path().join("c");
+    let err = fails(&run(&[
+        "preprocess",
+        "--input",
+        s(&empty),
+        "--tokenizer",
+        s(&tok),
+        "--out",
+        s(&c),
+    ]));
+    assert!(err.contains("no text"), "{err}");
+    let binary = dir.path().join("bin.txt");
+    std::fs::write(&binary, b"fine\n\xff\xfe\x00\x01\n").unwrap();
+    let err = fails(&run(&[
+        "preprocess",
+        "--input",
+        s(&binary),
+        "--tokenizer",
+        s(&tok),
+        "--out",
+        s(&c),
+    ]));
+    assert!(err.contains("bin.txt") && err.contains("byte 5"), "{err}");
+    assert!(!c.exists(), "a failed preprocess leaves no output");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A tiny pretraining config over a small slice of the embedded corpus.
+fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
+    let corpus = small_corpus(dir, 800);
+    let config = format!(
+        r#"
+[model]
+preset = "tiny"
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+intermediate_size = 64
+[data]
+train = ["{corpus}"]
+valid_fraction = 0.05
+data_dir = "{data}"
+tokenizer = "{tok}"
+block_size = 32
+[optim]
+lr = 1e-3
+clip_norm = 1.0
+[schedule]
+warmup_steps = 2
+total_steps = 8
+[train]
+batch_size = 4
+seed = 1
+[checkpoint]
+every = 2
+keep = 10
+[log]
+every = 1
+valid_every = 4
+valid_batches = 2
+{extra}
+"#,
+        corpus = corpus.display(),
+        data = dir.join("data-bin").display(),
+        tok = repo().join("data/tokenizer").display(),
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn losses(run_dir: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn pretrain_runs_and_its_final_model_fills_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    ok(&run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run_dir),
+    ]));
+    let l = losses(&run_dir);
+    assert_eq!(
+        l.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("valid_loss") && metrics.contains("masked_acc"));
+    assert!(run_dir.join("train.log").exists() && run_dir.join("config.toml").exists());
+    let out = ok(&run(&[
+        "fill-mask",
+        "--model",
+        s(&run_dir.join("final")),
+        "The cat <mask> at night.",
+    ]));
+    assert!(out.lines().count() >= 6, "{out}");
+    // A second start on the same run directory must not overwrite it silently.
+    let err = fails(&run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run_dir),
+    ]));
+    assert!(err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn resume_after_kill_9_repeats_the_uninterrupted_losses_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let straight = dir.path().join("straight");
+    ok(&run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&straight),
+    ]));
+
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+        .args(["pretrain", "--config", s(&config), "--run-dir", s(&killed)])
+        .current_dir(repo())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = killed.join("checkpoints/step-0000004");
+    while !checkpoint.exists() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().ok(); // SIGKILL: no chance to save
+    child.wait().unwrap();
+    // Whatever the kill interrupted, go back to step 4.
+    for entry in std::fs::read_dir(killed.join("checkpoints")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().as_ref() > "step-0000004" {
+            std::fs::remove_dir_all(p).unwrap();
+        }
+    }
+    let _ = std::fs::remove_dir_all(killed.join("final"));
+    let out = run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&killed),
+        "--resume",
+        "auto",
+    ]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resumed from"));
+    assert_eq!(losses(&killed), losses(&straight));
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_is_named_and_the_previous_one_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    ok(&run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run_dir),
+        "--set",
+        "schedule.total_steps=6",
+    ]));
+    let newest = run_dir.join("checkpoints/step-0000006/model.bin");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let out = run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run_dir),
+        "--resume",
+        "auto",
+        "--set",
+        "schedule.total_steps=6",
+    ]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("step-0000006") && err.contains("checksum"),
+        "{err}"
+    );
+    assert!(
+        err.contains("resumed from") && err.contains("step-0000004"),
+        "{err}"
+    );
+    // A change that breaks exactness is refused.
+    let err = fails(&run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run_dir),
+        "--resume",
+        "auto",
+        "--set",
+        "train.seed=2",
+    ]));
+    assert!(
+        err.contains("train.seed") && err.contains("--force"),
+        "{err}"
+    );
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn accumulation_equals_one_big_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_dropout = "";
+    let config = tiny_config(dir.path(), no_dropout);
+    let sets = |b: &str, k: &str| {
+        vec![
+            "--set".to_string(),
+            format!("train.batch_size={b}"),
+            "--set".to_string(),
+            format!("train.accumulation={k}"),
+            "--set".to_string(),
+            "model.hidden_dropout_prob=0.0".into(),
+            "--set".to_string(),
+            "model.attention_probs_dropout_prob=0.0".into(),
+            "--set".to_string(),
+            "schedule.total_steps=3".into(),
+        ]
+    };
+    let mut runs = Vec::new();
+    for (b, k) in [("4", "2"), ("8", "1")] {
+        let run_dir = dir.path().join(format!("b{b}k{k}"));
+        let mut args = vec![
+            "pretrain".to_string(),
+            "--config".into(),
+            s(&config).into(),
+            "--run-dir".into(),
+            s(&run_dir).into(),
+        ];
+        args.extend(sets(b, k));
+        ok(&run(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+        runs.push(run_dir);
+    }
+    let (a, b) = (losses(&runs[0]), losses(&runs[1]));
+    for ((_, x), (_, y)) in a.iter().zip(&b) {
+        let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "loss {x} vs {y}");
+    }
+    for ((ka, wa), (kb, wb)) in weights(&runs[0].join("final"))
+        .iter()
+        .zip(&weights(&runs[1].join("final")))
+    {
+        assert_eq!(ka, kb);
+        let scale = wa.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let diff = wa
+            .iter()
+            .zip(wb)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        // The key bias adds a constant to every score of a query, which softmax ignores:
+        // its true gradient is zero and what it gets is rounding noise (~1e-10 here).
+        if ka.ends_with("attention.self.key.bias") {
+            assert!(diff <= 1e-8, "{ka}: diff {diff}");
+        } else {
+            assert!(diff / scale <= 1e-5, "{ka}: relative diff {}", diff / scale);
+        }
+    }
+}
+
+#[test]
+fn config_errors_are_named_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    let err = fails(&run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run_dir),
+        "--set",
+        "train.batchsize=3",
+    ]));
+    assert!(err.contains("batchsize"), "{err}");
+    let err = fails(&run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run_dir),
+        "--set",
+        "masking.mask_prob=1.5",
+    ]));
+    assert!(err.contains("mask_prob"), "{err}");
+    assert!(
+        !dir.path().join("data-bin").exists(),
+        "no work before validation"
+    );
+}

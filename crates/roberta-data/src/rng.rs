@@ -18,7 +18,7 @@ pub struct KeyedRng {
 
 impl KeyedRng {
     pub fn new(key: &[u64]) -> Self {
-        let mut x = 0x5EED_0F_2019_u64;
+        let mut x = 0x005E_ED0F_2019_u64;
         for &k in key {
             x ^= k;
             splitmix64(&mut x);
@@ -49,7 +49,7 @@ impl KeyedRng {
 
     /// Uniform in [0, n) (Lemire's multiply-shift; the bias is below 2^-32 for n < 2^32).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// Fisher–Yates shuffle.

@@ -3,7 +3,7 @@
 //!
 //!     cargo run --release -p roberta-model --example resave -- IN_DIR OUT_DIR
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use roberta_model::{
@@ -14,7 +14,7 @@ use roberta_model::{
 
 type B = Flex;
 
-fn resave<M: Pretrained<B>>(input: &PathBuf, output: &PathBuf) -> roberta_model::Result<()> {
+fn resave<M: Pretrained<B>>(input: &Path, output: &Path) -> roberta_model::Result<()> {
     let loaded = load_pretrained::<B, M>(input, LoadOptions::default(), &Default::default())?;
     save_pretrained(&loaded.model, &loaded.config, output)
 }

@@ -167,8 +167,11 @@ pub fn verify(checkpoint: &Path) -> Result<TrainerState> {
     Ok(state)
 }
 
+/// A verified checkpoint directory and its trainer state.
+pub type Found = (PathBuf, TrainerState);
+
 /// The newest checkpoint that verifies; each one that does not is reported in `skipped`.
-pub fn latest_valid(run_dir: &Path) -> Result<(Option<(PathBuf, TrainerState)>, Vec<String>)> {
+pub fn latest_valid(run_dir: &Path) -> Result<(Option<Found>, Vec<String>)> {
     let mut skipped = Vec::new();
     for dir in list(run_dir)? {
         match verify(&dir) {

@@ -245,7 +245,7 @@ impl PretrainConfig {
                 bail!("{key} = {v} must be in [0, 1)");
             }
         }
-        if !(o.eps > 0.0) {
+        if o.eps.is_nan() || o.eps <= 0.0 {
             bail!("optim.eps = {} must be positive", o.eps);
         }
         if !(0.0..1.0).contains(&o.weight_decay) {

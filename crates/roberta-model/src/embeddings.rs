@@ -83,7 +83,11 @@ mod tests {
         let device = Default::default();
         let config = RobertaConfig::tiny(50);
         let e = RobertaEmbeddings::<Flex>::new(&config, &device);
-        let row = e.word_embeddings.weight.val().slice([1..2, 0..config.hidden_size]);
+        let row = e
+            .word_embeddings
+            .weight
+            .val()
+            .slice([1..2, 0..config.hidden_size]);
         assert_eq!(row.abs().sum().into_scalar(), 0.0);
         let std = e
             .word_embeddings

@@ -112,6 +112,17 @@ impl<B: Backend> RobertaModel<B> {
         }
     }
 
+    /// Changes the dropout rates of a loaded model, which take their values from the
+    /// config they were built with.
+    pub fn set_dropout(&mut self, hidden: f64, attention: f64) {
+        self.embeddings.dropout.prob = hidden;
+        for layer in &mut self.encoder.layer {
+            layer.attention.self_attn.dropout.prob = attention;
+            layer.attention.output.dropout.prob = hidden;
+            layer.output.dropout.prob = hidden;
+        }
+    }
+
     pub fn num_layers(&self) -> usize {
         self.encoder.layer.len()
     }

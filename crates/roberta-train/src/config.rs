@@ -39,7 +39,8 @@ pub struct ModelSection {
     pub intermediate_size: Option<usize>,
     pub hidden_dropout_prob: Option<f64>,
     pub attention_probs_dropout_prob: Option<f64>,
-    /// Continue pretraining an HF RobertaForMaskedLM directory instead of starting fresh.
+    /// Continue pretraining an HF RobertaForMaskedLM directory instead of starting fresh;
+    /// its config.json gives the architecture (only the dropout rates may be overridden).
     pub init: Option<PathBuf>,
 }
 
@@ -213,6 +214,21 @@ impl PretrainConfig {
                 "model.preset = \"{}\" is unknown; expected roberta-base, roberta-large or tiny",
                 self.model.preset
             );
+        }
+        let m = &self.model;
+        if m.init.is_some() {
+            for (key, set) in [
+                ("hidden_size", m.hidden_size.is_some()),
+                ("num_hidden_layers", m.num_hidden_layers.is_some()),
+                ("num_attention_heads", m.num_attention_heads.is_some()),
+                ("intermediate_size", m.intermediate_size.is_some()),
+            ] {
+                if set {
+                    bail!(
+                        "model.{key} cannot be combined with model.init, which brings its own architecture"
+                    );
+                }
+            }
         }
         let t = &self.train;
         let positive = [

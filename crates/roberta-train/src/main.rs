@@ -5,6 +5,7 @@ mod checkpoint;
 mod config;
 mod data_cmd;
 mod infer;
+mod plot;
 mod pretrain;
 mod progress;
 
@@ -59,6 +60,15 @@ enum Command {
         /// Resume even if the config changed in ways that break an exact continuation.
         #[arg(long)]
         force: bool,
+    },
+    /// Draw a run's loss, learning-rate and accuracy curves into a PNG.
+    Plot {
+        /// The run directory (holds metrics.jsonl).
+        #[arg(long)]
+        run: PathBuf,
+        /// Output PNG (default: RUN/curves.png).
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// Tokenize corpus files into token shards (data-bin/) for pretraining.
     Preprocess(PreprocessCli),
@@ -329,6 +339,12 @@ fn run(
                     force
                 })
             )
+        }
+        Command::Plot { run, output } => {
+            let output = output.unwrap_or_else(|| run.join(plot::PLOT_FILE));
+            plot::plot_run(&run, &output)?;
+            println!("wrote {}", output.display());
+            Ok(())
         }
         Command::Preprocess(p) => data_cmd::run_preprocess(data_cmd::PreprocessArgs {
             inputs: p.input,

@@ -585,6 +585,11 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
         );
         return Ok(());
     }
+    let curves = run_dir.join(crate::plot::PLOT_FILE);
+    match crate::plot::plot_run(&run_dir, &curves) {
+        Ok(()) => tracing::info!("curves in {}", curves.display()),
+        Err(e) => tracing::warn!("no plot: {e:#}"),
+    }
     let final_dir = run_dir.join("final");
     save_pretrained(&model.valid(), &model_config, &final_dir)?;
     tokenizer

@@ -613,3 +613,60 @@ fn config_errors_are_named_before_any_work() {
         "no work before validation"
     );
 }
+
+/// A few updates on wgpu (lavapipe in CI) from the same initial weights as on cpu, with
+/// dropout off: the losses agree within fp32 tolerance.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_takes_updates_matching_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let start = dir.path().join("start");
+    ok(&run(&[
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&start),
+        "--set",
+        "schedule.total_steps=2",
+    ]));
+    // Continue from that model on each device (the architecture comes from its directory).
+    let text = std::fs::read_to_string(&config).unwrap();
+    let shape = "hidden_size = 32\nnum_hidden_layers = 2\nnum_attention_heads = 2\nintermediate_size = 64\n";
+    assert!(text.contains(shape));
+    let from = dir.path().join("from.toml");
+    std::fs::write(
+        &from,
+        text.replace(
+            shape,
+            &format!("init = \"{}\"\n", start.join("final").display()),
+        ),
+    )
+    .unwrap();
+    let mut results = Vec::new();
+    for device in ["cpu", "wgpu"] {
+        let run_dir = dir.path().join(device);
+        ok(&run(&[
+            "--device",
+            device,
+            "pretrain",
+            "--config",
+            s(&from),
+            "--run-dir",
+            s(&run_dir),
+            "--set",
+            "schedule.total_steps=4",
+            "--set",
+            "model.hidden_dropout_prob=0.0",
+            "--set",
+            "model.attention_probs_dropout_prob=0.0",
+        ]));
+        results.push(losses(&run_dir));
+    }
+    assert_eq!(results[0].len(), 4);
+    for ((_, c), (_, w)) in results[0].iter().zip(&results[1]) {
+        let (c, w): (f64, f64) = (c.parse().unwrap(), w.parse().unwrap());
+        assert!((c - w).abs() <= 1e-3 * c.abs(), "cpu {c} vs wgpu {w}");
+    }
+}

@@ -1,0 +1,166 @@
+//! `plot`: the loss, learning-rate and accuracy curves of a run, as a PNG, from its
+//! metrics.jsonl. The font is embedded (DejaVu Sans), so nothing is needed on the host.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use plotters::prelude::*;
+
+pub const PLOT_FILE: &str = "curves.png";
+
+#[derive(Default)]
+struct Curves {
+    loss: Vec<(f64, f64)>,
+    valid_loss: Vec<(f64, f64)>,
+    lr: Vec<(f64, f64)>,
+    acc: Vec<(f64, f64)>,
+    valid_acc: Vec<(f64, f64)>,
+}
+
+fn read(metrics: &Path) -> Result<Curves> {
+    let text = std::fs::read_to_string(metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?;
+    let mut c = Curves::default();
+    for (n, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: invalid JSON", metrics.display(), n + 1))?;
+        let Some(step) = v.get("step").and_then(serde_json::Value::as_f64) else {
+            continue;
+        };
+        let push = |key: &str, into: &mut Vec<(f64, f64)>| {
+            if let Some(y) = v
+                .get(key)
+                .and_then(serde_json::Value::as_f64)
+                .filter(|y| y.is_finite())
+            {
+                into.push((step, y));
+            }
+        };
+        push("loss", &mut c.loss);
+        push("valid_loss", &mut c.valid_loss);
+        push("lr", &mut c.lr);
+        push("masked_acc", &mut c.acc);
+        push("valid_acc", &mut c.valid_acc);
+    }
+    if c.loss.is_empty() {
+        bail!("{}: no logged steps to plot", metrics.display());
+    }
+    Ok(c)
+}
+
+fn range(series: &[&[(f64, f64)]]) -> (f64, f64) {
+    let ys = series.iter().flat_map(|s| s.iter().map(|p| p.1));
+    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+        (lo.min(y), hi.max(y))
+    });
+    if lo == hi {
+        (lo - 1.0, hi + 1.0)
+    } else {
+        (lo, hi + (hi - lo) * 0.05)
+    }
+}
+
+/// Draws `run_dir/metrics.jsonl` into `output`.
+pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {
+    let curves = read(&run_dir.join("metrics.jsonl"))?;
+    // Registering twice (pretrain, then plot in one process) is harmless.
+    let _ =
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    let last = curves.loss.last().map_or(1.0, |p| p.0).max(1.0);
+    let root = BitMapBackend::new(output, (900, 900)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw)?;
+    let panels = root.split_evenly((3, 1));
+    let series: [(&str, Vec<(&str, &[(f64, f64)], RGBColor)>); 3] = [
+        (
+            "MLM loss",
+            vec![
+                ("train", &curves.loss, BLUE),
+                ("valid", &curves.valid_loss, RED),
+            ],
+        ),
+        ("learning rate", vec![("lr", &curves.lr, BLACK)]),
+        (
+            "masked-token accuracy",
+            vec![
+                ("train", &curves.acc, BLUE),
+                ("valid", &curves.valid_acc, RED),
+            ],
+        ),
+    ];
+    for (panel, (title, lines)) in panels.iter().zip(series) {
+        let all: Vec<&[(f64, f64)]> = lines.iter().map(|l| l.1).collect();
+        let (lo, hi) = range(&all);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..last, lo..hi)
+            .map_err(draw)?;
+        chart
+            .configure_mesh()
+            .x_desc("update")
+            .draw()
+            .map_err(draw)?;
+        for (name, points, color) in lines {
+            if points.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(draw)?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(draw)?;
+    }
+    root.present().map_err(draw)?;
+    Ok(())
+}
+
+fn draw<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing the plot: {e:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_a_png_from_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: String = (1..=20)
+            .map(|s| {
+                let valid = if s % 5 == 0 {
+                    format!(r#","valid_loss":{},"valid_acc":0.3"#, 5.0 - s as f64 / 10.0)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{{\"step\":{s},\"loss\":{},\"lr\":0.001,\"masked_acc\":0.2{valid}}}\n",
+                    6.0 - s as f64 / 10.0
+                )
+            })
+            .collect();
+        std::fs::write(dir.path().join("metrics.jsonl"), lines).unwrap();
+        let out = dir.path().join(PLOT_FILE);
+        plot_run(dir.path(), &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        std::fs::write(dir.path().join("metrics.jsonl"), "").unwrap();
+        assert!(
+            plot_run(dir.path(), &out)
+                .unwrap_err()
+                .to_string()
+                .contains("no logged steps")
+        );
+    }
+}

@@ -14,13 +14,20 @@ use crate::error::{DataError, Result};
 pub enum CorpusFormat {
     Text,
     Jsonl,
+    /// Apache Parquet, one document per row of the text column.
+    Parquet,
+    /// Arrow IPC, stream or file format (HF `datasets` caches), one document per row.
+    Arrow,
 }
 
 impl CorpusFormat {
-    /// `.jsonl`/`.json`/`.ndjson` are JSONL, anything else text.
+    /// By extension: `.jsonl`/`.json`/`.ndjson`, `.parquet`, `.arrow`/`.ipc`/`.feather`;
+    /// anything else is text.
     pub fn from_path(path: &Path) -> Self {
         match path.extension().and_then(|e| e.to_str()) {
             Some("jsonl" | "json" | "ndjson") => Self::Jsonl,
+            Some("parquet") => Self::Parquet,
+            Some("arrow" | "ipc" | "feather") => Self::Arrow,
             _ => Self::Text,
         }
     }
@@ -30,7 +37,7 @@ impl CorpusFormat {
 pub struct ReadOptions {
     /// Overrides the format guessed from each file's extension.
     pub format: Option<CorpusFormat>,
-    /// The JSONL field holding a document's text.
+    /// The JSONL field, or Arrow/Parquet column, holding a document's text.
     pub text_field: String,
     /// Text files hold one document per line instead of one sentence per line.
     pub doc_per_line: bool,
@@ -133,10 +140,17 @@ pub fn read_documents(
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
     let format = options
         .format
         .unwrap_or_else(|| CorpusFormat::from_path(path));
+    match format {
+        CorpusFormat::Parquet => {
+            return columnar::read_parquet(path, file, &options.text_field, sink);
+        }
+        CorpusFormat::Arrow => return columnar::read_arrow(path, file, &options.text_field, sink),
+        CorpusFormat::Text | CorpusFormat::Jsonl => {}
+    }
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
     let mut offset = 0u64;
     let mut line_no = 0u64;
@@ -212,14 +226,13 @@ pub fn read_documents(
                             options.text_field
                         ),
                     })?;
-                let sentences: Vec<String> = field
-                    .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(str::to_string)
-                    .collect();
+                let sentences = split_lines(field);
                 if !sentences.is_empty() {
                     sink(sentences)?;
                 }
+            }
+            CorpusFormat::Parquet | CorpusFormat::Arrow => {
+                unreachable!("columnar formats return above")
             }
         }
     }
@@ -227,6 +240,138 @@ pub fn read_documents(
         sink(doc)?;
     }
     Ok(skipped)
+}
+
+/// A record's text as sentences: its non-blank lines.
+fn split_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Parquet and Arrow IPC through arrow-rs, a record batch at a time, reading only the
+/// text column.
+mod columnar {
+    use std::fs::File;
+    use std::io::{BufReader, Read, Seek, SeekFrom};
+    use std::path::Path;
+
+    use arrow_array::cast::AsArray;
+    use arrow_array::{Array, RecordBatch};
+    use arrow_schema::{DataType, Schema};
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::split_lines;
+    use crate::error::{DataError, Result};
+
+    const BATCH_ROWS: usize = 1024;
+
+    fn error(path: &Path, message: impl Into<String>) -> DataError {
+        DataError::Corpus {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// Index of `column` in `schema`, which must hold strings.
+    fn text_column(path: &Path, schema: &Schema, column: &str) -> Result<usize> {
+        let Some((index, field)) = schema.column_with_name(column) else {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(error(
+                path,
+                format!(
+                    "no column \"{column}\" (columns: {}; set --text-field)",
+                    names.join(", ")
+                ),
+            ));
+        };
+        match field.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(index),
+            other => Err(error(
+                path,
+                format!("column \"{column}\" holds {other}, not text"),
+            )),
+        }
+    }
+
+    fn emit(
+        batch: &RecordBatch,
+        index: usize,
+        sink: &mut dyn FnMut(Vec<String>) -> Result<()>,
+    ) -> Result<()> {
+        let column = batch.column(index);
+        let mut each = |text: Option<&str>| -> Result<()> {
+            let sentences = text.map(split_lines).unwrap_or_default();
+            if sentences.is_empty() {
+                Ok(())
+            } else {
+                sink(sentences)
+            }
+        };
+        match column.data_type() {
+            DataType::Utf8 => column.as_string::<i32>().iter().try_for_each(&mut each),
+            DataType::LargeUtf8 => column.as_string::<i64>().iter().try_for_each(&mut each),
+            _ => column.as_string_view().iter().try_for_each(&mut each),
+        }
+    }
+
+    pub fn read_parquet(
+        path: &Path,
+        file: File,
+        column: &str,
+        sink: &mut dyn FnMut(Vec<String>) -> Result<()>,
+    ) -> Result<u64> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| error(path, format!("not a readable Parquet file: {e}")))?;
+        let index = text_column(path, builder.schema(), column)?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| error(path, e.to_string()))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| error(path, e.to_string()))?;
+            emit(&batch, 0, sink)?;
+        }
+        Ok(0)
+    }
+
+    pub fn read_arrow(
+        path: &Path,
+        mut file: File,
+        column: &str,
+        sink: &mut dyn FnMut(Vec<String>) -> Result<()>,
+    ) -> Result<u64> {
+        let io = |source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut magic = [0u8; 6];
+        let is_file_format = file.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let bad = |e: arrow_schema::ArrowError| {
+            error(path, format!("not a readable Arrow IPC file: {e}"))
+        };
+        if is_file_format {
+            let reader =
+                arrow_ipc::reader::FileReader::try_new(BufReader::new(file), None).map_err(bad)?;
+            let index = text_column(path, &reader.schema(), column)?;
+            for batch in reader {
+                emit(&batch.map_err(bad)?, index, sink)?;
+            }
+        } else {
+            let reader = arrow_ipc::reader::StreamReader::try_new(BufReader::new(file), None)
+                .map_err(bad)?;
+            let index = text_column(path, &reader.schema(), column)?;
+            for batch in reader {
+                emit(&batch.map_err(bad)?, index, sink)?;
+            }
+        }
+        Ok(0)
+    }
 }
 
 #[cfg(test)]
@@ -290,6 +435,80 @@ mod tests {
         })
         .unwrap();
         assert_eq!((n, skipped), (2, 1));
+    }
+
+    fn batch(large: bool) -> arrow_array::RecordBatch {
+        use std::sync::Arc;
+        let text: arrow_array::ArrayRef = if large {
+            Arc::new(arrow_array::LargeStringArray::from(vec![
+                Some("a.\nb."),
+                None,
+                Some("c."),
+            ]))
+        } else {
+            Arc::new(arrow_array::StringArray::from(vec![
+                Some("a.\nb."),
+                None,
+                Some("c."),
+            ]))
+        };
+        let id: arrow_array::ArrayRef = Arc::new(arrow_array::Int32Array::from(vec![1, 2, 3]));
+        arrow_array::RecordBatch::try_from_iter([("id", id), ("text", text)]).unwrap()
+    }
+
+    #[test]
+    fn parquet_and_arrow_rows_are_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        for large in [false, true] {
+            let b = batch(large);
+            let pq = dir.path().join(format!("d{large}.parquet"));
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(&pq).unwrap(),
+                b.schema(),
+                None,
+            )
+            .unwrap();
+            w.write(&b).unwrap();
+            w.close().unwrap();
+            let stream = dir.path().join(format!("d{large}.arrow"));
+            let mut w = arrow_ipc::writer::StreamWriter::try_new(
+                std::fs::File::create(&stream).unwrap(),
+                &b.schema(),
+            )
+            .unwrap();
+            w.write(&b).unwrap();
+            w.finish().unwrap();
+            let file = dir.path().join(format!("f{large}.arrow"));
+            let mut w = arrow_ipc::writer::FileWriter::try_new(
+                std::fs::File::create(&file).unwrap(),
+                &b.schema(),
+            )
+            .unwrap();
+            w.write(&b).unwrap();
+            w.finish().unwrap();
+            for p in [&pq, &stream, &file] {
+                assert_eq!(
+                    docs(p, &ReadOptions::default()).unwrap(),
+                    vec![vec!["a.", "b."], vec!["c."]],
+                    "{}",
+                    p.display()
+                );
+                let wrong = ReadOptions {
+                    text_field: "body".into(),
+                    ..Default::default()
+                };
+                let err = docs(p, &wrong).unwrap_err().to_string();
+                assert!(
+                    err.contains("no column \"body\"") && err.contains("id, text"),
+                    "{err}"
+                );
+                let ints = ReadOptions {
+                    text_field: "id".into(),
+                    ..Default::default()
+                };
+                assert!(docs(p, &ints).unwrap_err().to_string().contains("not text"));
+            }
+        }
     }
 
     #[test]

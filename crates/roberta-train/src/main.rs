@@ -157,11 +157,12 @@ struct PreprocessCli {
 
 #[derive(Args)]
 struct ReadCli {
-    /// Input format; default: by extension (.jsonl/.json → jsonl, else text).
-    #[arg(long, value_parser = ["text", "jsonl"])]
+    /// Input format; default: by extension (.jsonl/.json → jsonl, .parquet → parquet,
+    /// .arrow/.ipc/.feather → arrow, else text).
+    #[arg(long, value_parser = ["text", "jsonl", "parquet", "arrow"])]
     format: Option<String>,
-    /// JSONL field holding the text.
-    #[arg(long, default_value = "text")]
+    /// The JSONL field, or Arrow/Parquet column (Utf8 or LargeUtf8), holding the text.
+    #[arg(long, alias = "text-column", default_value = "text")]
     text_field: String,
     /// Text files hold one document per line (default: one sentence per line, blank
     /// lines between documents).

@@ -60,6 +60,9 @@ fn range(series: &[&[(f64, f64)]]) -> (f64, f64) {
     }
 }
 
+/// A named series and its colour.
+type Line<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
+
 /// Draws `run_dir/metrics.jsonl` into `output`.
 pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {
     let curves = read(&run_dir.join("metrics.jsonl"))?;
@@ -70,7 +73,7 @@ pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {
     let root = BitMapBackend::new(output, (900, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(draw)?;
     let panels = root.split_evenly((3, 1));
-    let series: [(&str, Vec<(&str, &[(f64, f64)], RGBColor)>); 3] = [
+    let series: [(&str, Vec<Line>); 3] = [
         (
             "MLM loss",
             vec![

@@ -5,6 +5,7 @@
 pub mod corpus;
 pub mod dataset;
 pub mod error;
+pub mod labeled;
 pub mod loader;
 pub mod masking;
 pub mod preprocess;

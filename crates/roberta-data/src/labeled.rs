@@ -1,0 +1,666 @@
+//! Labeled datasets for fine-tuning: GLUE-style TSV/CSV and JSONL (single sentences,
+//! pairs, classification or regression), SQuAD v1.1/v2.0 (character spans turned into
+//! token spans over doc-stride windows) and CoNLL token tags. Errors name the file, the
+//! line and the column.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{DataError, Result};
+use crate::masking::IGNORE_INDEX;
+use crate::tokenizer::RobertaTokenizer;
+
+fn error(path: &Path, message: impl Into<String>) -> DataError {
+    DataError::Corpus {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Which columns (or JSONL fields) hold what. A column is named by its header, or by
+/// its 0-based index when the file has no header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Columns {
+    pub text_a: String,
+    pub text_b: Option<String>,
+    /// Absent for unlabeled (prediction) input.
+    pub label: Option<String>,
+    pub header: bool,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self {
+            text_a: "sentence".into(),
+            text_b: None,
+            label: Some("label".into()),
+            header: true,
+        }
+    }
+}
+
+/// One sentence or sentence pair with its raw label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub text_a: String,
+    pub text_b: Option<String>,
+    pub label: Option<String>,
+    /// 1-based line in the source file, for error messages.
+    pub line: usize,
+}
+
+/// Reads a labeled file: `.jsonl` by field, anything else as TSV (`.csv`: comma with
+/// CSV quoting). TSV fields are taken verbatim: GLUE files hold unbalanced quotes.
+pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
+    let examples = match path.extension().and_then(|e| e.to_str()) {
+        Some("jsonl" | "json") => read_jsonl(path, columns)?,
+        Some("csv") => read_delimited(path, columns, b',', true)?,
+        _ => read_delimited(path, columns, b'\t', false)?,
+    };
+    if examples.is_empty() {
+        return Err(error(path, "no examples (empty split)"));
+    }
+    Ok(examples)
+}
+
+fn read_delimited(
+    path: &Path,
+    columns: &Columns,
+    delimiter: u8,
+    quoting: bool,
+) -> Result<Vec<Example>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quoting(quoting)
+        .has_headers(columns.header)
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| error(path, e.to_string()))?;
+    let index = |name: &str, headers: &[String]| -> Result<usize> {
+        if columns.header {
+            headers.iter().position(|h| h == name).ok_or_else(|| {
+                error(
+                    path,
+                    format!(
+                        "no column \"{name}\" in the header (columns: {})",
+                        headers.join(", ")
+                    ),
+                )
+            })
+        } else {
+            name.parse().map_err(|_| {
+                error(
+                    path,
+                    format!("column \"{name}\": without a header, columns are 0-based indices"),
+                )
+            })
+        }
+    };
+    let headers: Vec<String> = if columns.header {
+        reader
+            .headers()
+            .map_err(|e| error(path, e.to_string()))?
+            .iter()
+            .map(|h| h.trim_start_matches('\u{feff}').trim().to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let a = index(&columns.text_a, &headers)?;
+    let b = columns
+        .text_b
+        .as_deref()
+        .map(|c| index(c, &headers))
+        .transpose()?;
+    let l = columns
+        .label
+        .as_deref()
+        .map(|c| index(c, &headers))
+        .transpose()?;
+    let mut examples = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| error(path, e.to_string()))?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let field = |i: usize, name: &str| -> Result<String> {
+            record.get(i).map(str::to_string).ok_or_else(|| {
+                error(
+                    path,
+                    format!(
+                        "line {line}: no column \"{name}\" ({} fields)",
+                        record.len()
+                    ),
+                )
+            })
+        };
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        examples.push(Example {
+            text_a: field(a, &columns.text_a)?,
+            text_b: b
+                .map(|i| field(i, columns.text_b.as_deref().unwrap_or_default()))
+                .transpose()?,
+            label: l
+                .map(|i| {
+                    field(i, columns.label.as_deref().unwrap_or_default())
+                        .map(|s| s.trim().to_string())
+                })
+                .transpose()?,
+            line,
+        });
+    }
+    Ok(examples)
+}
+
+fn read_jsonl(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut examples = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line_no = n + 1;
+        let line = line.map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| error(path, format!("line {line_no}: invalid JSON: {e}")))?;
+        let get = |name: &str| -> Result<String> {
+            match v.get(name) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+                Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
+                _ => Err(error(path, format!("line {line_no}: no field \"{name}\""))),
+            }
+        };
+        examples.push(Example {
+            text_a: get(&columns.text_a)?,
+            text_b: columns.text_b.as_deref().map(get).transpose()?,
+            label: columns.label.as_deref().map(get).transpose()?,
+            line: line_no,
+        });
+    }
+    Ok(examples)
+}
+
+/// The label names of a classification dataset, in a stable order: numeric labels by
+/// value (so "0", "1", "2" keep their meaning), others alphabetically.
+pub fn label_set(examples: &[Example]) -> Vec<String> {
+    let set: BTreeSet<&str> = examples.iter().filter_map(|e| e.label.as_deref()).collect();
+    let mut labels: Vec<String> = set.into_iter().map(str::to_string).collect();
+    if labels.iter().all(|l| l.parse::<i64>().is_ok()) {
+        labels.sort_by_key(|l| l.parse::<i64>().unwrap_or_default());
+    }
+    labels
+}
+
+/// Label indices against `labels`; a label outside the set names its line.
+pub fn label_ids(path: &Path, examples: &[Example], labels: &[String]) -> Result<Vec<usize>> {
+    examples
+        .iter()
+        .map(|e| {
+            let label = e
+                .label
+                .as_deref()
+                .ok_or_else(|| error(path, format!("line {}: no label", e.line)))?;
+            labels.iter().position(|l| l == label).ok_or_else(|| {
+                error(
+                    path,
+                    format!(
+                        "line {}: label \"{label}\" is not one of {}",
+                        e.line,
+                        labels.join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Regression targets; a label that is not a number names its line.
+pub fn regression_targets(path: &Path, examples: &[Example]) -> Result<Vec<f32>> {
+    examples
+        .iter()
+        .map(|e| {
+            let label = e
+                .label
+                .as_deref()
+                .ok_or_else(|| error(path, format!("line {}: no label", e.line)))?;
+            label.parse().map_err(|_| {
+                error(
+                    path,
+                    format!("line {}: label \"{label}\" is not a number", e.line),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A SQuAD question with its context and (for training) answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QaExample {
+    pub id: String,
+    pub question: String,
+    pub context: String,
+    /// Character spans `(start, end)` of the answers in `context`.
+    pub answers: Vec<(usize, usize, String)>,
+    pub is_impossible: bool,
+}
+
+#[derive(Deserialize)]
+struct SquadFile {
+    data: Vec<SquadArticle>,
+}
+#[derive(Deserialize)]
+struct SquadArticle {
+    paragraphs: Vec<SquadParagraph>,
+}
+#[derive(Deserialize)]
+struct SquadParagraph {
+    context: String,
+    qas: Vec<SquadQa>,
+}
+#[derive(Deserialize)]
+struct SquadQa {
+    id: String,
+    question: String,
+    #[serde(default)]
+    answers: Vec<SquadAnswer>,
+    #[serde(default)]
+    is_impossible: bool,
+}
+#[derive(Deserialize)]
+struct SquadAnswer {
+    text: String,
+    answer_start: usize,
+}
+
+/// Reads SQuAD v1.1 or v2.0 JSON. Every answer must sit at its `answer_start` (a
+/// character offset) in the context; one that does not names the question id.
+pub fn read_squad(path: &Path) -> Result<Vec<QaExample>> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: SquadFile =
+        serde_json::from_str(&text).map_err(|e| error(path, format!("not SQuAD JSON: {e}")))?;
+    let mut examples = Vec::new();
+    for article in file.data {
+        for paragraph in article.paragraphs {
+            let chars: Vec<char> = paragraph.context.chars().collect();
+            for qa in paragraph.qas {
+                let mut answers = Vec::new();
+                for a in &qa.answers {
+                    let end = a.answer_start + a.text.chars().count();
+                    let found: String = chars
+                        .get(a.answer_start..end)
+                        .map(|c| c.iter().collect())
+                        .unwrap_or_default();
+                    if found != a.text {
+                        return Err(error(
+                            path,
+                            format!(
+                                "question {}: answer {:?} is not at character {} of its context (found {found:?})",
+                                qa.id, a.text, a.answer_start
+                            ),
+                        ));
+                    }
+                    answers.push((a.answer_start, end, a.text.clone()));
+                }
+                if answers.is_empty() && !qa.is_impossible {
+                    return Err(error(
+                        path,
+                        format!("question {}: no answer and not marked is_impossible", qa.id),
+                    ));
+                }
+                examples.push(QaExample {
+                    id: qa.id,
+                    question: qa.question,
+                    context: paragraph.context.clone(),
+                    answers,
+                    is_impossible: qa.is_impossible,
+                });
+            }
+        }
+    }
+    if examples.is_empty() {
+        return Err(error(path, "no questions (empty split)"));
+    }
+    Ok(examples)
+}
+
+/// One window of a QA example: `<s> question </s></s> context-window </s>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QaFeature {
+    pub example: usize,
+    pub input_ids: Vec<u32>,
+    /// Character span in the context of each token; `None` outside the context.
+    pub offsets: Vec<Option<(usize, usize)>>,
+    /// Token positions of the first answer, or `(0, 0)` (the `<s>` token) when the
+    /// window does not hold it or the question has none, as in HF's `run_qa`.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Splits each example into windows of at most `max_length` tokens whose contexts
+/// overlap by `doc_stride` tokens, as HF's `run_qa` does.
+pub fn qa_features(
+    tokenizer: &RobertaTokenizer,
+    examples: &[QaExample],
+    max_length: usize,
+    doc_stride: usize,
+) -> Result<Vec<QaFeature>> {
+    let s = tokenizer.specials();
+    let mut features = Vec::new();
+    for (index, ex) in examples.iter().enumerate() {
+        let mut question = tokenizer.encode(&ex.question, false)?.ids;
+        let context = tokenizer.encode(&ex.context, false)?;
+        // Long questions are cut to leave room for some context, as run_qa's truncation.
+        question.truncate(max_length.saturating_sub(4) / 2);
+        let room = max_length.saturating_sub(question.len() + 4);
+        if room == 0 || doc_stride >= room {
+            return Err(DataError::Invalid(format!(
+                "max_length {max_length} leaves {room} context tokens, not more than doc_stride {doc_stride}"
+            )));
+        }
+        let mut start_token = 0;
+        loop {
+            let end_token = (start_token + room).min(context.ids.len());
+            let mut input_ids = vec![s.bos];
+            input_ids.extend(&question);
+            input_ids.extend([s.eos, s.eos]);
+            let context_start = input_ids.len();
+            input_ids.extend(&context.ids[start_token..end_token]);
+            input_ids.push(s.eos);
+            let mut offsets = vec![None; input_ids.len()];
+            for (k, t) in (start_token..end_token).enumerate() {
+                offsets[context_start + k] = Some(context.offsets[t]);
+            }
+            let (mut start, mut end) = (0, 0);
+            if let Some(&(a, b, _)) = ex.answers.first() {
+                let first = (start_token..end_token).find(|&t| context.offsets[t].1 > a);
+                let last = (start_token..end_token)
+                    .rev()
+                    .find(|&t| context.offsets[t].0 < b);
+                if let (Some(f), Some(l)) = (first, last)
+                    && context.offsets[start_token].0 <= a
+                    && context.offsets[end_token - 1].1 >= b
+                {
+                    start = context_start + f - start_token;
+                    end = context_start + l - start_token;
+                }
+            }
+            features.push(QaFeature {
+                example: index,
+                input_ids,
+                offsets,
+                start,
+                end,
+            });
+            if end_token >= context.ids.len() {
+                break;
+            }
+            start_token += room - doc_stride;
+        }
+    }
+    Ok(features)
+}
+
+/// A CoNLL sentence: words and their tags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaggedSentence {
+    pub words: Vec<String>,
+    pub tags: Vec<String>,
+    pub line: usize,
+}
+
+/// Reads CoNLL-style files: one `word … tag` per line (the tag is the last
+/// whitespace-separated column), blank lines between sentences, `-DOCSTART-` ignored.
+pub fn read_conll(path: &Path) -> Result<Vec<TaggedSentence>> {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut sentences = Vec::new();
+    let mut current = TaggedSentence {
+        words: Vec::new(),
+        tags: Vec::new(),
+        line: 1,
+    };
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.is_empty() || fields[0] == "-DOCSTART-" {
+            if !current.words.is_empty() {
+                sentences.push(std::mem::replace(
+                    &mut current,
+                    TaggedSentence {
+                        words: Vec::new(),
+                        tags: Vec::new(),
+                        line: n + 2,
+                    },
+                ));
+            } else {
+                current.line = n + 2;
+            }
+            continue;
+        }
+        if fields.len() < 2 {
+            return Err(error(
+                path,
+                format!("line {}: expected a word and a tag, found {line:?}", n + 1),
+            ));
+        }
+        current.words.push(fields[0].to_string());
+        current.tags.push(fields[fields.len() - 1].to_string());
+    }
+    if !current.words.is_empty() {
+        sentences.push(current);
+    }
+    if sentences.is_empty() {
+        return Err(error(path, "no sentences (empty split)"));
+    }
+    Ok(sentences)
+}
+
+/// Token ids of pre-split words (each with a leading space, as HF's `add_prefix_space`),
+/// with `labels[i]` on each word's first sub-word and [`IGNORE_INDEX`] elsewhere.
+pub fn encode_words(
+    tokenizer: &RobertaTokenizer,
+    words: &[String],
+    labels: &[usize],
+) -> Result<(Vec<u32>, Vec<i64>)> {
+    let s = tokenizer.specials();
+    let (mut ids, mut targets) = (vec![s.bos], vec![IGNORE_INDEX]);
+    for (word, &label) in words.iter().zip(labels) {
+        let pieces = tokenizer.encode(&format!(" {word}"), false)?.ids;
+        for (k, id) in pieces.into_iter().enumerate() {
+            ids.push(id);
+            targets.push(if k == 0 { label as i64 } else { IGNORE_INDEX });
+        }
+    }
+    ids.push(s.eos);
+    targets.push(IGNORE_INDEX);
+    Ok((ids, targets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn shared(path: &str) -> Option<PathBuf> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data")
+            .join(path);
+        if p.exists() {
+            Some(p)
+        } else {
+            eprintln!("skipped: {} is absent", p.display());
+            None
+        }
+    }
+
+    #[test]
+    fn glue_sst2_and_mrpc() {
+        let Some(sst2) = shared("sst2/dev.tsv") else {
+            return;
+        };
+        let ex = read_examples(&sst2, &Columns::default()).unwrap();
+        assert_eq!(ex.len(), 872);
+        assert_eq!(label_set(&ex), vec!["0", "1"]);
+        let Some(mrpc) = shared("mrpc/dev.tsv") else {
+            return;
+        };
+        let cols = Columns {
+            text_a: "#1 String".into(),
+            text_b: Some("#2 String".into()),
+            label: Some("Quality".into()),
+            header: true,
+        };
+        let ex = read_examples(&mrpc, &cols).unwrap();
+        assert_eq!(ex.len(), 408);
+        assert!(
+            ex[0]
+                .text_b
+                .as_deref()
+                .unwrap()
+                .starts_with("\"The foodservice"),
+            "quotes kept verbatim"
+        );
+    }
+
+    #[test]
+    fn bad_columns_labels_and_empty_splits_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.tsv");
+        std::fs::write(&p, "text\tlabel\ngood\tpos\nbad\tneg\nodd\tmaybe\n").unwrap();
+        let err = read_examples(&p, &Columns::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"sentence\"") && err.contains("text, label"),
+            "{err}"
+        );
+        let cols = Columns {
+            text_a: "text".into(),
+            ..Default::default()
+        };
+        let ex = read_examples(&p, &cols).unwrap();
+        let err = label_ids(&p, &ex, &["neg".into(), "pos".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4") && err.contains("maybe"), "{err}");
+        assert!(
+            regression_targets(&p, &ex)
+                .unwrap_err()
+                .to_string()
+                .contains("line 2")
+        );
+        std::fs::write(&p, "text\tlabel\n").unwrap();
+        assert!(
+            read_examples(&p, &cols)
+                .unwrap_err()
+                .to_string()
+                .contains("empty split")
+        );
+        let j = dir.path().join("d.jsonl");
+        std::fs::write(&j, "{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\"}\n").unwrap();
+        assert!(
+            read_examples(&j, &cols)
+                .unwrap_err()
+                .to_string()
+                .contains("line 2: no field \"label\"")
+        );
+    }
+
+    #[test]
+    fn squad_offsets_become_token_spans() {
+        let Some(squad) = shared("squad_v1.1/dev-v1.1.json") else {
+            return;
+        };
+        let Some(tok) = shared("roberta_base_tokenizer") else {
+            return;
+        };
+        let tokenizer = RobertaTokenizer::load(&tok).unwrap();
+        let examples = read_squad(&squad).unwrap();
+        assert_eq!(examples.len(), 10570);
+        let subset = &examples[..200];
+        let features = qa_features(&tokenizer, subset, 128, 32).unwrap();
+        assert!(
+            features.len() > subset.len(),
+            "long contexts are split into windows"
+        );
+        let mut found = 0;
+        for f in &features {
+            assert!(f.input_ids.len() <= 128);
+            if f.start > 0 {
+                found += 1;
+                let ex = &subset[f.example];
+                let (a, _) = f.offsets[f.start].unwrap();
+                let (_, b) = f.offsets[f.end].unwrap();
+                let span: String = ex.context.chars().skip(a).take(b - a).collect();
+                assert!(
+                    span.contains(ex.answers[0].2.trim()),
+                    "{span:?} vs {:?}",
+                    ex.answers[0].2
+                );
+            }
+        }
+        assert!(
+            found >= 200,
+            "every example has a window holding its answer"
+        );
+    }
+
+    #[test]
+    fn squad_answer_at_the_wrong_offset_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        std::fs::write(
+            &p,
+            r#"{"version":"2.0","data":[{"paragraphs":[{"context":"Paris is in France.","qas":[
+            {"id":"q1","question":"Where?","answers":[{"text":"France","answer_start":12}]},
+            {"id":"q2","question":"Why?","answers":[],"is_impossible":true},
+            {"id":"q3","question":"What?","answers":[{"text":"Paris","answer_start":3}]}]}]}]}"#,
+        )
+        .unwrap();
+        let err = read_squad(&p).unwrap_err().to_string();
+        assert!(err.contains("question q3"), "{err}");
+    }
+
+    #[test]
+    fn conll_tags_land_on_first_subwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.txt");
+        std::fs::write(
+            &p,
+            "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\n",
+        )
+        .unwrap();
+        let s = read_conll(&p).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].tags, vec!["B-ORG", "O"]);
+        let Some(tok) = shared("roberta_base_tokenizer") else {
+            return;
+        };
+        let tokenizer = RobertaTokenizer::load(&tok).unwrap();
+        let (ids, labels) =
+            encode_words(&tokenizer, &["Huggingface".into(), "rocks".into()], &[3, 0]).unwrap();
+        assert_eq!(ids.len(), labels.len());
+        assert_eq!(labels[1], 3);
+        assert_eq!(labels.iter().filter(|&&l| l != IGNORE_INDEX).count(), 2);
+        std::fs::write(&p, "lonely\n").unwrap();
+        assert!(read_conll(&p).unwrap_err().to_string().contains("line 1"));
+    }
+}

@@ -110,9 +110,6 @@ impl Meta {
 pub struct Split {
     pub name: String,
     pub shards: Vec<Shard>,
-    /// Per shard, the token offset where each document ends: where FULL-SENTENCES
-    /// blocks get their extra `</s>`.
-    doc_ends: Vec<Vec<u64>>,
     pub specials: SpecialTokens,
     pub vocab_size: usize,
 }
@@ -140,24 +137,16 @@ impl Split {
                 available: meta.splits.keys().cloned().collect::<Vec<_>>().join(", "),
             })?;
         let mut shards = Vec::new();
-        let mut doc_ends = Vec::new();
         for name in &split_meta.shards {
-            let shard = Shard::open(
+            shards.push(Shard::open(
                 &dir.join(format!("{name}.bin")),
                 &dir.join(format!("{name}.idx")),
                 meta.token_width,
-            )?;
-            doc_ends.push(
-                (1..=shard.documents())
-                    .map(|d| shard.sentence_start(shard.document_start(d)))
-                    .collect(),
-            );
-            shards.push(shard);
+            )?);
         }
         Ok(Self {
             name: split.to_string(),
             shards,
-            doc_ends,
             specials: meta.specials.into(),
             vocab_size: meta.vocab_size,
         })
@@ -249,17 +238,30 @@ pub fn pack(split: &Split, block_size: usize, mode: BreakMode) -> Vec<Block> {
 
 impl Split {
     /// `<s> tokens </s>` of a block, with `</s>` after every document that ends inside it.
+    /// Document ends are looked up in the mmapped index, so nothing per document is
+    /// held in memory.
     pub fn block_tokens(&self, block: Block, out: &mut Vec<u32>) {
         out.clear();
         out.push(self.specials.bos);
         let shard = &self.shards[block.shard as usize];
-        let ends = &self.doc_ends[block.shard as usize];
+        let doc_end = |d: usize| shard.sentence_start(shard.document_start(d + 1));
+        // The first document ending after the block's start.
+        let (mut lo, mut hi) = (0, shard.documents());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if doc_end(mid) <= block.start {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
         let mut at = block.start;
-        let first = ends.partition_point(|&e| e <= block.start);
-        for &doc_end in ends[first..].iter().take_while(|&&e| e < block.end) {
-            shard.tokens_into(at, doc_end, out);
+        let mut d = lo;
+        while d < shard.documents() && doc_end(d) < block.end {
+            shard.tokens_into(at, doc_end(d), out);
             out.push(self.specials.eos);
-            at = doc_end;
+            at = doc_end(d);
+            d += 1;
         }
         shard.tokens_into(at, block.end, out);
         out.push(self.specials.eos);

@@ -41,30 +41,54 @@ impl TokenWidth {
     }
 }
 
-/// Writes one shard: documents of sentences of token ids.
+/// Writes one shard: documents of sentences of token ids. The offsets stream to two
+/// side files that `finish` appends to the index, so memory does not grow with the shard.
 pub struct ShardWriter {
     bin: BufWriter<File>,
     bin_path: PathBuf,
     idx_path: PathBuf,
     width: TokenWidth,
-    sentence_offsets: Vec<u64>,
-    document_offsets: Vec<u64>,
+    sentence_offsets: BufWriter<File>,
+    document_offsets: BufWriter<File>,
+    sentences: u64,
+    documents: u64,
     tokens: u64,
+}
+
+fn side_file(idx_path: &Path, what: &str) -> PathBuf {
+    let mut name = idx_path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{what}.tmp"));
+    idx_path.with_file_name(name)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl ShardWriter {
     pub fn create(bin_path: PathBuf, idx_path: PathBuf, width: TokenWidth) -> Result<Self> {
-        let file = File::create(&bin_path).map_err(|source| DataError::Io {
-            path: bin_path.clone(),
-            source,
-        })?;
+        let open = |path: &Path| -> Result<BufWriter<File>> {
+            let mut w =
+                BufWriter::with_capacity(1 << 20, File::create(path).map_err(io_error(path))?);
+            w.write_all(&0u64.to_le_bytes()).map_err(io_error(path))?;
+            Ok(w)
+        };
+        let bin = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&bin_path).map_err(io_error(&bin_path))?,
+        );
         Ok(Self {
-            bin: BufWriter::with_capacity(1 << 20, file),
+            bin,
+            sentence_offsets: open(&side_file(&idx_path, "sentences"))?,
+            document_offsets: open(&side_file(&idx_path, "documents"))?,
             bin_path,
             idx_path,
             width,
-            sentence_offsets: vec![0],
-            document_offsets: vec![0],
+            sentences: 0,
+            documents: 0,
             tokens: 0,
         })
     }
@@ -74,57 +98,70 @@ impl ShardWriter {
     }
 
     pub fn documents(&self) -> u64 {
-        self.document_offsets.len() as u64 - 1
+        self.documents
     }
 
     pub fn sentences(&self) -> u64 {
-        self.sentence_offsets.len() as u64 - 1
+        self.sentences
     }
 
     /// Appends a document; empty sentences are dropped and an empty document is skipped.
     pub fn push_document(&mut self, sentences: &[Vec<u32>]) -> Result<()> {
-        let before = self.sentence_offsets.len();
+        let before = self.sentences;
         for sentence in sentences.iter().filter(|s| !s.is_empty()) {
             for &id in sentence {
                 let r = match self.width {
                     TokenWidth::U16 => self.bin.write_all(&(id as u16).to_le_bytes()),
                     TokenWidth::U32 => self.bin.write_all(&id.to_le_bytes()),
                 };
-                r.map_err(|source| DataError::Io {
-                    path: self.bin_path.clone(),
-                    source,
-                })?;
+                r.map_err(io_error(&self.bin_path))?;
             }
             self.tokens += sentence.len() as u64;
-            self.sentence_offsets.push(self.tokens);
+            self.sentences += 1;
+            self.sentence_offsets
+                .write_all(&self.tokens.to_le_bytes())
+                .map_err(io_error(&self.idx_path))?;
         }
-        if self.sentence_offsets.len() > before {
+        if self.sentences > before {
+            self.documents += 1;
             self.document_offsets
-                .push(self.sentence_offsets.len() as u64 - 1);
+                .write_all(&self.sentences.to_le_bytes())
+                .map_err(io_error(&self.idx_path))?;
         }
         Ok(())
     }
 
-    /// Flushes and fsyncs both files.
+    /// Flushes and fsyncs the token file, then writes the index from the side files.
     pub fn finish(mut self) -> Result<()> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DataError::Io { path, source }
-        };
-        self.bin.flush().map_err(io(&self.bin_path))?;
-        self.bin.get_ref().sync_all().map_err(io(&self.bin_path))?;
+        self.bin.flush().map_err(io_error(&self.bin_path))?;
+        self.bin
+            .get_ref()
+            .sync_all()
+            .map_err(io_error(&self.bin_path))?;
         let mut idx =
-            Vec::with_capacity(8 * (3 + self.sentence_offsets.len() + self.document_offsets.len()));
-        for v in [IDX_MAGIC, self.sentences(), self.documents()]
-            .into_iter()
-            .chain(self.sentence_offsets.iter().copied())
-            .chain(self.document_offsets.iter().copied())
-        {
-            idx.extend_from_slice(&v.to_le_bytes());
+            BufWriter::new(File::create(&self.idx_path).map_err(io_error(&self.idx_path))?);
+        for v in [IDX_MAGIC, self.sentences, self.documents] {
+            idx.write_all(&v.to_le_bytes())
+                .map_err(io_error(&self.idx_path))?;
         }
-        let mut file = File::create(&self.idx_path).map_err(io(&self.idx_path))?;
-        file.write_all(&idx).map_err(io(&self.idx_path))?;
-        file.sync_all().map_err(io(&self.idx_path))
+        for (side, what) in [
+            (self.sentence_offsets, "sentences"),
+            (self.document_offsets, "documents"),
+        ] {
+            let path = side_file(&self.idx_path, what);
+            drop(side.into_inner().map_err(|e| DataError::Io {
+                path: path.clone(),
+                source: e.into_error(),
+            })?);
+            let mut file = File::open(&path).map_err(io_error(&path))?;
+            std::io::copy(&mut file, &mut idx).map_err(io_error(&self.idx_path))?;
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        }
+        let file = idx.into_inner().map_err(|e| DataError::Io {
+            path: self.idx_path.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io_error(&self.idx_path))
     }
 }
 

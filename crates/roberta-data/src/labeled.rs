@@ -497,19 +497,7 @@ pub fn encode_words(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn shared(path: &str) -> Option<PathBuf> {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data")
-            .join(path);
-        if p.exists() {
-            Some(p)
-        } else {
-            eprintln!("skipped: {} is absent", p.display());
-            None
-        }
-    }
+    use crate::test_data::shared;
 
     #[test]
     fn glue_sst2_and_mrpc() {

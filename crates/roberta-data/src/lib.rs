@@ -18,3 +18,21 @@ pub use error::{DataError, Result};
 pub use loader::{Batch, Corpus, Loader, LoaderConfig, LoaderState};
 pub use masking::{MaskVocab, MaskingConfig};
 pub use tokenizer::{Encoded, RobertaTokenizer, SpecialTokens};
+
+/// Real datasets in `../shared/data` for tests; absent ones are skipped with a reason.
+#[cfg(test)]
+pub(crate) mod test_data {
+    use std::path::{Path, PathBuf};
+
+    pub fn shared(path: &str) -> Option<PathBuf> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data")
+            .join(path);
+        if p.exists() {
+            Some(p)
+        } else {
+            eprintln!("skipped: {} is absent", p.display());
+            None
+        }
+    }
+}

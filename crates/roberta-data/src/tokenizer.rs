@@ -290,18 +290,7 @@ impl RobertaTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shared(path: &str) -> Option<PathBuf> {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data")
-            .join(path);
-        if p.exists() {
-            Some(p)
-        } else {
-            eprintln!("skipped: {} is absent", p.display());
-            None
-        }
-    }
+    use crate::test_data::shared;
 
     #[test]
     fn roberta_base_specials_and_pairs() {

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 
+/// Longest line a text or JSONL corpus may hold. Longer ones are not text a model could
+/// use as a sentence or a document, and would be held whole in memory.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CorpusFormat {
@@ -171,6 +175,15 @@ pub fn read_documents(
         line_no += 1;
         let start = offset;
         offset += n as u64;
+        if n > MAX_LINE_BYTES {
+            return Err(DataError::Corpus {
+                path: path.to_path_buf(),
+                message: format!(
+                    "line {line_no} (byte {start}) is {n} bytes, over the {} MiB limit: not sentence- or document-per-line text",
+                    MAX_LINE_BYTES >> 20
+                ),
+            });
+        }
         let text = match std::str::from_utf8(&line) {
             Ok(t) => t.trim_end_matches(['\n', '\r']),
             Err(e) => {
@@ -509,6 +522,20 @@ mod tests {
                 assert!(docs(p, &ints).unwrap_err().to_string().contains("not text"));
             }
         }
+    }
+
+    #[test]
+    fn a_huge_line_is_refused_with_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("huge.txt");
+        let mut text = b"short\n".to_vec();
+        text.extend(std::iter::repeat_n(b'a', MAX_LINE_BYTES + 1));
+        std::fs::write(&p, text).unwrap();
+        let err = docs(&p, &ReadOptions::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("huge.txt") && err.contains("line 2") && err.contains("limit"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -300,6 +300,18 @@ fn preprocess_is_deterministic_idempotent_and_inspectable() {
     ]));
     assert!(err.contains("bin.txt") && err.contains("byte 5"), "{err}");
     assert!(!c.exists(), "a failed preprocess leaves no output");
+    // An output directory that cannot be created (its parent is a file).
+    let blocked = empty.join("out");
+    let err = fails(&run(&[
+        "preprocess",
+        "--input",
+        s(&corpus),
+        "--tokenizer",
+        s(&tok),
+        "--out",
+        s(&blocked),
+    ]));
+    assert!(err.contains("empty.txt"), "{err}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

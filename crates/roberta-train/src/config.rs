@@ -425,6 +425,30 @@ batch_size = 4
     }
 
     #[test]
+    fn every_shipped_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                PretrainConfig::load(&path, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 3);
+        let base = PretrainConfig::load(&dir.join("roberta-base.toml"), &[]).unwrap();
+        assert_eq!(
+            base.train.batch_size * base.train.accumulation,
+            8192,
+            "8K sequences per update"
+        );
+        let large = PretrainConfig::load(&dir.join("roberta-large.toml"), &[]).unwrap();
+        assert_eq!(large.train.batch_size * large.train.accumulation, 8192);
+        assert_eq!((large.optim.lr, large.schedule.warmup_steps), (4e-4, 30000));
+    }
+
+    #[test]
     fn defaults_are_the_papers() {
         let c = load(MINIMAL, &[]).unwrap();
         assert_eq!(

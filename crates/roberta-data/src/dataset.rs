@@ -237,31 +237,42 @@ pub fn pack(split: &Split, block_size: usize, mode: BreakMode) -> Vec<Block> {
 }
 
 impl Split {
+    /// Documents of the block's shard that end strictly inside it: each gets a `</s>`.
+    /// Looked up in the mmapped index, so nothing per document is held in memory.
+    fn documents_ending_inside(&self, block: Block) -> std::ops::Range<usize> {
+        let shard = &self.shards[block.shard as usize];
+        let doc_end = |d: usize| shard.sentence_start(shard.document_start(d + 1));
+        let first_after = |t: u64| {
+            let (mut lo, mut hi) = (0, shard.documents());
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if doc_end(mid) <= t {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        first_after(block.start)..first_after(block.end - 1)
+    }
+
+    /// Tokens the block is served as, without reading its token data.
+    pub fn block_len(&self, block: Block) -> usize {
+        (block.end - block.start) as usize + 2 + self.documents_ending_inside(block).len()
+    }
+
     /// `<s> tokens </s>` of a block, with `</s>` after every document that ends inside it.
-    /// Document ends are looked up in the mmapped index, so nothing per document is
-    /// held in memory.
     pub fn block_tokens(&self, block: Block, out: &mut Vec<u32>) {
         out.clear();
         out.push(self.specials.bos);
         let shard = &self.shards[block.shard as usize];
-        let doc_end = |d: usize| shard.sentence_start(shard.document_start(d + 1));
-        // The first document ending after the block's start.
-        let (mut lo, mut hi) = (0, shard.documents());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if doc_end(mid) <= block.start {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
         let mut at = block.start;
-        let mut d = lo;
-        while d < shard.documents() && doc_end(d) < block.end {
-            shard.tokens_into(at, doc_end(d), out);
+        for d in self.documents_ending_inside(block) {
+            let end = shard.sentence_start(shard.document_start(d + 1));
+            shard.tokens_into(at, end, out);
             out.push(self.specials.eos);
-            at = doc_end(d);
-            d += 1;
+            at = end;
         }
         shard.tokens_into(at, block.end, out);
         out.push(self.specials.eos);
@@ -323,6 +334,7 @@ pub(crate) mod tests {
             .map(|&b| {
                 let mut v = Vec::new();
                 split.block_tokens(b, &mut v);
+                assert_eq!(split.block_len(b), v.len());
                 v
             })
             .collect()

@@ -7,7 +7,6 @@
 //! yields exactly the batches an uninterrupted one would have yielded next.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -58,17 +57,10 @@ impl Corpus {
         self.blocks.is_empty()
     }
 
-    /// Mean tokens per block over the block size (1.0 = every block full).
+    /// Mean tokens per block over the block size (1.0 = every block full),
+    /// from block lengths alone: no token data is read, so it is cheap at start-up.
     pub fn fill_rate(&self) -> f64 {
-        let mut buf = Vec::new();
-        let total: usize = self
-            .blocks
-            .iter()
-            .map(|&b| {
-                self.split.block_tokens(b, &mut buf);
-                buf.len()
-            })
-            .sum();
+        let total: usize = self.blocks.iter().map(|&b| self.split.block_len(b)).sum();
         total as f64 / (self.blocks.len().max(1) * self.block_size) as f64
     }
 }
@@ -270,42 +262,42 @@ pub fn validation_batches(
 
 /// The background producer and its queue.
 pub struct Loader {
-    receiver: Receiver<Batch>,
-    stop: Arc<AtomicBool>,
+    /// `None` once dropping: closing the channel is what stops the producer.
+    receiver: Option<Receiver<Batch>>,
     worker: Option<JoinHandle<()>>,
 }
 
 impl Loader {
     pub fn new(corpus: Arc<Corpus>, config: LoaderConfig, state: LoaderState) -> Self {
         let (sender, receiver) = sync_channel(config.queue_depth.max(1));
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
         let worker = std::thread::Builder::new()
             .name("roberta-loader".into())
-            .spawn(move || produce(&corpus, &config, state, &sender, &flag))
+            .spawn(move || produce(&corpus, &config, state, &sender))
             .expect("spawn the loader thread");
         Self {
-            receiver,
-            stop,
+            receiver: Some(receiver),
             worker: Some(worker),
         }
     }
 
     /// The next batch; blocks until the producer has it.
     pub fn next_batch(&mut self) -> Batch {
-        self.receiver.recv().expect("the loader thread ended early")
+        self.receiver
+            .as_ref()
+            .and_then(|r| r.recv().ok())
+            .expect("the loader thread ended early")
     }
 }
 
+/// Runs ahead until the loader is dropped, which closes the channel and fails the send.
 fn produce(
     corpus: &Corpus,
     config: &LoaderConfig,
     mut state: LoaderState,
     sender: &SyncSender<Batch>,
-    stop: &AtomicBool,
 ) {
     let mut cache = PermutationCache::default();
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         let batch = batch_at(corpus, config, state, &mut cache);
         state = batch.next;
         if sender.send(batch).is_err() {
@@ -316,11 +308,8 @@ fn produce(
 
 impl Drop for Loader {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Unblock a producer waiting on a full queue.
-        while self.receiver.try_recv().is_ok() {}
+        drop(self.receiver.take());
         if let Some(worker) = self.worker.take() {
-            drop(std::mem::replace(&mut self.receiver, sync_channel(1).1));
             worker.join().ok();
         }
     }

@@ -7,16 +7,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use roberta_data::LoaderState;
+use burn::module::Module;
+use burn::prelude::Backend;
+use roberta_data::{LoaderState, RobertaTokenizer};
+use roberta_model::hf::{CONFIG_FILE, write_atomic};
+use roberta_model::{Pretrained, RobertaConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const TRAINER_STATE: &str = "trainer.json";
 pub const CONFIG: &str = "config.toml";
+/// The model's weights (burn's record; `.bin` is added by the recorder).
+pub const MODEL: &str = "model";
+pub const TOKENIZER: &str = "tokenizer.json";
 
 /// Everything besides tensors that a resumed run needs to continue exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
     /// Updates taken.
     pub step: u64,
@@ -27,6 +34,37 @@ pub struct TrainerState {
     pub bad_in_a_row: u32,
     /// Non-padding tokens trained on.
     pub tokens: u64,
+    /// Fine-tuning: the best evaluation so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<Best>,
+}
+
+impl TrainerState {
+    /// Counts an update skipped for a non-finite loss; `max_in_a_row` of them abort.
+    pub fn skip_update(&mut self, loss: f64, max_in_a_row: u32) -> Result<()> {
+        self.bad_steps += 1;
+        self.bad_in_a_row += 1;
+        tracing::warn!(
+            "step {}: loss {loss}: update skipped ({} in a row)",
+            self.step + 1,
+            self.bad_in_a_row
+        );
+        if self.bad_in_a_row >= max_in_a_row {
+            bail!(
+                "{} updates in a row had a non-finite loss (NaN/inf); lower optim.lr (or, pretraining, raise schedule.warmup_steps)",
+                self.bad_in_a_row
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The best evaluation of a fine-tuning run, and how many since did not beat it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    pub step: u64,
+    pub value: f64,
+    pub stale: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -108,6 +146,50 @@ pub fn save(
         result.with_context(|| format!("writing checkpoint {name} in {}", dir.display()))?;
     prune(&dir, keep)?;
     Ok(target)
+}
+
+/// Writes the model, its HF `config.json` and the tokenizer into a checkpoint being
+/// written, so that `export` makes an HF directory of any checkpoint on its own.
+pub fn write_model<B: Backend, M: Pretrained<B> + Module<B>>(
+    dir: &Path,
+    model: &M,
+    config: &RobertaConfig,
+    tokenizer: &RobertaTokenizer,
+) -> Result<()> {
+    model
+        .clone()
+        .save_file(dir.join(MODEL), &crate::trainer::Recorder32::new())
+        .with_context(|| format!("writing {}", dir.join(MODEL).display()))?;
+    let mut config = config.clone();
+    config.architectures = vec![M::ARCHITECTURE.to_string()];
+    write_atomic(&dir.join(CONFIG_FILE), &serde_json::to_vec_pretty(&config)?)?;
+    tokenizer
+        .inner()
+        .save(dir.join(TOKENIZER), false)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", dir.join(TOKENIZER).display()))
+}
+
+/// The HF config a checkpoint's model was written with.
+pub fn model_config(dir: &Path) -> Result<RobertaConfig> {
+    RobertaConfig::load(&dir.join(CONFIG_FILE)).with_context(|| {
+        format!(
+            "{}: a checkpoint without {CONFIG_FILE} (written by an older roberta-train?)",
+            dir.display()
+        )
+    })
+}
+
+/// Loads the model of a verified checkpoint directory.
+pub fn read_model<B: Backend, M: Pretrained<B> + Module<B>>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(M, RobertaConfig)> {
+    let config = model_config(dir)?;
+    let num_labels = config.num_labels().unwrap_or(2);
+    let model = M::init(&config, num_labels, device)
+        .load_file(dir.join(MODEL), &crate::trainer::Recorder32::new(), device)
+        .with_context(|| format!("{}: model weights", dir.display()))?;
+    Ok((model, config))
 }
 
 /// Checkpoint directories, newest first.
@@ -196,6 +278,7 @@ mod tests {
             bad_steps: 0,
             bad_in_a_row: 0,
             tokens: 0,
+            best: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The pretraining config: TOML with one section per concern, unknown keys rejected,
+//! The pretraining and fine-tuning configs: TOML with one section per concern, unknown keys rejected,
 //! `--set section.key=value` overrides, and every value checked before any work starts.
 
 use std::path::{Path, PathBuf};
@@ -114,6 +114,44 @@ impl Default for OptimSection {
     }
 }
 
+impl OptimSection {
+    /// The paper's fine-tuning recipe (Table 10): lr 1e-5, weight decay 0.1, no clipping.
+    pub fn finetune() -> Self {
+        Self {
+            lr: 1e-5,
+            weight_decay: 0.1,
+            ..Self::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr > 0.0 && self.lr < 1.0) {
+            bail!("optim.lr = {} must be in (0, 1)", self.lr);
+        }
+        for (key, v) in [("optim.beta1", self.beta1), ("optim.beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("{key} = {v} must be in [0, 1)");
+            }
+        }
+        if self.eps.is_nan() || self.eps <= 0.0 {
+            bail!("optim.eps = {} must be positive", self.eps);
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            bail!(
+                "optim.weight_decay = {} must be in [0, 1)",
+                self.weight_decay
+            );
+        }
+        if self.clip_norm < 0.0 {
+            bail!(
+                "optim.clip_norm = {} must be 0 (off) or positive",
+                self.clip_norm
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Linear warmup to `optim.lr`, then linear decay to zero at `total_steps`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,15 +231,7 @@ impl Default for LogSection {
 impl PretrainConfig {
     /// Reads `path`, applies `--set` overrides, checks every value.
     pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut value: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
-        for set in sets {
-            apply_set(&mut value, set)?;
-        }
-        let config: Self = PretrainConfig::deserialize(toml::Value::Table(value))
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        let config: Self = deserialize(path, read_table(path, sets)?)?;
         config
             .validate()
             .with_context(|| format!("{}: invalid config", path.display()))?;
@@ -252,27 +282,7 @@ impl PretrainConfig {
                 self.schedule.total_steps
             );
         }
-        let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr < 1.0) {
-            bail!("optim.lr = {} must be in (0, 1)", o.lr);
-        }
-        for (key, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
-            if !(0.0..1.0).contains(&v) {
-                bail!("{key} = {v} must be in [0, 1)");
-            }
-        }
-        if o.eps.is_nan() || o.eps <= 0.0 {
-            bail!("optim.eps = {} must be positive", o.eps);
-        }
-        if !(0.0..1.0).contains(&o.weight_decay) {
-            bail!("optim.weight_decay = {} must be in [0, 1)", o.weight_decay);
-        }
-        if o.clip_norm < 0.0 {
-            bail!(
-                "optim.clip_norm = {} must be 0 (off) or positive",
-                o.clip_norm
-            );
-        }
+        self.optim.validate()?;
         let d = &self.data;
         if d.train.is_empty() {
             bail!("data.train names no input");
@@ -365,6 +375,456 @@ impl PretrainConfig {
         );
         changes
     }
+}
+
+/// The kinds of task `finetune` trains, by the head they use and how inputs are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// One sentence → a label (SST-2, CoLA).
+    Classification,
+    /// `<s> A </s></s> B </s>` → a label (MRPC, RTE, MNLI).
+    PairClassification,
+    /// One sentence or a pair → a number (STS-B).
+    Regression,
+    /// Extractive question answering (SQuAD v1.1/v2.0).
+    Qa,
+    /// A tag per word (CoNLL NER), predicted on each word's first sub-word.
+    TokenClassification,
+}
+
+impl TaskKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Classification => "classification",
+            Self::PairClassification => "pair-classification",
+            Self::Regression => "regression",
+            Self::Qa => "qa",
+            Self::TokenClassification => "token-classification",
+        }
+    }
+
+    /// The metric that picks the best checkpoint unless `eval.metric` says otherwise.
+    pub fn default_metric(self) -> &'static str {
+        match self {
+            Self::Classification | Self::PairClassification => "accuracy",
+            Self::Regression => "pearson",
+            Self::Qa | Self::TokenClassification => "f1",
+        }
+    }
+
+    /// Metrics this task reports (the choices for `eval.metric`).
+    pub fn metrics(self) -> &'static [&'static str] {
+        match self {
+            Self::Classification | Self::PairClassification => {
+                &["accuracy", "f1", "f1_macro", "mcc"]
+            }
+            Self::Regression => &["pearson", "spearman", "mse"],
+            Self::Qa => &["exact_match", "f1"],
+            Self::TokenClassification => &["f1", "precision", "recall", "accuracy"],
+        }
+    }
+
+    /// Whether a larger value of `metric` is better.
+    pub fn higher_is_better(metric: &str) -> bool {
+        metric != "mse"
+    }
+}
+
+impl std::str::FromStr for TaskKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        TaskKind::deserialize(toml::Value::String(s.to_string())).map_err(|_| {
+            format!(
+                "unknown task `{s}`; expected classification, pair-classification, regression, qa or token-classification"
+            )
+        })
+    }
+}
+
+/// What the task is and how its files are read. Saved into the model's `config.json`
+/// (key `roberta_train_task`), so that `eval` and `predict` read new files the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSection {
+    #[serde(rename = "type")]
+    pub kind: TaskKind,
+    /// The first text column: a header name, or a 0-based index when `header = false`
+    /// (default "sentence"; "sentence1" for pairs).
+    pub text_a: Option<String>,
+    /// The second text column of pairs (default "sentence2").
+    pub text_b: Option<String>,
+    /// The label column (GLUE TSV/CSV header name, index, or JSONL field).
+    #[serde(default = "default_label")]
+    pub label: String,
+    /// Whether TSV/CSV files start with a header line.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// The label names in index order; by default the sorted labels of the train split.
+    pub labels: Option<Vec<String>>,
+    /// Tokens per input with special tokens; longer inputs are truncated (pairs: the
+    /// longer text first). QA windows longer contexts instead.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// QA: context tokens shared by consecutive windows of a long context.
+    #[serde(default = "default_doc_stride")]
+    pub doc_stride: usize,
+    /// QA: the longest answer, in tokens, that span decoding considers.
+    #[serde(default = "default_max_answer_length")]
+    pub max_answer_length: usize,
+    /// QA: start and end candidates kept per window in span decoding.
+    #[serde(default = "default_n_best")]
+    pub n_best: usize,
+    /// QA: SQuAD v2.0, where a question may have no answer in its context.
+    #[serde(default)]
+    pub version_2_with_negative: bool,
+    /// QA v2.0: predict no answer unless the best span beats the null score by this.
+    #[serde(default)]
+    pub null_score_diff_threshold: f64,
+}
+
+fn default_label() -> String {
+    "label".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_length() -> usize {
+    128
+}
+fn default_doc_stride() -> usize {
+    128
+}
+fn default_max_answer_length() -> usize {
+    30
+}
+fn default_n_best() -> usize {
+    20
+}
+
+impl TaskSection {
+    /// The section a model saved, or the defaults for `kind`.
+    pub fn for_kind(kind: TaskKind) -> Self {
+        toml::from_str(&format!("type = \"{}\"", kind.name())).expect("defaults deserialise")
+    }
+
+    pub fn text_a(&self) -> &str {
+        self.text_a.as_deref().unwrap_or(match self.kind {
+            TaskKind::PairClassification => "sentence1",
+            _ => "sentence",
+        })
+    }
+
+    /// The second text column: pairs always have one, regression may.
+    pub fn text_b(&self) -> Option<&str> {
+        match self.kind {
+            TaskKind::PairClassification => Some(self.text_b.as_deref().unwrap_or("sentence2")),
+            _ => self.text_b.as_deref(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(8..=8192).contains(&self.max_length) {
+            bail!("task.max_length = {} must be in [8, 8192]", self.max_length);
+        }
+        if self.kind == TaskKind::Qa {
+            if self.doc_stride == 0 || self.doc_stride >= self.max_length {
+                bail!(
+                    "task.doc_stride = {} must be in [1, max_length)",
+                    self.doc_stride
+                );
+            }
+            if self.max_answer_length == 0 || self.n_best == 0 {
+                bail!("task.max_answer_length and task.n_best must be at least 1");
+            }
+        }
+        if self.text_b.is_some()
+            && matches!(
+                self.kind,
+                TaskKind::Classification | TaskKind::Qa | TaskKind::TokenClassification
+            )
+        {
+            bail!(
+                "task.text_b is for pair-classification and regression, not {}",
+                self.kind.name()
+            );
+        }
+        if let Some(labels) = &self.labels {
+            let mut unique = labels.clone();
+            unique.sort();
+            unique.dedup();
+            if labels.len() < 2 || unique.len() != labels.len() {
+                bail!("task.labels must name at least two distinct labels");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fine-tuning config: `configs/finetune/*.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    pub task: TaskSection,
+    pub data: FinetuneDataSection,
+    #[serde(default)]
+    pub model: FinetuneModelSection,
+    /// AdamW; the defaults here are the paper's GLUE recipe (lr 1e-5, weight decay 0.1,
+    /// β₂ 0.98, ε 1e-6, no clipping).
+    pub optim: OptimSection,
+    #[serde(default)]
+    pub train: FinetuneTrainSection,
+    #[serde(default)]
+    pub eval: EvalSection,
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneDataSection {
+    /// Labeled training data: TSV, CSV or JSONL (SQuAD JSON for qa, CoNLL for tags).
+    pub train: PathBuf,
+    /// Labeled evaluation data, scored every `eval.every` updates and per epoch.
+    pub valid: Option<PathBuf>,
+    /// The tokenizer; by default the one in the initial model's directory.
+    pub tokenizer: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneModelSection {
+    /// Where the weights come from: an HF model directory (such as a pretraining run's
+    /// `final/`, or roberta-base downloaded by you), a pretraining run directory, or one
+    /// of its checkpoints. `--init` overrides it. Without it the model starts from random
+    /// weights of `preset` (say so in any result).
+    pub init: Option<PathBuf>,
+    /// Architecture for random initialisation: roberta-base, roberta-large or tiny.
+    pub preset: Option<String>,
+    pub hidden_dropout_prob: Option<f64>,
+    pub attention_probs_dropout_prob: Option<f64>,
+    /// Dropout inside the classification head (HF's `classifier_dropout`).
+    pub classifier_dropout: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneTrainSection {
+    pub epochs: u64,
+    /// Examples (QA: windows) per micro-batch.
+    pub batch_size: usize,
+    pub accumulation: usize,
+    pub seed: u64,
+    /// Warmup as a fraction of all updates (the paper: 6%).
+    pub warmup_ratio: f64,
+    /// Stop after this many updates (0: train all `epochs`); the schedule spans the
+    /// shorter of the two.
+    pub max_steps: u64,
+    /// Updates whose loss is NaN or infinite are skipped; this many in a row abort.
+    pub max_bad_steps: u32,
+    /// Write a metrics.jsonl line every this many updates.
+    pub log_every: u64,
+}
+
+impl Default for FinetuneTrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 32,
+            accumulation: 1,
+            seed: 1,
+            warmup_ratio: 0.06,
+            max_steps: 0,
+            max_bad_steps: 5,
+            log_every: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Evaluate every this many updates; 0: at the end of every epoch.
+    pub every: u64,
+    /// The metric that picks the best checkpoint (default: the task's, such as
+    /// accuracy; pass "mcc" for CoLA).
+    pub metric: Option<String>,
+    /// Stop when this many evaluations in a row did not improve the metric (0: never).
+    pub patience: u64,
+    /// Examples per forward pass when evaluating.
+    pub batch_size: usize,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            every: 0,
+            metric: None,
+            patience: 0,
+            batch_size: 64,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Reads `path`, applies `--set` overrides, checks every value.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
+        let mut value = read_table(path, sets)?;
+        // The optimizer defaults differ from pretraining's: fill the keys a file leaves out.
+        let optim = value
+            .entry("optim")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(optim) = optim.as_table_mut() {
+            let defaults = toml::Table::try_from(OptimSection::finetune()).expect("serialises");
+            for (k, v) in defaults {
+                optim.entry(k).or_insert(v);
+            }
+        }
+        let config: Self = deserialize(path, value)?;
+        config
+            .validate()
+            .with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.task.validate()?;
+        self.optim.validate()?;
+        let t = &self.train;
+        for (key, v) in [
+            ("train.epochs", t.epochs),
+            ("train.batch_size", t.batch_size as u64),
+            ("train.accumulation", t.accumulation as u64),
+            ("train.max_bad_steps", u64::from(t.max_bad_steps)),
+            ("train.log_every", t.log_every),
+            ("eval.batch_size", self.eval.batch_size as u64),
+            ("checkpoint.keep", self.checkpoint.keep as u64),
+        ] {
+            if v < 1 {
+                bail!("{key} must be at least 1");
+            }
+        }
+        if !(0.0..1.0).contains(&t.warmup_ratio) {
+            bail!("train.warmup_ratio = {} must be in [0, 1)", t.warmup_ratio);
+        }
+        let metric = self.metric();
+        if !self.task.kind.metrics().contains(&metric) {
+            bail!(
+                "eval.metric = \"{metric}\" is not a metric of {}; expected one of {}",
+                self.task.kind.name(),
+                self.task.kind.metrics().join(", ")
+            );
+        }
+        let m = &self.model;
+        if let Some(preset) = &m.preset {
+            if RobertaConfig::preset(preset).is_none() {
+                bail!(
+                    "model.preset = \"{preset}\" is unknown; expected roberta-base, roberta-large or tiny"
+                );
+            }
+            if m.init.is_some() {
+                bail!("model.preset is for random initialisation; model.init brings its own");
+            }
+        }
+        for (key, v) in [
+            ("model.hidden_dropout_prob", m.hidden_dropout_prob),
+            (
+                "model.attention_probs_dropout_prob",
+                m.attention_probs_dropout_prob,
+            ),
+            ("model.classifier_dropout", m.classifier_dropout),
+        ] {
+            if let Some(v) = v
+                && !(0.0..1.0).contains(&v)
+            {
+                bail!("{key} = {v} must be in [0, 1)");
+            }
+        }
+        Ok(())
+    }
+
+    /// The metric that picks the best checkpoint.
+    pub fn metric(&self) -> &str {
+        self.eval
+            .metric
+            .as_deref()
+            .unwrap_or(self.task.kind.default_metric())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Differences that would make a resumed run differ from an uninterrupted one.
+    pub fn exactness_changes(&self, saved: &FinetuneConfig) -> Vec<String> {
+        let mut changes = Vec::new();
+        for (name, a, b) in [
+            (
+                "task",
+                format!("{:?}", self.task),
+                format!("{:?}", saved.task),
+            ),
+            (
+                "data",
+                format!("{:?}", self.data),
+                format!("{:?}", saved.data),
+            ),
+            (
+                "model",
+                format!("{:?}", self.model),
+                format!("{:?}", saved.model),
+            ),
+            (
+                "optim",
+                format!("{:?}", self.optim),
+                format!("{:?}", saved.optim),
+            ),
+            (
+                "train (batch, seed, epochs, warmup)",
+                format!(
+                    "{} {} {} {} {} {}",
+                    self.train.batch_size,
+                    self.train.accumulation,
+                    self.train.seed,
+                    self.train.epochs,
+                    self.train.warmup_ratio,
+                    self.train.max_steps
+                ),
+                format!(
+                    "{} {} {} {} {} {}",
+                    saved.train.batch_size,
+                    saved.train.accumulation,
+                    saved.train.seed,
+                    saved.train.epochs,
+                    saved.train.warmup_ratio,
+                    saved.train.max_steps
+                ),
+            ),
+        ] {
+            if a != b {
+                changes.push(format!("{name}: {b} → {a}"));
+            }
+        }
+        changes
+    }
+}
+
+/// A config file as a TOML table, with the `--set` overrides applied.
+fn read_table(path: &Path, sets: &[String]) -> Result<toml::Table> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+    for set in sets {
+        apply_set(&mut table, set)?;
+    }
+    Ok(table)
+}
+
+/// The typed config; serde's message names the unknown key or the bad value.
+fn deserialize<T: serde::de::DeserializeOwned>(path: &Path, table: toml::Table) -> Result<T> {
+    T::deserialize(toml::Value::Table(table))
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
 }
 
 /// Applies `section.key=value`: the value is read as TOML (numbers, booleans, arrays),

@@ -4,10 +4,14 @@ mod backend;
 mod checkpoint;
 mod config;
 mod data_cmd;
+mod finetune;
 mod infer;
+mod metrics;
 mod plot;
 mod pretrain;
 mod progress;
+mod task;
+mod trainer;
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +21,7 @@ use roberta_data::corpus::{CorpusFormat, ReadOptions};
 use roberta_data::{BreakMode, MaskingConfig};
 
 use backend::DeviceSpec;
+use finetune::{apply, export, finetune};
 use infer::{embed, fill_mask};
 use pretrain::pretrain;
 
@@ -60,6 +65,80 @@ enum Command {
         /// Resume even if the config changed in ways that break an exact continuation.
         #[arg(long)]
         force: bool,
+    },
+    /// Fine-tune a task head (classification, pair-classification, regression, qa,
+    /// token-classification) from a TOML config (see configs/finetune/).
+    ///
+    /// Starts from --init (or model.init): an HF model directory, a pretraining run
+    /// directory (its final/ or newest checkpoint) or a checkpoint; a head absent there
+    /// is newly initialised and the log says so. The run directory receives config.toml,
+    /// metrics.jsonl, train.log, checkpoints/, best/ (the HF model with the best
+    /// validation metric, with eval_results.json) and final/ (the last model).
+    Finetune {
+        /// The TOML config (see configs/finetune/).
+        #[arg(long)]
+        config: PathBuf,
+        /// The model to start from (overrides model.init).
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Override a config value: --set train.epochs=3 (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+        /// Continue a run: `auto` takes the newest checkpoint that verifies; or a
+        /// checkpoint directory.
+        #[arg(long)]
+        resume: Option<String>,
+        /// Run directory (default: runs/<config name>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Resume even if the config changed in ways that break an exact continuation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Score a fine-tuned model on labeled data; prints the metrics as JSON and writes
+    /// them to --output.
+    ///
+    /// The model directory remembers its task and column layout; the flags below read
+    /// files laid out otherwise.
+    Eval {
+        /// A fine-tuned HF model directory, a fine-tuning run (its best/), or a checkpoint.
+        #[arg(long)]
+        model: PathBuf,
+        /// Labeled data: TSV/CSV/JSONL, SQuAD JSON or CoNLL, as the task reads.
+        #[arg(long)]
+        data: PathBuf,
+        /// Metrics JSON (default: eval_results.json).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        task: TaskCli,
+    },
+    /// Write one prediction per input as JSONL: the label and its probabilities (or the
+    /// score for regression; the answer text and its character span for QA; a tag per
+    /// word for token classification).
+    Predict {
+        /// A fine-tuned HF model directory, a fine-tuning run (its best/), or a checkpoint.
+        #[arg(long)]
+        model: PathBuf,
+        /// Input in the task's format; a label column, if present, is ignored.
+        #[arg(long)]
+        input: PathBuf,
+        /// JSONL output, written atomically.
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        task: TaskCli,
+    },
+    /// Turn a checkpoint (pretraining or fine-tuning) into an HF model directory:
+    /// config.json with id2label, model.safetensors, tokenizer.json, vocab.json and
+    /// merges.txt, which transformers' AutoModelFor… and AutoTokenizer load.
+    Export {
+        /// A checkpoint directory, or a run directory (its newest valid checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The HF directory to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Draw a run's loss, learning-rate and accuracy curves into a PNG.
     Plot {
@@ -120,6 +199,45 @@ enum Command {
         #[arg(long)]
         truncate: bool,
     },
+}
+
+/// How `eval` and `predict` read files laid out otherwise than the training data.
+#[derive(Args)]
+struct TaskCli {
+    /// The task, when the model directory does not say (an HF model fine-tuned elsewhere).
+    #[arg(long)]
+    task: Option<config::TaskKind>,
+    /// First text column (header name, or 0-based index with --no-header) or JSONL field.
+    #[arg(long)]
+    text_a: Option<String>,
+    /// Second text column, for pairs.
+    #[arg(long)]
+    text_b: Option<String>,
+    /// Label column.
+    #[arg(long)]
+    label: Option<String>,
+    /// The TSV/CSV file has no header line: columns are 0-based indices.
+    #[arg(long)]
+    no_header: bool,
+    /// Tokens per input (default: the model's fine-tuning setting).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+impl TaskCli {
+    fn overrides(&self) -> finetune::TaskOverrides {
+        finetune::TaskOverrides {
+            task: self.task,
+            text_a: self.text_a.clone(),
+            text_b: self.text_b.clone(),
+            label: self.label.clone(),
+            no_header: self.no_header,
+            max_length: self.max_length,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -289,7 +407,7 @@ fn init_logging(log_file: Option<&Path>) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     // The config is checked before anything is created, the run directory included.
-    let (run_dir, pretrain_config) = match &cli.command {
+    let (run_dir, configs) = match &cli.command {
         Command::Pretrain {
             config,
             run_dir,
@@ -302,35 +420,117 @@ fn main() {
                         .clone()
                         .unwrap_or_else(|| pretrain::default_run_dir(config)),
                 ),
-                Some(loaded),
+                Configs::Pretrain(loaded),
             ),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 std::process::exit(1);
             }
         },
-        _ => (None, None),
+        Command::Finetune {
+            config,
+            run_dir,
+            sets,
+            ..
+        } => match config::FinetuneConfig::load(config, sets) {
+            Ok(loaded) => (
+                Some(
+                    run_dir
+                        .clone()
+                        .unwrap_or_else(|| pretrain::default_run_dir(config)),
+                ),
+                Configs::Finetune(loaded),
+            ),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        },
+        _ => (None, Configs::None),
     };
     if let Err(e) = init_logging(run_dir.as_ref().map(|d| d.join("train.log")).as_deref()) {
         eprintln!("error: setting up logging: {e:#}");
         std::process::exit(1);
     }
-    if let Err(e) = run(cli, run_dir, pretrain_config) {
+    if let Err(e) = run(cli, run_dir, configs) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(
-    cli: Cli,
-    run_dir: Option<PathBuf>,
-    pretrain_config: Option<config::PretrainConfig>,
-) -> Result<()> {
+/// A training command's config, loaded and checked before logging starts.
+enum Configs {
+    None,
+    Pretrain(config::PretrainConfig),
+    Finetune(config::FinetuneConfig),
+}
+
+fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
     let device = cli.device.unwrap_or_else(DeviceSpec::default_compiled);
     match cli.command {
+        Command::Finetune {
+            init,
+            resume,
+            force,
+            ..
+        } => {
+            let Configs::Finetune(config) = configs else {
+                unreachable!("loaded in main")
+            };
+            let run_dir = run_dir.expect("computed for finetune");
+            dispatch!(
+                device,
+                finetune(finetune::FinetuneArgs {
+                    config,
+                    init,
+                    resume,
+                    run_dir,
+                    force
+                })
+            )
+        }
+        Command::Eval {
+            model,
+            data,
+            output,
+            task,
+        } => dispatch!(
+            device,
+            apply(
+                finetune::ApplyArgs {
+                    model,
+                    data,
+                    output,
+                    overrides: task.overrides(),
+                    batch_size: task.batch_size,
+                },
+                false
+            )
+        ),
+        Command::Predict {
+            model,
+            input,
+            output,
+            task,
+        } => dispatch!(
+            device,
+            apply(
+                finetune::ApplyArgs {
+                    model,
+                    data: input,
+                    output: Some(output),
+                    overrides: task.overrides(),
+                    batch_size: task.batch_size,
+                },
+                true
+            )
+        ),
+        Command::Export { checkpoint, out } => dispatch!(device, export(checkpoint, out)),
         Command::Pretrain { resume, force, .. } => {
             let run_dir = run_dir.expect("computed for pretrain");
-            let config = pretrain_config.expect("loaded for pretrain");
+            let Configs::Pretrain(config) = configs else {
+                unreachable!("loaded in main")
+            };
             dispatch!(
                 device,
                 pretrain(pretrain::PretrainArgs {

@@ -1,5 +1,5 @@
-//! `plot`: the loss, learning-rate and accuracy curves of a run, as a PNG, from its
-//! metrics.jsonl. The font is embedded (DejaVu Sans), so nothing is needed on the host.
+//! `plot`: the loss, learning-rate and accuracy (or validation metric) curves of a
+//! pretraining or fine-tuning run, as a PNG, from its metrics.jsonl. The font is embedded (DejaVu Sans), so nothing is needed on the host.
 
 use std::path::Path;
 
@@ -13,8 +13,15 @@ struct Curves {
     loss: Vec<(f64, f64)>,
     valid_loss: Vec<(f64, f64)>,
     lr: Vec<(f64, f64)>,
-    acc: Vec<(f64, f64)>,
-    valid_acc: Vec<(f64, f64)>,
+    /// Accuracy-like series by name: pretraining's masked-token accuracy (train and
+    /// valid), fine-tuning's validation metrics.
+    scores: std::collections::BTreeMap<String, Vec<(f64, f64)>>,
+}
+
+/// Keys of the third panel: everything scored that is not a loss.
+fn is_score(key: &str) -> bool {
+    key == "masked_acc"
+        || (key.starts_with("valid_") && !matches!(key, "valid_loss" | "valid_ppl" | "valid_mse"))
 }
 
 fn read(metrics: &Path) -> Result<Curves> {
@@ -39,8 +46,16 @@ fn read(metrics: &Path) -> Result<Curves> {
         push("loss", &mut c.loss);
         push("valid_loss", &mut c.valid_loss);
         push("lr", &mut c.lr);
-        push("masked_acc", &mut c.acc);
-        push("valid_acc", &mut c.valid_acc);
+        if let Some(object) = v.as_object() {
+            for key in object.keys().filter(|k| is_score(k)) {
+                let name = match key.as_str() {
+                    "masked_acc" => "train",
+                    "valid_acc" => "valid",
+                    other => other.trim_start_matches("valid_"),
+                };
+                push(key, c.scores.entry(name.to_string()).or_default());
+            }
+        }
     }
     if c.loss.is_empty() {
         bail!("{}: no logged steps to plot", metrics.display());
@@ -53,7 +68,9 @@ fn range(series: &[&[(f64, f64)]]) -> (f64, f64) {
     let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
         (lo.min(y), hi.max(y))
     });
-    if lo == hi {
+    if !lo.is_finite() || !hi.is_finite() {
+        (0.0, 1.0)
+    } else if lo == hi {
         (lo - 1.0, hi + 1.0)
     } else {
         (lo, hi + (hi - lo) * 0.05)
@@ -73,9 +90,16 @@ pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {
     let root = BitMapBackend::new(output, (900, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(draw)?;
     let panels = root.split_evenly((3, 1));
+    const PALETTE: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let scores: Vec<Line> = curves
+        .scores
+        .iter()
+        .zip(PALETTE.iter().cycle())
+        .map(|((name, points), color)| (name.as_str(), points.as_slice(), *color))
+        .collect();
     let series: [(&str, Vec<Line>); 3] = [
         (
-            "MLM loss",
+            "loss",
             vec![
                 ("train", &curves.loss, BLUE),
                 ("valid", &curves.valid_loss, RED),
@@ -83,11 +107,8 @@ pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {
         ),
         ("learning rate", vec![("lr", &curves.lr, BLACK)]),
         (
-            "masked-token accuracy",
-            vec![
-                ("train", &curves.acc, BLUE),
-                ("valid", &curves.valid_acc, RED),
-            ],
+            "accuracy (pretraining: masked tokens) and validation metrics",
+            scores,
         ),
     ];
     for (panel, (title, lines)) in panels.iter().zip(series) {
@@ -158,6 +179,19 @@ mod tests {
         plot_run(dir.path(), &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
+        // Fine-tuning's metrics, and a run without any validation: still a picture.
+        std::fs::write(
+            dir.path().join("metrics.jsonl"),
+            "{\"step\":1,\"loss\":0.7,\"lr\":0.1}\n{\"step\":2,\"loss\":0.6,\"lr\":0.1,\"valid_mcc\":0.2,\"valid_accuracy\":0.7}\n",
+        )
+        .unwrap();
+        plot_run(dir.path(), &out).unwrap();
+        std::fs::write(
+            dir.path().join("metrics.jsonl"),
+            "{\"step\":1,\"loss\":0.7,\"lr\":0.1}\n",
+        )
+        .unwrap();
+        plot_run(dir.path(), &out).unwrap();
         std::fs::write(dir.path().join("metrics.jsonl"), "").unwrap();
         assert!(
             plot_run(dir.path(), &out)

@@ -1,23 +1,19 @@
 //! `pretrain`: the loop reads top to bottom: next micro-batches, forward, backward,
 //! accumulate, clip, step, schedule, log, evaluate, checkpoint.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use roberta_data::loader::validation_batches;
 use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha256};
-use roberta_data::{
-    Batch, Corpus, Loader, LoaderConfig, LoaderState, MaskVocab, Meta, RobertaTokenizer, Split,
-};
+use roberta_data::{Batch, Corpus, Loader, LoaderConfig, MaskVocab, Meta, RobertaTokenizer, Split};
 use roberta_model::loss::cross_entropy_sum;
 use roberta_model::{LoadOptions, RobertaForMaskedLM, RobertaInput, save_pretrained};
 use serde::Serialize;
@@ -25,6 +21,10 @@ use serde::Serialize;
 use crate::checkpoint::{self, TrainerState};
 use crate::config::PretrainConfig;
 use crate::infer::load_model;
+use crate::trainer::{
+    AdamWGroups, MetricsFile, Recorder32, check_resume_changes, learning_rate, resume_point,
+    seed_dropout, stop_flag,
+};
 
 pub struct PretrainArgs {
     pub config: PretrainConfig,
@@ -36,86 +36,6 @@ pub struct PretrainArgs {
 /// `runs/<config file stem>` unless `--run-dir` says otherwise.
 pub fn default_run_dir(config: &Path) -> PathBuf {
     Path::new("runs").join(config.file_stem().unwrap_or_default())
-}
-
-/// Linear warmup from 0 to `peak` over `warmup` updates, then linear decay to 0 at
-/// `total`. `step` counts from 1 (the update about to be taken).
-pub fn learning_rate(step: u64, peak: f64, warmup: u64, total: u64) -> f64 {
-    if step <= warmup {
-        peak * step as f64 / warmup.max(1) as f64
-    } else {
-        peak * (total.saturating_sub(step)) as f64 / (total - warmup).max(1) as f64
-    }
-}
-
-type Recorder32 = BinFileRecorder<FullPrecisionSettings>;
-
-/// Parameter ids split the way weight decay is: matrices (weights, embeddings) decay,
-/// vectors (biases, LayerNorm) do not.
-#[derive(Default)]
-struct ParamGroups {
-    matrices: Vec<ParamId>,
-    vectors: Vec<ParamId>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for ParamGroups {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        assert!(D <= 2, "RoBERTa has only vector and matrix parameters");
-        if D == 1 {
-            self.vectors.push(param.id);
-        } else {
-            self.matrices.push(param.id);
-        }
-    }
-}
-
-impl ParamGroups {
-    fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
-        let mut groups = Self::default();
-        module.visit(&mut groups);
-        groups
-    }
-
-    /// PyTorch's `clip_grad_norm_` norm: over all gradients at once, not per tensor.
-    fn global_norm<B: Backend>(&self, grads: &GradientsParams, device: &B::Device) -> f64 {
-        let mut total = Tensor::<B, 1>::zeros([1], device);
-        for &id in &self.matrices {
-            if let Some(g) = grads.get::<B, 2>(id) {
-                total = total + g.powi_scalar(2).sum();
-            }
-        }
-        for &id in &self.vectors {
-            if let Some(g) = grads.get::<B, 1>(id) {
-                total = total + g.powi_scalar(2).sum();
-            }
-        }
-        (total.into_scalar().elem::<f64>()).sqrt()
-    }
-
-    fn scale<B: Backend>(&self, grads: &mut GradientsParams, factor: f64) {
-        for &id in &self.matrices {
-            if let Some(g) = grads.remove::<B, 2>(id) {
-                grads.register(id, g * factor);
-            }
-        }
-        for &id in &self.vectors {
-            if let Some(g) = grads.remove::<B, 1>(id) {
-                grads.register(id, g * factor);
-            }
-        }
-    }
-
-    /// Moves the vector parameters' gradients into their own set, for the optimizer
-    /// without weight decay.
-    fn take_vectors<B: Backend>(&self, grads: &mut GradientsParams) -> GradientsParams {
-        let mut vectors = GradientsParams::new();
-        for &id in &self.vectors {
-            if let Some(g) = grads.remove::<B, 1>(id) {
-                vectors.register(id, g);
-            }
-        }
-        vectors
-    }
 }
 
 /// A batch as tensors: the model input, flat indices of the masked positions, targets.
@@ -248,49 +168,12 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
     let run_dir = args.run_dir.clone();
 
     // Where to start: a verified checkpoint, or step 0.
-    let resume_from = match args.resume.as_deref() {
-        None => {
-            if !checkpoint::list(&run_dir)?.is_empty() {
-                bail!(
-                    "{} already holds checkpoints: pass --resume auto to continue it, or another --run-dir",
-                    run_dir.display()
-                );
-            }
-            None
-        }
-        Some("auto") => {
-            let (found, skipped) = checkpoint::latest_valid(&run_dir)?;
-            for s in &skipped {
-                tracing::warn!("skipping a checkpoint that does not verify: {s}");
-            }
-            if found.is_none() {
-                tracing::info!(
-                    "no checkpoint in {}: starting from step 0",
-                    run_dir.display()
-                );
-            }
-            found
-        }
-        Some(path) => {
-            let path = PathBuf::from(path);
-            let state = checkpoint::verify(&path)?;
-            Some((path, state))
-        }
-    };
+    let resume_from = resume_point(&run_dir, args.resume.as_deref())?;
     if let Some((path, _)) = &resume_from {
         let saved_text = std::fs::read_to_string(path.join(checkpoint::CONFIG))?;
         let saved: PretrainConfig = toml::from_str(&saved_text)
             .with_context(|| format!("{}: saved config", path.display()))?;
-        let changes = config.exactness_changes(&saved);
-        if !changes.is_empty() && !args.force {
-            bail!(
-                "the config differs from the checkpoint's in ways that break an exact resume:\n  {}\npass --force to resume anyway",
-                changes.join("\n  ")
-            );
-        }
-        for c in &changes {
-            tracing::warn!("resuming with a changed config (--force): {c}");
-        }
+        check_resume_changes(&config.exactness_changes(&saved), args.force)?;
     }
 
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
@@ -350,49 +233,18 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
         }
         None => RobertaForMaskedLM::new(&model_config, &device),
     };
-    let o = &config.optim;
-    let adamw = |decay: f64| {
-        AdamWConfig::new()
-            .with_beta_1(o.beta1 as f32)
-            .with_beta_2(o.beta2 as f32)
-            .with_epsilon(o.eps as f32)
-            .with_weight_decay(decay as f32)
-    };
-    let mut optim_decay = adamw(o.weight_decay).init::<B, RobertaForMaskedLM<B>>();
-    let mut optim_plain = adamw(0.0).init::<B, RobertaForMaskedLM<B>>();
+    let mut optim = AdamWGroups::<B, RobertaForMaskedLM<B>>::new(&config.optim, &model);
     let recorder = Recorder32::new();
-    let mut state = TrainerState {
-        step: 0,
-        loader: LoaderState::default(),
-        bad_steps: 0,
-        bad_in_a_row: 0,
-        tokens: 0,
-    };
+    let mut state = TrainerState::default();
     if let Some((path, saved)) = &resume_from {
         model = model
             .load_file(path.join("model"), &recorder, &device)
             .with_context(|| format!("{}: model", path.display()))?;
-        optim_decay = optim_decay.load_record(
-            recorder
-                .load(path.join("optim-decay"), &device)
-                .with_context(|| format!("{}: optimizer", path.display()))?,
-        );
-        optim_plain = optim_plain.load_record(
-            recorder
-                .load(path.join("optim-no-decay"), &device)
-                .with_context(|| format!("{}: optimizer", path.display()))?,
-        );
+        optim = optim.load(path, &model, &device)?;
         state = saved.clone();
-        truncate_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
         tracing::info!("resumed from {} at step {}", path.display(), state.step);
     }
-    let groups = ParamGroups::of(&model);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("installing the signal handler")?;
-    }
+    let stop = stop_flag()?;
 
     let loader_config = LoaderConfig {
         batch_size: config.train.batch_size,
@@ -403,17 +255,12 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
         queue_depth: config.train.loader_queue,
     };
     let mut loader = Loader::new(corpus.clone(), loader_config, state.loader);
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-        .with_context(|| format!("opening {}", run_dir.join("metrics.jsonl").display()))?;
+    let mut metrics = MetricsFile::open(&run_dir, state.step)?;
 
     let total = config.schedule.total_steps;
     let bar = crate::progress::steps_bar(total, state.step);
     let save = |model: &RobertaForMaskedLM<B>,
-                optim_decay: &_,
-                optim_plain: &_,
+                optim: &AdamWGroups<B, RobertaForMaskedLM<B>>,
                 state: &TrainerState|
      -> Result<PathBuf> {
         checkpoint::save(
@@ -422,10 +269,8 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
             &config_toml,
             config.checkpoint.keep,
             |tmp| {
-                model.clone().save_file(tmp.join("model"), &recorder)?;
-                save_optimizer::<B>(optim_decay, &tmp.join("optim-decay"))?;
-                save_optimizer::<B>(optim_plain, &tmp.join("optim-no-decay"))?;
-                Ok(())
+                checkpoint::write_model(tmp, model, &model_config, &tokenizer)?;
+                optim.save(tmp)
             },
         )
     };
@@ -451,10 +296,7 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
                 continue;
             };
             // Dropout masks become a function of (seed, step, micro-batch): exact resume.
-            B::seed(
-                &device,
-                config.train.seed ^ (state.step << 16) ^ i as u64 ^ 0xD0_0000_0000,
-            );
+            seed_dropout::<B>(&device, config.train.seed, state.step, i);
             let logits = model.forward_positions(t.input, t.positions);
             let n = t.targets.dims()[0];
             let loss = cross_entropy_sum(logits.clone(), t.targets.clone());
@@ -471,44 +313,27 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
             let grads = (loss / window_masked as f64).backward();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
         }
-        let mut grads = accumulator.grads();
+        let grads = accumulator.grads();
         let loss = loss_sum / window_masked.max(1) as f64;
         state.tokens += window.iter().map(|b| b.tokens as u64).sum::<u64>();
         interval_tokens += window.iter().map(|b| b.tokens as u64).sum::<u64>();
 
         // 3. A non-finite loss skips the update; too many in a row abort.
         if !loss.is_finite() || window_masked == 0 {
-            state.bad_steps += 1;
-            state.bad_in_a_row += 1;
-            tracing::warn!(
-                "step {}: loss {loss}: update skipped ({} in a row)",
-                state.step + 1,
-                state.bad_in_a_row
-            );
-            if state.bad_in_a_row >= config.train.max_bad_steps {
-                bail!(
-                    "{} updates in a row had a non-finite loss (NaN/inf); lower optim.lr or raise schedule.warmup_steps",
-                    state.bad_in_a_row
-                );
-            }
+            state.skip_update(loss, config.train.max_bad_steps)?;
             continue;
         }
         state.bad_in_a_row = 0;
 
         // 4. Clip the global norm, then step both AdamW groups at the scheduled rate.
-        let norm = groups.global_norm::<B::InnerBackend>(&grads, &device);
-        if config.optim.clip_norm > 0.0 && norm > config.optim.clip_norm {
-            groups.scale::<B::InnerBackend>(&mut grads, config.optim.clip_norm / (norm + 1e-6));
-        }
         let lr = learning_rate(
             state.step + 1,
             config.optim.lr,
             config.schedule.warmup_steps,
             total,
         );
-        let vectors = groups.take_vectors::<B::InnerBackend>(&mut grads);
-        model = optim_decay.step(lr, model, grads);
-        model = optim_plain.step(lr, model, vectors);
+        let (stepped, norm) = optim.step(lr, model, grads, &device);
+        model = stepped;
         state.step += 1;
         interval_loss += loss_sum;
         interval_masked += window_masked as f64;
@@ -546,8 +371,7 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
                     state.step
                 );
             }
-            writeln!(metrics, "{}", serde_json::to_string(&line)?)?;
-            metrics.flush()?;
+            metrics.write(&line)?;
             bar.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} tok/s",
                 line.loss.unwrap_or(f64::NAN),
@@ -567,8 +391,8 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
         let periodic =
             config.checkpoint.every > 0 && state.step.is_multiple_of(config.checkpoint.every);
         if periodic || state.step == total || stopped {
-            metrics.sync_data().ok();
-            let path = save(&model, &optim_decay, &optim_plain, &state)?;
+            metrics.sync();
+            let path = save(&model, &optim, &state)?;
             tracing::info!("saved {}", path.display());
         }
         if stopped {
@@ -609,47 +433,4 @@ pub fn pretrain<B: AutodiffBackend>(device: B::Device, args: PretrainArgs) -> Re
         final_dir.display()
     );
     Ok(())
-}
-
-fn save_optimizer<B: AutodiffBackend>(
-    optim: &impl Optimizer<RobertaForMaskedLM<B>, B>,
-    path: &Path,
-) -> Result<()> {
-    Recorder32::new()
-        .record(optim.to_record(), path.to_path_buf())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// Drops metric lines past `step`: a run killed after its last checkpoint logged steps
-/// that the resumed run will take again.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    roberta_model::hf::write_atomic(path, kept.as_bytes())?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_zero() {
-        assert_eq!(learning_rate(5, 1.0, 10, 110), 0.5);
-        assert_eq!(learning_rate(10, 1.0, 10, 110), 1.0);
-        assert!((learning_rate(60, 1.0, 10, 110) - 0.5).abs() < 1e-12);
-        assert_eq!(learning_rate(110, 1.0, 10, 110), 0.0);
-        assert_eq!(learning_rate(1, 2.0, 0, 100), 2.0 * 99.0 / 100.0);
-    }
 }

@@ -1,49 +1,11 @@
 //! End-to-end tests of the `roberta-train` binary.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roberta-train"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("run roberta-train")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "unexpected success: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn mlm_fixture() -> String {
-    repo()
-        .join("crates/roberta-model/tests/fixtures/mlm")
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{fails, mlm_fixture, ok, repo, run, s};
 
 #[test]
 fn fill_mask_prints_top_k_per_mask() {

@@ -1,0 +1,544 @@
+//! End-to-end tests of `finetune`, `eval`, `predict` and `export` on a tiny model
+//! (the MLM parity fixture: 2 layers, hidden 32, its own 320-token BPE) and real data
+//! from ../shared/data where it is present.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fails, head, mlm_fixture, ok, run, s, shared};
+use serde_json::Value;
+
+/// A finetune config for `task` (a TOML `[task]` body) on `train`/`valid`.
+fn config(dir: &Path, task: &str, train: &Path, valid: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[task]
+{task}
+
+[data]
+train = "{}"
+valid = "{}"
+
+[optim]
+lr = 1e-3
+
+[train]
+epochs = 1
+batch_size = 8
+max_steps = 6
+log_every = 1
+seed = 3
+
+[eval]
+every = 3
+batch_size = 16
+
+[checkpoint]
+keep = 5
+{extra}
+"#,
+        s(train),
+        s(valid)
+    );
+    let path = dir.join("task.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn finetune(config: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "finetune",
+        "--config",
+        s(config),
+        "--init",
+        "crates/roberta-model/tests/fixtures/mlm",
+        "--run-dir",
+        s(run_dir),
+    ];
+    args.extend(extra);
+    run(&args)
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn sst2_trains_keeps_the_best_evaluates_predicts_and_exports() {
+    let Some(sst2) = shared("sst2") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let train = head(&sst2.join("train.tsv"), 201, &dir.path().join("train.tsv"));
+    let valid = head(&sst2.join("dev.tsv"), 61, &dir.path().join("dev.tsv"));
+    let cfg = config(dir.path(), "type = \"classification\"", &train, &valid, "");
+    let run_dir = dir.path().join("run");
+    let out = finetune(&cfg, &run_dir, &[]);
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("newly initialised") && log.contains("classifier.out_proj.weight"),
+        "{log}"
+    );
+    let lines = jsonl(&run_dir.join("metrics.jsonl"));
+    assert_eq!(lines.len(), 6);
+    let evaluated: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.get("valid_accuracy").is_some())
+        .collect();
+    assert_eq!(evaluated.len(), 2, "evaluations at steps 3 and 6");
+    for key in ["valid_f1", "valid_mcc", "valid_f1_macro"] {
+        assert!(evaluated[0].get(key).is_some(), "{key}");
+    }
+    let best = run_dir.join("best");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "eval_results.json",
+    ] {
+        assert!(best.join(f).exists(), "best/{f}");
+    }
+    let config_json = json(&best.join("config.json"));
+    assert_eq!(
+        config_json["architectures"][0],
+        "RobertaForSequenceClassification"
+    );
+    assert_eq!(config_json["id2label"]["1"], "1");
+    assert_eq!(config_json["roberta_train_task"]["type"], "classification");
+    let best_accuracy = json(&best.join("eval_results.json"))["accuracy"]
+        .as_f64()
+        .unwrap();
+    let best_logged = evaluated
+        .iter()
+        .map(|l| l["valid_accuracy"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(best_accuracy, best_logged);
+
+    // eval on the run (its best/) gives the accuracy it was kept for.
+    let results = dir.path().join("eval.json");
+    let printed = ok(&run(&[
+        "eval",
+        "--model",
+        s(&run_dir),
+        "--data",
+        s(&valid),
+        "--output",
+        s(&results),
+    ]));
+    let printed: Value = serde_json::from_str(&printed).unwrap();
+    assert!((printed["accuracy"].as_f64().unwrap() - best_accuracy).abs() < 1e-12);
+    assert_eq!(json(&results), printed);
+
+    // predict: one line per input, the label with the highest probability.
+    let predictions = dir.path().join("pred.jsonl");
+    ok(&run(&[
+        "predict",
+        "--model",
+        s(&best),
+        "--input",
+        s(&valid),
+        "--output",
+        s(&predictions),
+    ]));
+    let predicted = jsonl(&predictions);
+    assert_eq!(predicted.len(), 60);
+    for p in &predicted {
+        let probs = p["probabilities"].as_object().unwrap();
+        let total: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        let top = probs
+            .iter()
+            .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+            .unwrap()
+            .0;
+        assert_eq!(p["label"].as_str().unwrap(), top);
+    }
+    assert_eq!(predicted[0]["line"], 2, "line numbers count the header");
+
+    // export of the last checkpoint = final/, as eval sees it.
+    let exported = dir.path().join("exported");
+    ok(&run(&[
+        "export",
+        "--checkpoint",
+        s(&run_dir.join("checkpoints/step-0000006")),
+        "--out",
+        s(&exported),
+    ]));
+    let scores = |model: &Path| -> Value {
+        let out = dir.path().join("scores.json");
+        serde_json::from_str(&ok(&run(&[
+            "eval",
+            "--model",
+            s(model),
+            "--data",
+            s(&valid),
+            "--output",
+            s(&out),
+        ])))
+        .unwrap()
+    };
+    assert_eq!(scores(&exported), scores(&run_dir.join("final")));
+    assert_eq!(
+        std::fs::read(exported.join("model.safetensors")).unwrap(),
+        std::fs::read(run_dir.join("final/model.safetensors")).unwrap()
+    );
+
+    // Resuming from checkpoint 3 repeats steps 4–6 bitwise.
+    let resumed = dir.path().join("resumed");
+    std::fs::create_dir_all(resumed.join("checkpoints")).unwrap();
+    copy_dir(
+        &run_dir.join("checkpoints/step-0000003"),
+        &resumed.join("checkpoints/step-0000003"),
+    );
+    ok(&finetune(&cfg, &resumed, &["--resume", "auto"]));
+    let again = jsonl(&resumed.join("metrics.jsonl"));
+    let loss = |l: &Value| l["loss"].to_string();
+    assert_eq!(
+        again.iter().map(loss).collect::<Vec<_>>(),
+        lines[3..].iter().map(loss).collect::<Vec<_>>()
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn mrpc_pairs_and_other_column_layouts() {
+    let Some(mrpc) = shared("mrpc") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let train = head(&mrpc.join("train.tsv"), 101, &dir.path().join("train.tsv"));
+    let valid = head(&mrpc.join("dev.tsv"), 41, &dir.path().join("dev.tsv"));
+    let cfg = config(
+        dir.path(),
+        "type = \"pair-classification\"\ntext_a = \"#1 String\"\ntext_b = \"#2 String\"\nlabel = \"Quality\"\nmax_length = 38",
+        &train,
+        &valid,
+        "",
+    );
+    let run_dir = dir.path().join("run");
+    ok(&finetune(&cfg, &run_dir, &["--set", "train.max_steps=3"]));
+    let saved = json(&run_dir.join("best/eval_results.json"));
+    assert!(saved.get("f1").is_some() && saved.get("accuracy").is_some());
+
+    // The same pairs as headerless CSV with the columns in another order.
+    let text = std::fs::read_to_string(&valid).unwrap();
+    let mut csv = String::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let quote = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
+        csv += &format!("{},{},{}\n", quote(f[4]), f[0], quote(f[3]));
+    }
+    let other = dir.path().join("other.csv");
+    std::fs::write(&other, csv).unwrap();
+    let out = dir.path().join("m.json");
+    let printed: Value = serde_json::from_str(&ok(&run(&[
+        "eval",
+        "--model",
+        s(&run_dir),
+        "--data",
+        s(&other),
+        "--no-header",
+        "--text-a",
+        "2",
+        "--text-b",
+        "0",
+        "--label",
+        "1",
+        "--output",
+        s(&out),
+    ])))
+    .unwrap();
+    assert_eq!(
+        printed, saved,
+        "same pairs, same metrics, whatever the layout"
+    );
+}
+
+#[test]
+fn regression_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tsv = String::from("sentence1\tsentence2\tscore\n");
+    for i in 0..24 {
+        tsv += &format!(
+            "The cat sat {i} times.\tA cat sat down {} times.\t{}\n",
+            i % 5,
+            (i % 6) as f64 * 0.8
+        );
+    }
+    let train = dir.path().join("train.tsv");
+    std::fs::write(&train, &tsv).unwrap();
+    let cfg = config(
+        dir.path(),
+        "type = \"regression\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"\nlabel = \"score\"",
+        &train,
+        &train,
+        "",
+    );
+    let run_dir = dir.path().join("run");
+    ok(&finetune(&cfg, &run_dir, &[]));
+    let config_json = json(&run_dir.join("best/config.json"));
+    assert_eq!(config_json["problem_type"], "regression");
+    let predictions = dir.path().join("p.jsonl");
+    ok(&run(&[
+        "predict",
+        "--model",
+        s(&run_dir),
+        "--input",
+        s(&train),
+        "--output",
+        s(&predictions),
+    ]));
+    let p = jsonl(&predictions);
+    assert_eq!(p.len(), 24);
+    assert!(p[0]["score"].is_f64());
+
+    // A label that is not a number names its line; nothing is written for the run.
+    let bad = dir.path().join("bad.tsv");
+    std::fs::write(&bad, tsv.replace("\t1.6\n", "\thigh\n")).unwrap();
+    let cfg_bad = config(
+        dir.path(),
+        "type = \"regression\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"\nlabel = \"score\"",
+        &bad,
+        &train,
+        "",
+    );
+    let bad_run = dir.path().join("bad-run");
+    let err = fails(&finetune(&cfg_bad, &bad_run, &[]));
+    assert!(
+        err.contains("bad.tsv") && err.contains("line 4") && err.contains("high"),
+        "{err}"
+    );
+    assert!(!bad_run.join("checkpoints").exists() && !bad_run.join("best").exists());
+
+    // A missing label column lists the columns there are.
+    let cfg_col = config(
+        dir.path(),
+        "type = \"regression\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"\nlabel = \"similarity\"",
+        &train,
+        &train,
+        "",
+    );
+    let err = fails(&finetune(&cfg_col, &dir.path().join("r2"), &[]));
+    assert!(
+        err.contains("similarity") && err.contains("sentence1, sentence2, score"),
+        "{err}"
+    );
+
+    // An empty split.
+    let empty = dir.path().join("empty.tsv");
+    std::fs::write(&empty, "sentence1\tsentence2\tscore\n").unwrap();
+    let cfg_empty = config(
+        dir.path(),
+        "type = \"regression\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"\nlabel = \"score\"",
+        &train,
+        &empty,
+        "",
+    );
+    let err = fails(&finetune(&cfg_empty, &dir.path().join("r3"), &[]));
+    assert!(
+        err.contains("empty.tsv") && err.contains("empty split"),
+        "{err}"
+    );
+
+    // A model directory without a tokenizer.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(Path::new(&mlm_fixture()).join(f), bare.join(f)).unwrap();
+    }
+    let err = fails(&run(&[
+        "finetune",
+        "--config",
+        s(&cfg),
+        "--init",
+        s(&bare),
+        "--run-dir",
+        s(&dir.path().join("r4")),
+    ]));
+    assert!(err.contains("tokenizer") && err.contains("bare"), "{err}");
+
+    // A checkpoint of another task and label count: the regression head has one output,
+    // a 3-label classifier needs three.
+    let mut three = String::from("sentence\tlabel\n");
+    for i in 0..12 {
+        three += &format!("Sentence number {i}.\t{}\n", ["a", "b", "c"][i % 3]);
+    }
+    let three_path = dir.path().join("three.tsv");
+    std::fs::write(&three_path, three).unwrap();
+    let cfg3 = config(
+        dir.path(),
+        "type = \"classification\"",
+        &three_path,
+        &three_path,
+        "",
+    );
+    let err = fails(&run(&[
+        "finetune",
+        "--config",
+        s(&cfg3),
+        "--init",
+        s(&run_dir.join("best")),
+        "--run-dir",
+        s(&dir.path().join("r5")),
+    ]));
+    assert!(
+        err.contains("classifier.out_proj") && err.contains("shape"),
+        "{err}"
+    );
+}
+
+#[test]
+fn squad_subset_trains_and_answers_with_character_spans() {
+    let Some(squad) = shared("squad_v1.1/dev-v1.1.json") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = json(&squad);
+    let article = &mut file["data"][0];
+    let paragraphs = article["paragraphs"].as_array_mut().unwrap();
+    paragraphs.truncate(1);
+    paragraphs[0]["qas"].as_array_mut().unwrap().truncate(4);
+    file["data"].as_array_mut().unwrap().truncate(1);
+    let subset = dir.path().join("squad.json");
+    std::fs::write(&subset, file.to_string()).unwrap();
+    let cfg = config(
+        dir.path(),
+        "type = \"qa\"\nmax_length = 38\ndoc_stride = 8",
+        &subset,
+        &subset,
+        "",
+    );
+    let run_dir = dir.path().join("run");
+    ok(&finetune(&cfg, &run_dir, &["--set", "train.max_steps=3"]));
+    let scores = json(&run_dir.join("best/eval_results.json"));
+    assert!(scores["exact_match"].as_f64().unwrap() >= 0.0);
+    assert!(scores["f1"].as_f64().unwrap() >= scores["exact_match"].as_f64().unwrap());
+    let predictions = dir.path().join("answers.jsonl");
+    ok(&run(&[
+        "predict",
+        "--model",
+        s(&run_dir),
+        "--input",
+        s(&subset),
+        "--output",
+        s(&predictions),
+    ]));
+    let answers = jsonl(&predictions);
+    assert_eq!(answers.len(), 4);
+    let context: Vec<char> = file["data"][0]["paragraphs"][0]["context"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .collect();
+    for a in &answers {
+        let (start, end) = (
+            a["start"].as_u64().unwrap() as usize,
+            a["end"].as_u64().unwrap() as usize,
+        );
+        let span: String = context[start..end].iter().collect();
+        assert_eq!(a["answer"].as_str().unwrap(), span);
+        assert!(a["id"].is_string());
+    }
+
+    // An answer whose offset does not match its context names the question.
+    let mut broken = file.clone();
+    broken["data"][0]["paragraphs"][0]["qas"][1]["answers"][0]["answer_start"] = 3.into();
+    let id = broken["data"][0]["paragraphs"][0]["qas"][1]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let broken_path = dir.path().join("broken.json");
+    std::fs::write(&broken_path, broken.to_string()).unwrap();
+    let err = fails(&run(&[
+        "eval",
+        "--model",
+        s(&run_dir),
+        "--data",
+        s(&broken_path),
+        "--output",
+        s(&dir.path().join("x.json")),
+    ]));
+    assert!(err.contains(&id) && err.contains("broken.json"), "{err}");
+}
+
+#[test]
+fn token_classification_tags_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conll = String::new();
+    let people = ["Alice", "Bob", "Carol"];
+    let places = ["Paris", "Rome", "Oslo"];
+    for i in 0..18 {
+        conll += &format!(
+            "{} NNP B-PER\nvisited VBD O\n{} NNP B-LOC\nyesterday NN O\n\n",
+            people[i % 3],
+            places[(i / 3) % 3]
+        );
+    }
+    let train = dir.path().join("train.conll");
+    std::fs::write(&train, &conll).unwrap();
+    let cfg = config(
+        dir.path(),
+        "type = \"token-classification\"",
+        &train,
+        &train,
+        "",
+    );
+    let run_dir = dir.path().join("run");
+    ok(&finetune(&cfg, &run_dir, &[]));
+    let config_json = json(&run_dir.join("best/config.json"));
+    assert_eq!(
+        config_json["architectures"][0],
+        "RobertaForTokenClassification"
+    );
+    let labels: Vec<&str> = (0..3)
+        .map(|i| config_json["id2label"][i.to_string()].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, vec!["B-LOC", "B-PER", "O"]);
+    let scores = json(&run_dir.join("best/eval_results.json"));
+    for key in ["f1", "precision", "recall", "accuracy"] {
+        assert!(scores.get(key).is_some(), "{key}");
+    }
+    let predictions = dir.path().join("tags.jsonl");
+    ok(&run(&[
+        "predict",
+        "--model",
+        s(&run_dir),
+        "--input",
+        s(&train),
+        "--output",
+        s(&predictions),
+    ]));
+    let tagged = jsonl(&predictions);
+    assert_eq!(tagged.len(), 18);
+    assert_eq!(tagged[0]["words"].as_array().unwrap().len(), 4);
+    assert_eq!(tagged[0]["tags"].as_array().unwrap().len(), 4);
+
+    // A tag outside the training label set names its line.
+    let valid = dir.path().join("valid.conll");
+    std::fs::write(&valid, "Alice NNP B-PER\nsmiled VBD B-MISC\n").unwrap();
+    let err = fails(&run(&[
+        "eval",
+        "--model",
+        s(&run_dir),
+        "--data",
+        s(&valid),
+        "--output",
+        s(&dir.path().join("x.json")),
+    ]));
+    assert!(err.contains("line 2") && err.contains("B-MISC"), "{err}");
+}

@@ -909,6 +909,53 @@ batch_size = 4
     }
 
     #[test]
+    fn every_shipped_finetune_config_is_valid_with_the_papers_recipe() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/finetune");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let c = FinetuneConfig::load(&path, &[])
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert!((1e-5..=3e-5).contains(&c.optim.lr), "{}", path.display());
+            assert_eq!((c.optim.beta2, c.optim.eps), (0.98, 1e-6));
+            assert!((c.train.warmup_ratio - 0.06).abs() < 1e-12);
+            names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+        names.sort();
+        assert_eq!(names, ["cola", "mrpc", "rte", "squad", "sst2", "stsb"]);
+    }
+
+    #[test]
+    fn finetune_defaults_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.toml");
+        std::fs::write(
+            &p,
+            "[task]\ntype = \"classification\"\n[data]\ntrain = \"t.tsv\"\n",
+        )
+        .unwrap();
+        let c = FinetuneConfig::load(&p, &[]).unwrap();
+        assert_eq!((c.optim.lr, c.optim.weight_decay), (1e-5, 0.1));
+        assert_eq!((c.train.epochs, c.train.batch_size), (10, 32));
+        assert_eq!(c.metric(), "accuracy");
+        let err = format!(
+            "{:#}",
+            FinetuneConfig::load(&p, &["eval.metric=pearson".into()]).unwrap_err()
+        );
+        assert!(err.contains("eval.metric") && err.contains("mcc"), "{err}");
+        let err = format!(
+            "{:#}",
+            FinetuneConfig::load(&p, &["task.type=ner".into()]).unwrap_err()
+        );
+        assert!(err.contains("ner"), "{err}");
+        let err = format!(
+            "{:#}",
+            FinetuneConfig::load(&p, &["task.text_b=x".into()]).unwrap_err()
+        );
+        assert!(err.contains("text_b"), "{err}");
+    }
+
+    #[test]
     fn defaults_are_the_papers() {
         let c = load(MINIMAL, &[]).unwrap();
         assert_eq!(

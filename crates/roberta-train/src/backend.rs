@@ -157,6 +157,80 @@ macro_rules! dispatch {
     }};
 }
 
+/// Like [`dispatch!`], for a list of devices of one backend (data-parallel replicas):
+/// calls `$run::<B>(devices, args…)` with `devices: Vec<B::Device>`.
+#[macro_export]
+macro_rules! dispatch_devices {
+    ($specs:expr, $run:ident ( $($arg:expr),* $(,)? )) => {{
+        #[allow(unused_imports)]
+        use burn::backend::Autodiff;
+        use $crate::backend::DeviceSpec;
+        let specs: Vec<DeviceSpec> = $specs;
+        let first = specs[0];
+        let same = |ok: fn(&DeviceSpec) -> bool| -> anyhow::Result<()> {
+            match specs.iter().find(|s| !ok(s)) {
+                Some(other) => Err(anyhow::anyhow!(
+                    "--devices mixes backends: `{first}` and `{other}`; replicas must share one backend"
+                )),
+                None => Ok(()),
+            }
+        };
+        match first {
+            #[cfg(feature = "cpu")]
+            DeviceSpec::Cpu => {
+                same(|s| matches!(s, DeviceSpec::Cpu))?;
+                $run::<Autodiff<burn::backend::Flex>>(vec![Default::default(); specs.len()], $($arg),*)
+            }
+            #[cfg(feature = "wgpu")]
+            DeviceSpec::Wgpu(_) | DeviceSpec::WgpuCpu => {
+                use burn::backend::wgpu::WgpuDevice;
+                same(|s| matches!(s, DeviceSpec::Wgpu(_) | DeviceSpec::WgpuCpu))?;
+                let devices = specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Wgpu(index) => {
+                            index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu)
+                        }
+                        _ => WgpuDevice::Cpu,
+                    })
+                    .collect();
+                $run::<Autodiff<burn::backend::Wgpu>>(devices, $($arg),*)
+            }
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(_) => {
+                same(|s| matches!(s, DeviceSpec::Cuda(_)))?;
+                let devices = specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Cuda(i) => burn::backend::cuda::CudaDevice::new(*i),
+                        _ => unreachable!("checked"),
+                    })
+                    .collect();
+                $run::<Autodiff<burn::backend::Cuda>>(devices, $($arg),*)
+            }
+            #[cfg(feature = "tch")]
+            DeviceSpec::TchCpu | DeviceSpec::TchCuda(_) => {
+                use burn::backend::libtorch::LibTorchDevice;
+                same(|s| matches!(s, DeviceSpec::TchCpu | DeviceSpec::TchCuda(_)))?;
+                let devices = specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::TchCuda(i) => LibTorchDevice::Cuda(*i),
+                        _ => LibTorchDevice::Cpu,
+                    })
+                    .collect();
+                $run::<Autodiff<burn::backend::LibTorch>>(devices, $($arg),*)
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(anyhow::anyhow!(
+                "device `{other}` is not compiled into this binary (rebuild with `--features {}`); available: {}",
+                other.feature(),
+                DeviceSpec::compiled_in().join(", ")
+            )),
+        }
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

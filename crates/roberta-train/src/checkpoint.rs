@@ -23,7 +23,7 @@ pub const MODEL: &str = "model";
 pub const TOKENIZER: &str = "tokenizer.json";
 
 /// Everything besides tensors that a resumed run needs to continue exactly.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
     /// Updates taken.
     pub step: u64,
@@ -34,9 +34,31 @@ pub struct TrainerState {
     pub bad_in_a_row: u32,
     /// Non-padding tokens trained on.
     pub tokens: u64,
+    /// Data-parallel replicas the run trained on: a resume on another number keeps the
+    /// effective batch by changing the accumulation.
+    #[serde(default = "one_device")]
+    pub devices: usize,
     /// Fine-tuning: the best evaluation so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<Best>,
+}
+
+fn one_device() -> usize {
+    1
+}
+
+impl Default for TrainerState {
+    fn default() -> Self {
+        Self {
+            step: 0,
+            loader: LoaderState::default(),
+            bad_steps: 0,
+            bad_in_a_row: 0,
+            tokens: 0,
+            devices: 1,
+            best: None,
+        }
+    }
 }
 
 impl TrainerState {
@@ -278,6 +300,7 @@ mod tests {
             bad_steps: 0,
             bad_in_a_row: 0,
             tokens: 0,
+            devices: 1,
             best: None,
         }
     }

@@ -7,6 +7,7 @@ mod data_cmd;
 mod finetune;
 mod infer;
 mod metrics;
+mod parallel;
 mod plot;
 mod pretrain;
 mod progress;
@@ -65,6 +66,12 @@ enum Command {
         /// Resume even if the config changed in ways that break an exact continuation.
         #[arg(long)]
         force: bool,
+        /// Data-parallel replicas, one per device of one backend: cuda:0,cuda:1 (or
+        /// wgpu:0,wgpu:1; cpu,cpu runs two replicas on the CPU). Each takes
+        /// train.batch_size sequences of every micro-batch; an update is batch_size ×
+        /// accumulation × devices sequences.
+        #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+        devices: Option<Vec<DeviceSpec>>,
     },
     /// Fine-tune a task head (classification, pair-classification, regression, qa,
     /// token-classification) from a TOML config (see configs/finetune/).
@@ -526,13 +533,18 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             )
         ),
         Command::Export { checkpoint, out } => dispatch!(device, export(checkpoint, out)),
-        Command::Pretrain { resume, force, .. } => {
+        Command::Pretrain {
+            resume,
+            force,
+            devices,
+            ..
+        } => {
             let run_dir = run_dir.expect("computed for pretrain");
             let Configs::Pretrain(config) = configs else {
                 unreachable!("loaded in main")
             };
-            dispatch!(
-                device,
+            dispatch_devices!(
+                devices.unwrap_or_else(|| vec![device]),
                 pretrain(pretrain::PretrainArgs {
                     config,
                     resume,

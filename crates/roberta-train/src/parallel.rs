@@ -61,11 +61,11 @@ impl<B: Backend> Group<B> {
         )
         .map_err(|e| collective_error("all-reduce", e))?;
         let summed = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed));
-        Ok(summed
+        summed
             .into_data()
             .convert::<f64>()
             .into_vec::<f64>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
     }
 
     /// The sum of every replica's gradients (each already divided by the window's

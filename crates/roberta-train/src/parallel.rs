@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 use burn::collective::{
     CollectiveConfig, PeerId, ReduceOperation, all_reduce, finish_collective, register,
 };
+use burn::module::{ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
@@ -29,7 +30,8 @@ pub struct Group<B: Backend> {
 }
 
 impl<B: Backend> Group<B> {
-    /// Registers replica `rank` of `world` on `device` (with autodiff, the inner backend).
+    /// Registers replica `rank` of `world` on `device` (with autodiff, the inner
+    /// backend).
     pub fn join(
         rank: usize,
         world: usize,
@@ -87,13 +89,21 @@ impl<B: Backend> Group<B> {
     }
 }
 
-/// The model ready to be copied onto other devices. burn initialises a parameter lazily,
-/// on first use, and a clone of a parameter not yet initialised would draw its own
-/// random values: taking the record initialises every parameter of `model` itself, in
-/// field order, so that replicas forked from it start from the same weights.
-pub fn materialize<B: Backend, M: Module<B>>(model: M) -> M {
-    let record = model.clone().into_record();
-    model.load_record(record)
+/// The model ready to be replicated. Every parameter gets an id from its position in the
+/// module tree: `GradientsParams::all_reduce` reduces parameters in id order, and ids
+/// drawn at random differ between processes, so nodes would reduce different tensors
+/// at the same time. Taking each value also initialises the parameters burn creates
+/// lazily, which a clone would otherwise initialise with its own random draw.
+pub fn number_params<B: Backend, M: Module<B>>(model: M) -> M {
+    struct Numbering(u64);
+    impl<B: Backend> ModuleMapper<B> for Numbering {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (_, tensor, mapper) = param.consume();
+            self.0 += 1;
+            Param::from_mapped_value(ParamId::from(self.0), tensor, mapper)
+        }
+    }
+    model.map(&mut Numbering(0))
 }
 
 /// The accumulation that keeps a checkpoint's sequences per update (micro-batch ×

@@ -265,7 +265,7 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         };
         tracing::info!("resumed from {} at step {}", path.display(), state.step);
     }
-    let model = parallel::materialize(model);
+    let model = parallel::number_params(model);
     let optimizer = |model: &RobertaForMaskedLM<B>, device: &B::Device| {
         let optim = AdamWGroups::<B, RobertaForMaskedLM<B>>::new(&config.optim, model);
         match &resume_from {

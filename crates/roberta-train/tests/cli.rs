@@ -409,6 +409,7 @@ fn resume_after_kill_9_repeats_the_uninterrupted_losses_bitwise() {
         }
     }
     let _ = std::fs::remove_dir_all(killed.join("final"));
+    let clock = std::time::Instant::now();
     let out = run(&[
         "pretrain",
         "--config",
@@ -419,8 +420,63 @@ fn resume_after_kill_9_repeats_the_uninterrupted_losses_bitwise() {
         "auto",
     ]);
     ok(&out);
+    // Start-up and half the run: kill instants are drawn below twice this.
+    let half_run_ms = clock.elapsed().as_millis() as u64;
     assert!(String::from_utf8_lossy(&out.stderr).contains("resumed from"));
     assert_eq!(losses(&killed), losses(&straight));
+
+    // A longer run killed at seeded random instants (in start-up, an update, a metrics
+    // write or a checkpoint write), resumed each time until it finishes: the losses of
+    // the same run never stopped.
+    let longer = [
+        "--set",
+        "schedule.total_steps=40",
+        "--set",
+        "checkpoint.every=3",
+    ];
+    let straight = dir.path().join("straight-40");
+    let mut args = vec![
+        "pretrain",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&straight),
+    ];
+    args.extend(longer);
+    ok(&run(&args));
+    let again = dir.path().join("random-kills");
+    let mut lcg = 0x2545_f491_4f6c_dd1du64;
+    let mut kills = 0;
+    loop {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+            .args(["pretrain", "--config", s(&config), "--run-dir", s(&again)])
+            .args(["--resume", "auto"])
+            .args(longer)
+            .current_dir(repo())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        lcg = lcg
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = (lcg >> 33) % (2 * half_run_ms).max(1);
+        let started = std::time::Instant::now();
+        while started.elapsed().as_millis() < u128::from(delay)
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+        kills += 1;
+        assert!(kills < 50, "never finished");
+    }
+    eprintln!("finished after {kills} kills");
+    assert_eq!(losses(&again), losses(&straight));
 }
 
 #[test]

@@ -636,13 +636,14 @@ fn apply_with<B: Backend, M: TaskModel<B>>(
     } else {
         let scores = task::score(task, &labels, &data, &outputs)?;
         let json = serde_json::to_string_pretty(&scores)?;
-        println!("{json}");
         let output = args
             .output
             .clone()
             .unwrap_or_else(|| PathBuf::from(EVAL_RESULTS));
         write_atomic(&output, json.as_bytes())
             .with_context(|| format!("writing {}", output.display()))?;
+        // Written first, so a closed pipe on stdout (`| head`) loses nothing.
+        let _ = writeln!(std::io::stdout(), "{json}");
     }
     Ok(())
 }

@@ -542,3 +542,39 @@ fn token_classification_tags_words() {
     ]));
     assert!(err.contains("line 2") && err.contains("B-MISC"), "{err}");
 }
+
+#[test]
+fn early_stopping_after_patience_evaluations_without_gain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tsv = String::from("sentence\tlabel\n");
+    for i in 0..32 {
+        tsv += &format!("Sentence {i} is here.\t{}\n", i % 2);
+    }
+    let train = dir.path().join("train.tsv");
+    std::fs::write(&train, &tsv).unwrap();
+    let cfg = config(dir.path(), "type = \"classification\"", &train, &train, "");
+    let run_dir = dir.path().join("run");
+    // A rate too small to move any weight: every evaluation after the first ties.
+    let out = finetune(
+        &cfg,
+        &run_dir,
+        &[
+            "--set",
+            "optim.lr=1e-30",
+            "--set",
+            "eval.every=1",
+            "--set",
+            "eval.patience=2",
+        ],
+    );
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("early stop"), "{log}");
+    let lines = jsonl(&run_dir.join("metrics.jsonl"));
+    assert_eq!(
+        lines.last().unwrap()["step"],
+        3,
+        "stopped after evaluations 2 and 3"
+    );
+    assert!(run_dir.join("final/model.safetensors").exists());
+}

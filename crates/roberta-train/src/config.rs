@@ -44,6 +44,16 @@ pub struct ModelSection {
     pub init: Option<PathBuf>,
 }
 
+impl ModelSection {
+    /// Applies the dropout rates this section sets, to a preset or a loaded model's config.
+    pub fn override_dropout(&self, c: &mut RobertaConfig) {
+        c.hidden_dropout_prob = self.hidden_dropout_prob.unwrap_or(c.hidden_dropout_prob);
+        c.attention_probs_dropout_prob = self
+            .attention_probs_dropout_prob
+            .unwrap_or(c.attention_probs_dropout_prob);
+    }
+}
+
 fn default_preset() -> String {
     "roberta-base".into()
 }
@@ -314,10 +324,7 @@ impl PretrainConfig {
         c.num_hidden_layers = m.num_hidden_layers.unwrap_or(c.num_hidden_layers);
         c.num_attention_heads = m.num_attention_heads.unwrap_or(c.num_attention_heads);
         c.intermediate_size = m.intermediate_size.unwrap_or(c.intermediate_size);
-        c.hidden_dropout_prob = m.hidden_dropout_prob.unwrap_or(c.hidden_dropout_prob);
-        c.attention_probs_dropout_prob = m
-            .attention_probs_dropout_prob
-            .unwrap_or(c.attention_probs_dropout_prob);
+        m.override_dropout(&mut c);
         c
     }
 

@@ -244,8 +244,15 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
     let mut model_config = config.model_config(tokenizer.vocab_size());
     let mut model: RobertaForMaskedLM<B> = match &config.model.init {
         Some(dir) => {
-            let loaded =
+            let mut loaded =
                 load_model::<B, RobertaForMaskedLM<B>>(dir, LoadOptions::default(), &device)?;
+            // The directory brings the architecture; the config may still set dropout.
+            config.model.override_dropout(&mut loaded.config);
+            let c = &loaded.config;
+            loaded
+                .model
+                .roberta
+                .set_dropout(c.hidden_dropout_prob, c.attention_probs_dropout_prob);
             model_config = loaded.config;
             loaded.model
         }

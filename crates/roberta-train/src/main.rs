@@ -211,7 +211,9 @@ enum Command {
 /// How `eval` and `predict` read files laid out otherwise than the training data.
 #[derive(Args)]
 struct TaskCli {
-    /// The task, when the model directory does not say (an HF model fine-tuned elsewhere).
+    /// The task, when the model directory does not say (an HF model fine-tuned
+    /// elsewhere): classification, pair-classification, regression, qa,
+    /// token-classification.
     #[arg(long)]
     task: Option<config::TaskKind>,
     /// First text column (header name, or 0-based index with --no-header) or JSONL field.

@@ -104,7 +104,7 @@ pub fn read_task_data(
                     .map(Target::Value)
                     .collect()
             } else {
-                labeled::label_ids(path, &examples, labels)?
+                labeled::label_ids(path, &examples, &matchable(labels))?
                     .into_iter()
                     .map(Target::Class)
                     .collect()
@@ -214,6 +214,21 @@ pub fn read_task_data(
                 examples: Examples::Tagged(sentences),
             })
         }
+    }
+}
+
+/// The names data labels are matched against: a model whose config names no labels
+/// (HF's default `LABEL_0`, `LABEL_1`, …) takes the label `i` for index `i`, as GLUE files
+/// write them.
+fn matchable(labels: &[String]) -> Vec<String> {
+    let generic = labels
+        .iter()
+        .enumerate()
+        .all(|(i, l)| *l == format!("LABEL_{i}"));
+    if generic {
+        (0..labels.len()).map(|i| i.to_string()).collect()
+    } else {
+        labels.to_vec()
     }
 }
 
@@ -712,6 +727,14 @@ mod tests {
         start_null[0] = 20.0;
         let answers = decode_answers(&v2, &examples, &[feature], &[(start_null, end)]);
         assert_eq!(answers[0].text, "");
+    }
+
+    #[test]
+    fn generic_hf_label_names_match_index_labels() {
+        let generic = vec!["LABEL_0".to_string(), "LABEL_1".to_string()];
+        assert_eq!(matchable(&generic), vec!["0", "1"]);
+        let named = vec!["negative".to_string(), "positive".to_string()];
+        assert_eq!(matchable(&named), named);
     }
 
     #[test]

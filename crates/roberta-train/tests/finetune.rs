@@ -578,3 +578,49 @@ fn early_stopping_after_patience_evaluations_without_gain() {
     );
     assert!(run_dir.join("final/model.safetensors").exists());
 }
+
+/// A classifier fine-tuned elsewhere (HF's generic LABEL_i names, no task saved): eval
+/// and predict read a pair file given its columns, labels 0, 1, 2 meaning LABEL_0…2.
+#[test]
+fn a_model_fine_tuned_elsewhere_reads_files_by_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("hf");
+    std::fs::create_dir_all(&model).unwrap();
+    let fixtures = common::repo().join("crates/roberta-model/tests/fixtures");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("seqcls").join(f), model.join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixtures.join("mlm/tokenizer.json"),
+        model.join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut tsv = String::from("id\tfirst\tsecond\tgold\n");
+    for i in 0..9 {
+        tsv += &format!("{i}\tA cat sat {i}.\tA dog ran.\t{}\n", i % 3);
+    }
+    let data = dir.path().join("pairs.tsv");
+    std::fs::write(&data, &tsv).unwrap();
+    let flags = ["--text-a", "first", "--text-b", "second", "--label", "gold"];
+    let (m1, m2) = (dir.path().join("m.json"), dir.path().join("m2.json"));
+    let mut args = vec!["eval", "--model", s(&model), "--data", s(&data)];
+    args.extend(flags);
+    args.extend(["--output", s(&m1)]);
+    let printed: Value = serde_json::from_str(&ok(&run(&args))).unwrap();
+    assert!(printed["accuracy"].as_f64().unwrap() >= 0.0);
+    let predictions = dir.path().join("p.jsonl");
+    let mut args = vec!["predict", "--model", s(&model), "--input", s(&data)];
+    args.extend(flags);
+    args.extend(["--output", s(&predictions)]);
+    ok(&run(&args));
+    let first = &jsonl(&predictions)[0];
+    assert_eq!(first["probabilities"].as_object().unwrap().len(), 3);
+    assert!(first["label"].as_str().unwrap().starts_with("LABEL_"));
+    // A label beyond the model's three.
+    std::fs::write(&data, tsv.replace("\t2\n", "\t7\n")).unwrap();
+    let mut args = vec!["eval", "--model", s(&model), "--data", s(&data)];
+    args.extend(flags);
+    args.extend(["--output", s(&m2)]);
+    let err = fails(&run(&args));
+    assert!(err.contains("\"7\"") && err.contains("line 4"), "{err}");
+}

@@ -50,22 +50,8 @@ enum Command {
     /// the end, final/ (an HF model directory with its tokenizer). SIGINT/SIGTERM finish
     /// the current update, save a checkpoint and exit 0.
     Pretrain {
-        /// The TOML config (see configs/).
-        #[arg(long)]
-        config: PathBuf,
-        /// Override a config value: --set train.batch_size=32 (repeatable).
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-        sets: Vec<String>,
-        /// Continue a run: `auto` takes the newest checkpoint of the run directory that
-        /// verifies; or a checkpoint directory.
-        #[arg(long)]
-        resume: Option<String>,
-        /// Run directory (default: runs/<config name>).
-        #[arg(long)]
-        run_dir: Option<PathBuf>,
-        /// Resume even if the config changed in ways that break an exact continuation.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        run: RunCli,
         /// Data-parallel replicas, one per device of one backend: cuda:0,cuda:1 (or
         /// wgpu:0,wgpu:1; cpu,cpu runs two replicas on the CPU). Each takes
         /// train.batch_size sequences of every micro-batch; an update is batch_size ×
@@ -82,25 +68,11 @@ enum Command {
     /// metrics.jsonl, train.log, checkpoints/, best/ (the HF model with the best
     /// validation metric, with eval_results.json) and final/ (the last model).
     Finetune {
-        /// The TOML config (see configs/finetune/).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        run: RunCli,
         /// The model to start from (overrides model.init).
         #[arg(long)]
         init: Option<PathBuf>,
-        /// Override a config value: --set train.epochs=3 (repeatable).
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-        sets: Vec<String>,
-        /// Continue a run: `auto` takes the newest checkpoint that verifies; or a
-        /// checkpoint directory.
-        #[arg(long)]
-        resume: Option<String>,
-        /// Run directory (default: runs/<config name>).
-        #[arg(long)]
-        run_dir: Option<PathBuf>,
-        /// Resume even if the config changed in ways that break an exact continuation.
-        #[arg(long)]
-        force: bool,
     },
     /// Score a fine-tuned model on labeled data; prints the metrics as JSON and writes
     /// them to --output.
@@ -206,6 +178,35 @@ enum Command {
         #[arg(long)]
         truncate: bool,
     },
+}
+
+/// What a training run is given: `pretrain` and `finetune` alike.
+#[derive(Args)]
+struct RunCli {
+    /// The TOML config (see configs/ and configs/finetune/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a config value: --set train.batch_size=32 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    sets: Vec<String>,
+    /// Continue a run: `auto` takes the newest checkpoint of the run directory that
+    /// verifies; or a checkpoint directory.
+    #[arg(long)]
+    resume: Option<String>,
+    /// Run directory (default: runs/<config name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Resume even if the config changed in ways that break an exact continuation.
+    #[arg(long)]
+    force: bool,
+}
+
+impl RunCli {
+    fn run_dir(&self) -> PathBuf {
+        self.run_dir
+            .clone()
+            .unwrap_or_else(|| pretrain::default_run_dir(&self.config))
+    }
 }
 
 /// How `eval` and `predict` read files laid out otherwise than the training data.
@@ -416,46 +417,24 @@ fn init_logging(log_file: Option<&Path>) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     // The config is checked before anything is created, the run directory included.
-    let (run_dir, configs) = match &cli.command {
-        Command::Pretrain {
-            config,
-            run_dir,
-            sets,
-            ..
-        } => match config::PretrainConfig::load(config, sets) {
-            Ok(loaded) => (
-                Some(
-                    run_dir
-                        .clone()
-                        .unwrap_or_else(|| pretrain::default_run_dir(config)),
-                ),
-                Configs::Pretrain(loaded),
-            ),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                std::process::exit(1);
-            }
-        },
-        Command::Finetune {
-            config,
-            run_dir,
-            sets,
-            ..
-        } => match config::FinetuneConfig::load(config, sets) {
-            Ok(loaded) => (
-                Some(
-                    run_dir
-                        .clone()
-                        .unwrap_or_else(|| pretrain::default_run_dir(config)),
-                ),
-                Configs::Finetune(loaded),
-            ),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                std::process::exit(1);
-            }
-        },
-        _ => (None, Configs::None),
+    let loaded = match &cli.command {
+        Command::Pretrain { run, .. } => Some(
+            config::PretrainConfig::load(&run.config, &run.sets)
+                .map(|c| (run.run_dir(), Configs::Pretrain(c))),
+        ),
+        Command::Finetune { run, .. } => Some(
+            config::FinetuneConfig::load(&run.config, &run.sets)
+                .map(|c| (run.run_dir(), Configs::Finetune(c))),
+        ),
+        _ => None,
+    };
+    let (run_dir, configs) = match loaded {
+        Some(Ok((dir, configs))) => (Some(dir), configs),
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        None => (None, Configs::None),
     };
     if let Err(e) = init_logging(run_dir.as_ref().map(|d| d.join("train.log")).as_deref()) {
         eprintln!("error: setting up logging: {e:#}");
@@ -477,12 +456,7 @@ enum Configs {
 fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
     let device = cli.device.unwrap_or_else(DeviceSpec::default_compiled);
     match cli.command {
-        Command::Finetune {
-            init,
-            resume,
-            force,
-            ..
-        } => {
+        Command::Finetune { run, init } => {
             let Configs::Finetune(config) = configs else {
                 unreachable!("loaded in main")
             };
@@ -492,9 +466,9 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
                 finetune(finetune::FinetuneArgs {
                     config,
                     init,
-                    resume,
+                    resume: run.resume,
                     run_dir,
-                    force
+                    force: run.force
                 })
             )
         }
@@ -535,12 +509,7 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             )
         ),
         Command::Export { checkpoint, out } => dispatch!(device, export(checkpoint, out)),
-        Command::Pretrain {
-            resume,
-            force,
-            devices,
-            ..
-        } => {
+        Command::Pretrain { run, devices } => {
             let run_dir = run_dir.expect("computed for pretrain");
             let Configs::Pretrain(config) = configs else {
                 unreachable!("loaded in main")
@@ -549,9 +518,9 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
                 devices.unwrap_or_else(|| vec![device]),
                 pretrain(pretrain::PretrainArgs {
                     config,
-                    resume,
+                    resume: run.resume,
                     run_dir,
-                    force
+                    force: run.force
                 })
             )
         }

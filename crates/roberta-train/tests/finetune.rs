@@ -60,6 +60,32 @@ fn finetune(config: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Outp
     run(&args)
 }
 
+/// `roberta-train eval` of `model` on `data`, metrics written to `output`.
+fn eval(model: &Path, data: &Path, output: &Path) -> std::process::Output {
+    run(&[
+        "eval",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--output",
+        s(output),
+    ])
+}
+
+/// `roberta-train predict` of `model` on `input`, one JSON line per input in `output`.
+fn predict(model: &Path, input: &Path, output: &Path) -> std::process::Output {
+    run(&[
+        "predict",
+        "--model",
+        s(model),
+        "--input",
+        s(input),
+        "--output",
+        s(output),
+    ])
+}
+
 fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -126,30 +152,14 @@ fn sst2_trains_keeps_the_best_evaluates_predicts_and_exports() {
 
     // eval on the run (its best/) gives the accuracy it was kept for.
     let results = dir.path().join("eval.json");
-    let printed = ok(&run(&[
-        "eval",
-        "--model",
-        s(&run_dir),
-        "--data",
-        s(&valid),
-        "--output",
-        s(&results),
-    ]));
+    let printed = ok(&eval(&run_dir, &valid, &results));
     let printed: Value = serde_json::from_str(&printed).unwrap();
     assert!((printed["accuracy"].as_f64().unwrap() - best_accuracy).abs() < 1e-12);
     assert_eq!(json(&results), printed);
 
     // predict: one line per input, the label with the highest probability.
     let predictions = dir.path().join("pred.jsonl");
-    ok(&run(&[
-        "predict",
-        "--model",
-        s(&best),
-        "--input",
-        s(&valid),
-        "--output",
-        s(&predictions),
-    ]));
+    ok(&predict(&best, &valid, &predictions));
     let predicted = jsonl(&predictions);
     assert_eq!(predicted.len(), 60);
     for p in &predicted {
@@ -176,16 +186,7 @@ fn sst2_trains_keeps_the_best_evaluates_predicts_and_exports() {
     ]));
     let scores = |model: &Path| -> Value {
         let out = dir.path().join("scores.json");
-        serde_json::from_str(&ok(&run(&[
-            "eval",
-            "--model",
-            s(model),
-            "--data",
-            s(&valid),
-            "--output",
-            s(&out),
-        ])))
-        .unwrap()
+        serde_json::from_str(&ok(&eval(model, &valid, &out))).unwrap()
     };
     assert_eq!(scores(&exported), scores(&run_dir.join("final")));
     assert_eq!(
@@ -269,6 +270,9 @@ fn mrpc_pairs_and_other_column_layouts() {
     );
 }
 
+const STS_TASK: &str =
+    "type = \"regression\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"\nlabel = \"score\"";
+
 #[test]
 fn regression_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
@@ -282,27 +286,13 @@ fn regression_and_bad_input() {
     }
     let train = dir.path().join("train.tsv");
     std::fs::write(&train, &tsv).unwrap();
-    let cfg = config(
-        dir.path(),
-        "type = \"regression\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"\nlabel = \"score\"",
-        &train,
-        &train,
-        "",
-    );
+    let cfg = config(dir.path(), STS_TASK, &train, &train, "");
     let run_dir = dir.path().join("run");
     ok(&finetune(&cfg, &run_dir, &[]));
     let config_json = json(&run_dir.join("best/config.json"));
     assert_eq!(config_json["problem_type"], "regression");
     let predictions = dir.path().join("p.jsonl");
-    ok(&run(&[
-        "predict",
-        "--model",
-        s(&run_dir),
-        "--input",
-        s(&train),
-        "--output",
-        s(&predictions),
-    ]));
+    ok(&predict(&run_dir, &train, &predictions));
     let p = jsonl(&predictions);
     assert_eq!(p.len(), 24);
     assert!(p[0]["score"].is_f64());
@@ -310,13 +300,7 @@ fn regression_and_bad_input() {
     // A label that is not a number names its line; nothing is written for the run.
     let bad = dir.path().join("bad.tsv");
     std::fs::write(&bad, tsv.replace("\t1.6\n", "\thigh\n")).unwrap();
-    let cfg_bad = config(
-        dir.path(),
-        "type = \"regression\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"\nlabel = \"score\"",
-        &bad,
-        &train,
-        "",
-    );
+    let cfg_bad = config(dir.path(), STS_TASK, &bad, &train, "");
     let bad_run = dir.path().join("bad-run");
     let err = fails(&finetune(&cfg_bad, &bad_run, &[]));
     assert!(
@@ -328,7 +312,7 @@ fn regression_and_bad_input() {
     // A missing label column lists the columns there are.
     let cfg_col = config(
         dir.path(),
-        "type = \"regression\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"\nlabel = \"similarity\"",
+        &STS_TASK.replace("score", "similarity"),
         &train,
         &train,
         "",
@@ -342,13 +326,7 @@ fn regression_and_bad_input() {
     // An empty split.
     let empty = dir.path().join("empty.tsv");
     std::fs::write(&empty, "sentence1\tsentence2\tscore\n").unwrap();
-    let cfg_empty = config(
-        dir.path(),
-        "type = \"regression\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"\nlabel = \"score\"",
-        &train,
-        &empty,
-        "",
-    );
+    let cfg_empty = config(dir.path(), STS_TASK, &train, &empty, "");
     let err = fails(&finetune(&cfg_empty, &dir.path().join("r3"), &[]));
     assert!(
         err.contains("empty.tsv") && err.contains("empty split"),
@@ -429,15 +407,7 @@ fn squad_subset_trains_and_answers_with_character_spans() {
     assert!(scores["exact_match"].as_f64().unwrap() >= 0.0);
     assert!(scores["f1"].as_f64().unwrap() >= scores["exact_match"].as_f64().unwrap());
     let predictions = dir.path().join("answers.jsonl");
-    ok(&run(&[
-        "predict",
-        "--model",
-        s(&run_dir),
-        "--input",
-        s(&subset),
-        "--output",
-        s(&predictions),
-    ]));
+    ok(&predict(&run_dir, &subset, &predictions));
     let answers = jsonl(&predictions);
     assert_eq!(answers.len(), 4);
     let context: Vec<char> = file["data"][0]["paragraphs"][0]["context"]
@@ -464,15 +434,7 @@ fn squad_subset_trains_and_answers_with_character_spans() {
         .to_string();
     let broken_path = dir.path().join("broken.json");
     std::fs::write(&broken_path, broken.to_string()).unwrap();
-    let err = fails(&run(&[
-        "eval",
-        "--model",
-        s(&run_dir),
-        "--data",
-        s(&broken_path),
-        "--output",
-        s(&dir.path().join("x.json")),
-    ]));
+    let err = fails(&eval(&run_dir, &broken_path, &dir.path().join("x.json")));
     assert!(err.contains(&id) && err.contains("broken.json"), "{err}");
 }
 
@@ -514,15 +476,7 @@ fn token_classification_tags_words() {
         assert!(scores.get(key).is_some(), "{key}");
     }
     let predictions = dir.path().join("tags.jsonl");
-    ok(&run(&[
-        "predict",
-        "--model",
-        s(&run_dir),
-        "--input",
-        s(&train),
-        "--output",
-        s(&predictions),
-    ]));
+    ok(&predict(&run_dir, &train, &predictions));
     let tagged = jsonl(&predictions);
     assert_eq!(tagged.len(), 18);
     assert_eq!(tagged[0]["words"].as_array().unwrap().len(), 4);
@@ -531,15 +485,7 @@ fn token_classification_tags_words() {
     // A tag outside the training label set names its line.
     let valid = dir.path().join("valid.conll");
     std::fs::write(&valid, "Alice NNP B-PER\nsmiled VBD B-MISC\n").unwrap();
-    let err = fails(&run(&[
-        "eval",
-        "--model",
-        s(&run_dir),
-        "--data",
-        s(&valid),
-        "--output",
-        s(&dir.path().join("x.json")),
-    ]));
+    let err = fails(&eval(&run_dir, &valid, &dir.path().join("x.json")));
     assert!(err.contains("line 2") && err.contains("B-MISC"), "{err}");
 }
 

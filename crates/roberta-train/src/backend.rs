@@ -157,6 +157,21 @@ macro_rules! dispatch {
     }};
 }
 
+/// Replicas must sit on distinct devices, except on the CPU backend. Two peers of burn's
+/// collective on one `wgpu` device (lavapipe, measured) take the right first step, then
+/// diverge from the single-device run (gradient norm 158 against 2 at update 3), so a
+/// repeated GPU device is refused rather than silently training wrong.
+pub fn check_replicas(specs: &[DeviceSpec]) -> Result<(), String> {
+    for (i, spec) in specs.iter().enumerate() {
+        if *spec != DeviceSpec::Cpu && specs[..i].contains(spec) {
+            return Err(format!(
+                "--devices names `{spec}` twice: replicas need distinct devices (only `cpu` may repeat)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Like [`dispatch!`], for a list of devices of one backend (data-parallel replicas):
 /// calls `$run::<B>(devices, args…)` with `devices: Vec<B::Device>`.
 #[macro_export]
@@ -166,6 +181,7 @@ macro_rules! dispatch_devices {
         use burn::backend::Autodiff;
         use $crate::backend::DeviceSpec;
         let specs: Vec<DeviceSpec> = $specs;
+        $crate::backend::check_replicas(&specs).map_err(|e| anyhow::anyhow!(e))?;
         let first = specs[0];
         let same = |ok: fn(&DeviceSpec) -> bool| -> anyhow::Result<()> {
             match specs.iter().find(|s| !ok(s)) {
@@ -255,6 +271,10 @@ mod tests {
                 .unwrap_err()
                 .contains("index")
         );
+        assert!(check_replicas(&[DeviceSpec::Cpu, DeviceSpec::Cpu]).is_ok());
+        assert!(check_replicas(&[DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]).is_ok());
+        let err = check_replicas(&[DeviceSpec::WgpuCpu, DeviceSpec::WgpuCpu]).unwrap_err();
+        assert!(err.contains("twice"), "{err}");
         assert!(
             "tpu"
                 .parse::<DeviceSpec>()

@@ -570,3 +570,46 @@ fn a_model_fine_tuned_elsewhere_reads_files_by_flags() {
     let err = fails(&run(&args));
     assert!(err.contains("\"7\"") && err.contains("line 4"), "{err}");
 }
+
+/// Accumulation in fine-tuning: micro-batch 4 × 2 takes the updates of one batch of 8
+/// (every dropout off through its config key), and `task.labels` fixes the label order.
+#[test]
+fn finetune_accumulation_dropout_keys_and_label_order() {
+    let Some(sst2) = shared("sst2") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let train = head(&sst2.join("train.tsv"), 65, &dir.path().join("train.tsv"));
+    let no_dropout = "[model]\nhidden_dropout_prob = 0.0\nattention_probs_dropout_prob = 0.0\nclassifier_dropout = 0.0";
+    let cfg = config(
+        dir.path(),
+        "type = \"classification\"\nlabels = [\"1\", \"0\"]",
+        &train,
+        &train,
+        no_dropout,
+    );
+    let losses = |name: &str, batch: &str, accumulation: &str| {
+        let run_dir = dir.path().join(name);
+        ok(&finetune(
+            &cfg,
+            &run_dir,
+            &[
+                "--set",
+                &format!("train.batch_size={batch}"),
+                "--set",
+                &format!("train.accumulation={accumulation}"),
+                "--set",
+                "train.max_steps=4",
+            ],
+        ));
+        let config_json = json(&run_dir.join("final/config.json"));
+        assert_eq!(config_json["id2label"]["0"], "1", "task.labels order");
+        jsonl(&run_dir.join("metrics.jsonl"))
+            .iter()
+            .map(|l| l["loss"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (accumulated, big) = (losses("b4k2", "4", "2"), losses("b8k1", "8", "1"));
+    assert_eq!(accumulated.len(), 4);
+    for (a, b) in accumulated.iter().zip(&big) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "loss {a} vs {b}");
+    }
+}

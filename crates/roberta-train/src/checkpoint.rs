@@ -11,6 +11,7 @@ use burn::module::Module;
 use burn::prelude::Backend;
 use roberta_data::{LoaderState, RobertaTokenizer};
 use roberta_model::hf::{CONFIG_FILE, write_atomic};
+use roberta_model::save_pretrained;
 use roberta_model::{Pretrained, RobertaConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -191,6 +192,40 @@ pub fn write_model<B: Backend, M: Pretrained<B> + Module<B>>(
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", dir.join(TOKENIZER).display()))
 }
 
+/// Writes an HF model directory (config.json, model.safetensors, tokenizer files and
+/// optionally eval results) in a temporary sibling, then renames it into place.
+pub fn save_hf_dir<B: Backend, M: Pretrained<B>>(
+    dir: &Path,
+    model: &M,
+    config: &RobertaConfig,
+    tokenizer: &RobertaTokenizer,
+    scores: Option<&crate::metrics::Metrics>,
+) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| -> Result<()> {
+        save_pretrained(model, config, &tmp)?;
+        tokenizer.save_dir(&tmp)?;
+        if let Some(scores) = scores {
+            write_atomic(
+                &tmp.join(crate::finetune::EVAL_RESULTS),
+                &serde_json::to_vec_pretty(scores)?,
+            )?;
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::rename(&tmp, dir)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.with_context(|| format!("writing {}", dir.display()))
+}
+
 /// The HF config a checkpoint's model was written with.
 pub fn model_config(dir: &Path) -> Result<RobertaConfig> {
     RobertaConfig::load(&dir.join(CONFIG_FILE)).with_context(|| {
@@ -297,11 +332,7 @@ mod tests {
                 epoch: 0,
                 cursor: step,
             },
-            bad_steps: 0,
-            bad_in_a_row: 0,
-            tokens: 0,
-            devices: 1,
-            best: None,
+            ..TrainerState::default()
         }
     }
 

@@ -18,7 +18,7 @@ use roberta_data::{LoaderState, RobertaTokenizer};
 use roberta_model::hf::write_atomic;
 use roberta_model::{
     LoadOptions, Pretrained, RobertaConfig, RobertaForMaskedLM, RobertaForQuestionAnswering,
-    RobertaForSequenceClassification, RobertaForTokenClassification, save_pretrained,
+    RobertaForSequenceClassification, RobertaForTokenClassification,
 };
 use serde::Serialize;
 
@@ -396,7 +396,7 @@ where
                     value,
                     stale: 0,
                 });
-                save_hf_dir(
+                checkpoint::save_hf_dir(
                     &run_dir.join("best"),
                     &inner,
                     &model_config,
@@ -441,7 +441,7 @@ where
         return Ok(());
     }
     let final_dir = run_dir.join("final");
-    save_hf_dir(&final_dir, &model.valid(), &model_config, &tokenizer, None)?;
+    checkpoint::save_hf_dir(&final_dir, &model.valid(), &model_config, &tokenizer, None)?;
     if let Err(e) = crate::plot::plot_run(&run_dir, &run_dir.join(crate::plot::PLOT_FILE)) {
         tracing::warn!("no plot: {e:#}");
     }
@@ -468,37 +468,6 @@ fn format_metrics(m: &Metrics) -> String {
         .map(|(k, v)| format!("{k} {v:.4}"))
         .collect::<Vec<_>>()
         .join("  ")
-}
-
-/// Writes an HF model directory (config.json, model.safetensors, tokenizer files and
-/// optionally eval results) in a temporary sibling, then renames it into place.
-fn save_hf_dir<B: Backend, M: Pretrained<B>>(
-    dir: &Path,
-    model: &M,
-    config: &RobertaConfig,
-    tokenizer: &RobertaTokenizer,
-    scores: Option<&Metrics>,
-) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| -> Result<()> {
-        save_pretrained(model, config, &tmp)?;
-        tokenizer.save_dir(&tmp)?;
-        if let Some(scores) = scores {
-            write_atomic(&tmp.join(EVAL_RESULTS), &serde_json::to_vec_pretty(scores)?)?;
-        }
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-        std::fs::rename(&tmp, dir)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result.with_context(|| format!("writing {}", dir.display()))
 }
 
 /// What `eval` and `predict` read: the model directory, the data, and how to read it.
@@ -768,7 +737,7 @@ fn export_checkpoint<B: Backend>(dir: &Path, out: &Path, device: &B::Device) -> 
         device: &B::Device,
     ) -> Result<()> {
         let (model, config) = checkpoint::read_model::<B, M>(dir, device)?;
-        save_hf_dir(out, &model, &config, tokenizer, None)
+        checkpoint::save_hf_dir(out, &model, &config, tokenizer, None)
     }
     match config.architectures.first().map(String::as_str) {
         Some("RobertaForMaskedLM") => {

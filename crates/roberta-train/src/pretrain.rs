@@ -15,7 +15,7 @@ use roberta_data::loader::validation_batches;
 use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha256};
 use roberta_data::{Batch, Corpus, Loader, LoaderConfig, MaskVocab, Meta, RobertaTokenizer, Split};
 use roberta_model::loss::cross_entropy_sum;
-use roberta_model::{LoadOptions, RobertaForMaskedLM, RobertaInput, save_pretrained};
+use roberta_model::{LoadOptions, RobertaForMaskedLM, RobertaInput};
 use serde::Serialize;
 
 use crate::checkpoint::{self, TrainerState};
@@ -346,16 +346,7 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         Err(e) => tracing::warn!("no plot: {e:#}"),
     }
     let final_dir = run_dir.join("final");
-    save_pretrained(&model.valid(), &model_config, &final_dir)?;
-    tokenizer
-        .inner()
-        .save(final_dir.join("tokenizer.json"), true)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "writing {}: {e}",
-                final_dir.join("tokenizer.json").display()
-            )
-        })?;
+    checkpoint::save_hf_dir(&final_dir, &model.valid(), &model_config, &tokenizer, None)?;
     tracing::info!(
         "done: {} updates, {} tokens; HF model in {} (try: roberta-train fill-mask --model {} \"… <mask> …\")",
         state.step,

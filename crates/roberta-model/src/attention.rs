@@ -4,6 +4,7 @@ use burn::tensor::activation::softmax;
 
 use crate::config::RobertaConfig;
 use crate::init;
+use crate::precision::in_f32;
 
 /// Added to the scores of padded keys. Large enough that `exp` underflows to exactly 0 in
 /// fp32, small enough to stay finite in fp16/bf16.
@@ -73,8 +74,9 @@ impl<B: Backend> RobertaSelfAttention<B> {
         let k = heads(self.key.forward(hidden.clone()));
         let v = heads(self.value.forward(hidden));
         let scale = 1.0 / (self.attention_head_size as f64).sqrt();
-        let scores = q.matmul(k.swap_dims(2, 3)) * scale + bias;
-        let probs = self.dropout.forward(softmax(scores, 3));
+        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+        let probs = in_f32(scores, |scores| softmax(scores + bias, 3));
+        let probs = self.dropout.forward(probs);
         probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, width])
     }
 }
@@ -90,7 +92,7 @@ impl<B: Backend> RobertaSelfOutput<B> {
 
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = self.dropout.forward(self.dense.forward(hidden));
-        self.layer_norm.forward(hidden + residual)
+        in_f32(hidden + residual, |x| self.layer_norm.forward(x))
     }
 }
 

@@ -3,6 +3,7 @@ use burn::prelude::*;
 
 use crate::config::RobertaConfig;
 use crate::init;
+use crate::precision::in_f32;
 
 /// `RobertaEmbeddings`: word + position + token type, then LayerNorm and dropout.
 #[derive(Module, Debug)]
@@ -50,7 +51,8 @@ impl<B: Backend> RobertaEmbeddings<B> {
         let embeddings = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(position_ids)
             + self.token_type_embeddings.forward(token_type_ids);
-        self.dropout.forward(self.layer_norm.forward(embeddings))
+        self.dropout
+            .forward(in_f32(embeddings, |x| self.layer_norm.forward(x)))
     }
 }
 

@@ -5,6 +5,7 @@ use crate::activation::gelu;
 use crate::attention::RobertaAttention;
 use crate::config::RobertaConfig;
 use crate::init;
+use crate::precision::in_f32;
 
 /// `RobertaIntermediate`: the FFN's expansion with exact GELU.
 #[derive(Module, Debug)]
@@ -57,7 +58,7 @@ impl<B: Backend> RobertaLayer<B> {
             .output
             .dropout
             .forward(self.output.dense.forward(intermediate));
-        self.output.layer_norm.forward(output + attention)
+        in_f32(output + attention, |x| self.output.layer_norm.forward(x))
     }
 }
 

@@ -9,6 +9,7 @@ use crate::activation::gelu;
 use crate::config::RobertaConfig;
 use crate::init;
 use crate::model::{RobertaInput, RobertaModel, first_token};
+use crate::precision::in_f32;
 
 /// `RobertaLMHead`: dense → GELU → LayerNorm → decoder. The decoder's weight is the word
 /// embedding matrix (tied, so not a parameter here); its bias is `lm_head.bias`.
@@ -30,7 +31,9 @@ impl<B: Backend> RobertaLMHead<B> {
 
     /// `features`: `[n, hidden]`; `word_embeddings`: `[vocab, hidden]` → logits `[n, vocab]`.
     pub fn forward(&self, features: Tensor<B, 2>, word_embeddings: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = self.layer_norm.forward(gelu(self.dense.forward(features)));
+        let x = in_f32(gelu(self.dense.forward(features)), |x| {
+            self.layer_norm.forward(x)
+        });
         x.matmul(word_embeddings.transpose()) + self.bias.val().unsqueeze()
     }
 }

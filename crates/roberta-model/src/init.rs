@@ -2,27 +2,31 @@
 //! weights, zero biases, LayerNorm at (1, 0), and a zero padding row. burn's defaults
 //! (Kaiming-uniform Linear, N(0, 1) Embedding) would train a different model.
 
-use burn::module::{Initializer, Param};
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::module::Param;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use crate::config::RobertaConfig;
 
+/// Drawn now, not lazily as `LinearConfig::init` would: a lazy weight is drawn at first
+/// use, separately in every clone, so a model and its copies (replicas, the bf16 forward
+/// copy) would hold different weights.
 pub(crate) fn linear<B: Backend>(
     config: &RobertaConfig,
     d_input: usize,
     d_output: usize,
     device: &B::Device,
 ) -> Linear<B> {
-    let mut linear = LinearConfig::new(d_input, d_output)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: config.initializer_range,
-        })
-        .init(device);
-    linear.bias = Some(Param::from_tensor(Tensor::zeros([d_output], device)));
-    linear
+    let std = config.initializer_range;
+    Linear {
+        weight: Param::from_tensor(Tensor::random(
+            [d_input, d_output],
+            Distribution::Normal(0.0, std),
+            device,
+        )),
+        bias: Some(Param::from_tensor(Tensor::zeros([d_output], device))),
+    }
 }
 
 pub(crate) fn embedding<B: Backend>(

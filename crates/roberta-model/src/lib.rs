@@ -16,6 +16,7 @@ pub mod hf;
 mod init;
 pub mod loss;
 pub mod model;
+pub mod precision;
 
 pub use config::RobertaConfig;
 pub use error::{ModelError, Result};
@@ -25,3 +26,4 @@ pub use heads::{
 };
 pub use hf::{LoadOptions, LoadReport, Loaded, Pretrained, load_pretrained, save_pretrained};
 pub use model::{RobertaInput, RobertaModel, RobertaModelOutput};
+pub use precision::Precision;

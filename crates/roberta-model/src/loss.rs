@@ -4,6 +4,8 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
+use crate::precision::to_f32;
+
 /// Label value that contributes nothing to a loss (HF's and PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
 
@@ -19,7 +21,7 @@ pub fn cross_entropy_sum<B: Backend>(
     let safe = targets
         .mask_fill(valid.clone().bool_not(), 0)
         .reshape([n, 1]);
-    let picked = log_softmax(logits, 1).gather(1, safe).reshape([n]);
+    let picked = log_softmax(to_f32(logits), 1).gather(1, safe).reshape([n]);
     (picked * valid.float()).sum().neg()
 }
 
@@ -33,7 +35,7 @@ pub fn squared_error_sum<B: Backend>(
     predictions: Tensor<B, 1>,
     targets: Tensor<B, 1>,
 ) -> Tensor<B, 1> {
-    (predictions - targets).powi_scalar(2).sum()
+    (to_f32(predictions) - targets).powi_scalar(2).sum()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use roberta_data::{BreakMode, MaskingConfig};
-use roberta_model::RobertaConfig;
+use roberta_model::{Precision, RobertaConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +187,10 @@ pub struct TrainSection {
     /// Batches the loader may prepare ahead.
     #[serde(default = "default_queue")]
     pub loader_queue: usize,
+    /// "bf16": forward and backward in bf16 over fp32 master weights and optimizer state
+    /// (fairseq's and HF's `--bf16`); "fp32" (default).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn one() -> usize {
@@ -379,6 +383,11 @@ impl PretrainConfig {
             "train.seed",
             self.train.seed.to_string(),
             saved.train.seed.to_string(),
+        );
+        check(
+            "train.precision",
+            self.train.precision.to_string(),
+            saved.train.precision.to_string(),
         );
         changes
     }
@@ -631,6 +640,8 @@ pub struct FinetuneTrainSection {
     pub max_bad_steps: u32,
     /// Write a metrics.jsonl line every this many updates.
     pub log_every: u64,
+    /// "bf16" or "fp32", as in pretraining's `train.precision`.
+    pub precision: Precision,
 }
 
 impl Default for FinetuneTrainSection {
@@ -644,6 +655,7 @@ impl Default for FinetuneTrainSection {
             max_steps: 0,
             max_bad_steps: 5,
             log_every: 10,
+            precision: Precision::F32,
         }
     }
 }
@@ -787,24 +799,26 @@ impl FinetuneConfig {
                 format!("{:?}", saved.optim),
             ),
             (
-                "train (batch, seed, epochs, warmup)",
+                "train (batch, seed, epochs, warmup, precision)",
                 format!(
-                    "{} {} {} {} {} {}",
+                    "{} {} {} {} {} {} {}",
                     self.train.batch_size,
                     self.train.accumulation,
                     self.train.seed,
                     self.train.epochs,
                     self.train.warmup_ratio,
-                    self.train.max_steps
+                    self.train.max_steps,
+                    self.train.precision
                 ),
                 format!(
-                    "{} {} {} {} {} {}",
+                    "{} {} {} {} {} {} {}",
                     saved.train.batch_size,
                     saved.train.accumulation,
                     saved.train.seed,
                     saved.train.epochs,
                     saved.train.warmup_ratio,
-                    saved.train.max_steps
+                    saved.train.max_steps,
+                    saved.train.precision
                 ),
             ),
         ] {

@@ -31,8 +31,8 @@ use crate::task::{
     loss_sum, loss_terms, read_task_data, train_labels, word_labels,
 };
 use crate::trainer::{
-    AdamWGroups, MetricsFile, check_resume_changes, learning_rate, resume_point, seed_dropout,
-    stop_flag,
+    AdamWGroups, MetricsFile, check_precision, check_resume_changes, learning_rate, resume_point,
+    seed_dropout, stop_flag,
 };
 
 pub struct FinetuneArgs {
@@ -104,6 +104,7 @@ where
     let config = args.config;
     let run_dir = args.run_dir;
     let task = &config.task;
+    check_precision::<B>(config.train.precision, std::slice::from_ref(&device))?;
 
     let resume_from = resume_point(&run_dir, args.resume.as_deref())?;
     if let Some((path, _)) = &resume_from {
@@ -310,10 +311,11 @@ where
 
         // 2. Forward and backward; each micro-batch's summed loss over the window's terms.
         let mut accumulator = GradientsAccumulator::<M>::new();
+        let forward = t.precision.forward_model(&model);
         let mut loss_total = 0.0f64;
         for (i, batch) in window.iter().enumerate() {
             seed_dropout::<B>(&device, t.seed, state.step, i);
-            let logits = model.logits(task::input(batch, pad, &device));
+            let logits = forward.logits(task::input(batch, pad, &device));
             let loss = loss_sum(logits, batch, &device);
             loss_total += loss.clone().inner().into_scalar().elem::<f64>();
             let grads = (loss / terms.max(1) as f64).backward();

@@ -414,7 +414,25 @@ fn init_logging(log_file: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// burn's CPU backend allocates a fresh buffer for every op's output, up to the 60 MB
+/// logits of the vocabulary projection. glibc's malloc hands buffers that large back to
+/// the OS on free and page-faults them in again on the next step; a third of a training
+/// step went there. mimalloc told never to purge keeps them for reuse
+/// (scripts/bench_vs_hf.py, README "Benchmarks").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn keep_freed_memory() {
+    /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (between
+    /// `mi_option_eager_commit_delay`, 14, and `mi_option_use_numa_nodes`, 16, which
+    /// libmimalloc-sys names); -1 never purges.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets one of mimalloc's global options, which it reads atomically.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) }
+}
+
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     // The config is checked before anything is created, the run directory included.
     let loaded = match &cli.command {

@@ -23,8 +23,8 @@ use crate::config::PretrainConfig;
 use crate::infer::load_model;
 use crate::parallel;
 use crate::trainer::{
-    AdamWGroups, MetricsFile, Recorder32, check_resume_changes, learning_rate, resume_point,
-    seed_dropout, stop_flag,
+    AdamWGroups, MetricsFile, Recorder32, check_precision, check_resume_changes, learning_rate,
+    resume_point, seed_dropout, stop_flag,
 };
 
 pub struct PretrainArgs {
@@ -169,6 +169,7 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
     let run_dir = args.run_dir.clone();
     let world = devices.len();
     let device = devices[0].clone();
+    check_precision::<B>(config.train.precision, &devices)?;
 
     // Where to start: a verified checkpoint, or step 0.
     let resume_from = resume_point(&run_dir, args.resume.as_deref())?;
@@ -429,6 +430,7 @@ fn train_replica<B: AutodiffBackend>(
         // 2. Forward and backward each micro-batch; the loss is its token sum over the
         //    window's count, so the accumulated gradient is that of one big batch.
         let mut accumulator = GradientsAccumulator::<RobertaForMaskedLM<B>>::new();
+        let forward = config.train.precision.forward_model(&model);
         let (mut loss_sum, mut correct) = (0.0f64, 0.0f64);
         for (i, batch) in window.iter().enumerate() {
             let Some(t) = to_tensors::<B>(batch, &device) else {
@@ -441,7 +443,7 @@ fn train_replica<B: AutodiffBackend>(
                 state.step,
                 i * shared.world + rank,
             );
-            let logits = model.forward_positions(t.input, t.positions);
+            let logits = forward.forward_positions(t.input, t.positions);
             let n = t.targets.dims()[0];
             let loss = cross_entropy_sum(logits.clone(), t.targets.clone());
             correct += logits

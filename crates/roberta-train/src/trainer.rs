@@ -18,6 +18,8 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint;
 use crate::config::OptimSection;
+use burn::tensor::DType;
+use roberta_model::Precision;
 
 /// Linear warmup from 0 to `peak` over `warmup` updates, then linear decay to 0 at
 /// `total`. `step` counts from 1 (the update about to be taken).
@@ -64,11 +66,15 @@ impl ParamGroups {
     }
 
     /// PyTorch's `clip_grad_norm_` norm: over all gradients at once, not per tensor.
+    /// Matrices are summed row by row first: burn's CPU backend sums a tensor of 4M
+    /// elements or more on rayon's threads in an order that varies from run to run (the
+    /// word embeddings' gradient is 38M), which would make clipping, and so a resume,
+    /// inexact.
     fn global_norm<B: Backend>(&self, grads: &GradientsParams, device: &B::Device) -> f64 {
         let mut total = Tensor::<B, 1>::zeros([1], device);
         for &id in &self.matrices {
             if let Some(g) = grads.get::<B, 2>(id) {
-                total = total + g.powi_scalar(2).sum();
+                total = total + g.powi_scalar(2).sum_dim(1).sum();
             }
         }
         for &id in &self.vectors {
@@ -228,6 +234,19 @@ pub fn check_resume_changes(changes: &[String], force: bool) -> Result<()> {
     }
     for c in changes {
         tracing::warn!("resuming with a changed config (--force): {c}");
+    }
+    Ok(())
+}
+
+/// `train.precision = "bf16"` needs bf16 arithmetic on every device, checked before any
+/// work rather than failing in the first forward pass.
+pub fn check_precision<B: Backend>(precision: Precision, devices: &[B::Device]) -> Result<()> {
+    if precision == Precision::Bf16
+        && let Some(device) = devices.iter().find(|d| !B::supports_dtype(d, DType::BF16))
+    {
+        bail!(
+            "train.precision = \"bf16\": this backend has no bf16 arithmetic on {device:?}; use \"fp32\""
+        );
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{fails, mlm_fixture, ok, repo, run, s};
+use common::{copy_dir, fails, mlm_fixture, ok, repo, run, s};
 
 #[test]
 fn fill_mask_prints_top_k_per_mask() {
@@ -342,13 +342,7 @@ fn pretrain_runs_and_its_final_model_fills_masks() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
     let run_dir = dir.path().join("run");
-    ok(&run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run_dir),
-    ]));
+    ok(&pretrain(&config, &run_dir, &[]));
     let l = losses(&run_dir);
     assert_eq!(
         l.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
@@ -365,13 +359,7 @@ fn pretrain_runs_and_its_final_model_fills_masks() {
     ]));
     assert!(out.lines().count() >= 6, "{out}");
     // A second start on the same run directory must not overwrite it silently.
-    let err = fails(&run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run_dir),
-    ]));
+    let err = fails(&pretrain(&config, &run_dir, &[]));
     assert!(err.contains("--resume"), "{err}");
 }
 
@@ -380,13 +368,7 @@ fn resume_after_kill_9_repeats_the_uninterrupted_losses_bitwise() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
     let straight = dir.path().join("straight");
-    ok(&run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&straight),
-    ]));
+    ok(&pretrain(&config, &straight, &[]));
 
     let killed = dir.path().join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
@@ -410,15 +392,7 @@ fn resume_after_kill_9_repeats_the_uninterrupted_losses_bitwise() {
     }
     let _ = std::fs::remove_dir_all(killed.join("final"));
     let clock = std::time::Instant::now();
-    let out = run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&killed),
-        "--resume",
-        "auto",
-    ]);
+    let out = pretrain(&config, &killed, &["--resume", "auto"]);
     ok(&out);
     // Start-up and half the run: kill instants are drawn below twice this.
     let half_run_ms = clock.elapsed().as_millis() as u64;
@@ -484,29 +458,19 @@ fn a_corrupt_newest_checkpoint_is_named_and_the_previous_one_used() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
     let run_dir = dir.path().join("run");
-    ok(&run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run_dir),
-        "--set",
-        "schedule.total_steps=6",
-    ]));
+    ok(&pretrain(
+        &config,
+        &run_dir,
+        &["--set", "schedule.total_steps=6"],
+    ));
     let newest = run_dir.join("checkpoints/step-0000006/model.bin");
     let bytes = std::fs::read(&newest).unwrap();
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
-    let out = run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run_dir),
-        "--resume",
-        "auto",
-        "--set",
-        "schedule.total_steps=6",
-    ]);
+    let out = pretrain(
+        &config,
+        &run_dir,
+        &["--resume", "auto", "--set", "schedule.total_steps=6"],
+    );
     ok(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -518,17 +482,11 @@ fn a_corrupt_newest_checkpoint_is_named_and_the_previous_one_used() {
         "{err}"
     );
     // A change that breaks exactness is refused.
-    let err = fails(&run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run_dir),
-        "--resume",
-        "auto",
-        "--set",
-        "train.seed=2",
-    ]));
+    let err = fails(&pretrain(
+        &config,
+        &run_dir,
+        &["--resume", "auto", "--set", "train.seed=2"],
+    ));
     assert!(
         err.contains("train.seed") && err.contains("--force"),
         "{err}"
@@ -608,14 +566,26 @@ fn assert_same_updates(a: &Path, b: &Path) {
     }
 }
 
-/// `pretrain` with dropout off and the given extra arguments, into `run_dir`.
+/// Starts `to` as a run whose only checkpoint is `from`'s first.
+fn first_checkpoint_of(from: &Path, to: &Path) {
+    let step = "checkpoints/step-0000001";
+    copy_dir(&from.join(step), &to.join(step));
+}
+
+/// `pretrain` with dropout off and the given extra arguments, into `run_dir`; its log.
 fn pretrain_no_dropout(config: &Path, run_dir: &Path, extra: &[&str]) -> String {
+    let out = pretrain_no_dropout_output(config, run_dir, extra);
+    ok(&out);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Three updates with dropout off, checkpointed after each.
+fn pretrain_no_dropout_output(
+    config: &Path,
+    run_dir: &Path,
+    extra: &[&str],
+) -> std::process::Output {
     let mut args = vec![
-        "pretrain",
-        "--config",
-        s(config),
-        "--run-dir",
-        s(run_dir),
         "--set",
         "model.hidden_dropout_prob=0.0",
         "--set",
@@ -628,9 +598,14 @@ fn pretrain_no_dropout(config: &Path, run_dir: &Path, extra: &[&str]) -> String 
         "checkpoint.keep=5",
     ];
     args.extend(extra);
-    let out = run(&args);
-    ok(&out);
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    pretrain(config, run_dir, &args)
+}
+
+/// `roberta-train pretrain --config CONFIG --run-dir RUN_DIR EXTRA…`.
+fn pretrain(config: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["pretrain", "--config", s(config), "--run-dir", s(run_dir)];
+    args.extend(extra);
+    run(&args)
 }
 
 /// Two replicas (two burn-collective peers on the one CPU device, each on its own
@@ -653,14 +628,7 @@ fn two_replicas_equal_one_device_with_twice_the_batch_and_resume_on_either() {
     // Resume from update 1 on two replicas: bitwise the same losses.
     let resume_on = |name: &str, devices: &str| {
         let dir2 = dir.path().join(name);
-        std::fs::create_dir_all(dir2.join("checkpoints")).unwrap();
-        let from = two.join("checkpoints/step-0000001");
-        let to = dir2.join("checkpoints/step-0000001");
-        std::fs::create_dir_all(&to).unwrap();
-        for entry in std::fs::read_dir(&from).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
+        first_checkpoint_of(&two, &dir2);
         let log = pretrain_no_dropout(
             &config,
             &dir2,
@@ -690,30 +658,71 @@ fn two_replicas_equal_one_device_with_twice_the_batch_and_resume_on_either() {
     }
 }
 
+/// `train.precision = "bf16"` on the CPU: the losses follow fp32's within bf16's
+/// rounding, the checkpoints hold fp32 master weights, a resume repeats the losses
+/// bitwise, and switching precision on resume is refused without --force.
+#[test]
+fn bf16_tracks_fp32_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let fp32 = dir.path().join("fp32");
+    pretrain_no_dropout(&config, &fp32, &[]);
+    let bf16 = dir.path().join("bf16");
+    pretrain_no_dropout(&config, &bf16, &["--set", "train.precision=bf16"]);
+    let (a, b) = (losses(&fp32), losses(&bf16));
+    assert_eq!(a.len(), 3);
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+        assert!(
+            x != y && (x - y).abs() <= 1e-2 * x,
+            "step {step}: fp32 {x} vs bf16 {y}"
+        );
+    }
+    let bytes = std::fs::read(bf16.join("final/model.safetensors")).unwrap();
+    let saved = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(
+        saved
+            .tensors()
+            .iter()
+            .all(|(_, t)| t.dtype() == safetensors::Dtype::F32),
+        "fp32 master weights saved"
+    );
+
+    let again = dir.path().join("again");
+    first_checkpoint_of(&bf16, &again);
+    let refused = fails(&pretrain_no_dropout_output(
+        &config,
+        &again,
+        &["--resume", "auto"],
+    ));
+    assert!(
+        refused.contains("train.precision: bf16 → fp32"),
+        "{refused}"
+    );
+    pretrain_no_dropout(
+        &config,
+        &again,
+        &["--set", "train.precision=bf16", "--resume", "auto"],
+    );
+    assert_eq!(losses(&again), b[1..].to_vec());
+}
+
 #[test]
 fn config_errors_are_named_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
     let run_dir = dir.path().join("run");
-    let err = fails(&run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run_dir),
-        "--set",
-        "train.batchsize=3",
-    ]));
+    let err = fails(&pretrain(
+        &config,
+        &run_dir,
+        &["--set", "train.batchsize=3"],
+    ));
     assert!(err.contains("batchsize"), "{err}");
-    let err = fails(&run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&run_dir),
-        "--set",
-        "masking.mask_prob=1.5",
-    ]));
+    let err = fails(&pretrain(
+        &config,
+        &run_dir,
+        &["--set", "masking.mask_prob=1.5"],
+    ));
     assert!(err.contains("mask_prob"), "{err}");
     assert!(
         !dir.path().join("data-bin").exists(),
@@ -769,35 +778,30 @@ fn wgpu_takes_updates_matching_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
     let start = dir.path().join("start");
-    ok(&run(&[
-        "pretrain",
-        "--config",
-        s(&config),
-        "--run-dir",
-        s(&start),
-        "--set",
-        "schedule.total_steps=2",
-    ]));
+    ok(&pretrain(
+        &config,
+        &start,
+        &["--set", "schedule.total_steps=2"],
+    ));
     // Continue from that model on each device (the architecture comes from its directory).
     let from = continue_from(&config, &start.join("final"));
     let mut results = Vec::new();
     for device in ["cpu", "wgpu"] {
         let run_dir = dir.path().join(device);
-        ok(&run(&[
-            "--device",
-            device,
-            "pretrain",
-            "--config",
-            s(&from),
-            "--run-dir",
-            s(&run_dir),
-            "--set",
-            "schedule.total_steps=4",
-            "--set",
-            "model.hidden_dropout_prob=0.0",
-            "--set",
-            "model.attention_probs_dropout_prob=0.0",
-        ]));
+        ok(&pretrain(
+            &from,
+            &run_dir,
+            &[
+                "--device",
+                device,
+                "--set",
+                "schedule.total_steps=4",
+                "--set",
+                "model.hidden_dropout_prob=0.0",
+                "--set",
+                "model.attention_probs_dropout_prob=0.0",
+            ],
+        ));
         results.push(losses(&run_dir));
     }
     assert_eq!(results[0].len(), 4);
@@ -810,5 +814,34 @@ fn wgpu_takes_updates_matching_cpu() {
             "update {}: cpu {c} vs wgpu {w}",
             i + 1
         );
+    }
+}
+
+/// wgpu's shaders have no bf16 on lavapipe (nor in WGSL): `train.precision = "bf16"` is
+/// refused before the config is saved or the corpus read. A device whose wgpu backend has bf16 trains.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_bf16_is_refused_before_any_work_or_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    let out = pretrain(
+        &config,
+        &run_dir,
+        &[
+            "--device",
+            "wgpu",
+            "--set",
+            "schedule.total_steps=2",
+            "--set",
+            "train.precision=bf16",
+        ],
+    );
+    if out.status.success() {
+        assert_eq!(losses(&run_dir).len(), 2);
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("train.precision = \"bf16\""), "{err}");
+        assert!(!run_dir.join("config.toml").exists() && !dir.path().join("data-bin").exists());
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, head, mlm_fixture, ok, run, s, shared};
+use common::{copy_dir, fails, head, mlm_fixture, ok, run, s, shared};
 use serde_json::Value;
 
 /// A finetune config for `task` (a TOML `[task]` body) on `train`/`valid`.
@@ -210,14 +210,6 @@ fn sst2_trains_keeps_the_best_evaluates_predicts_and_exports() {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-    }
-}
-
 #[test]
 fn mrpc_pairs_and_other_column_layouts() {
     let Some(mrpc) = shared("mrpc") else { return };
@@ -296,6 +288,22 @@ fn regression_and_bad_input() {
     let p = jsonl(&predictions);
     assert_eq!(p.len(), 24);
     assert!(p[0]["score"].is_f64());
+
+    // bf16 mixed precision follows fp32 within bf16's rounding.
+    let bf16 = dir.path().join("bf16");
+    ok(&finetune(&cfg, &bf16, &["--set", "train.precision=bf16"]));
+    let loss = |run: &Path| -> Vec<f64> {
+        jsonl(&run.join("metrics.jsonl"))
+            .iter()
+            .filter_map(|l| l["loss"].as_f64())
+            .collect()
+    };
+    let (a, b) = (loss(&run_dir), loss(&bf16));
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a[0] != b[0] && (a[0] - b[0]).abs() <= 2e-2 * a[0],
+        "{a:?} vs {b:?}"
+    );
 
     // A label that is not a number names its line; nothing is written for the run.
     let bad = dir.path().join("bad.tsv");

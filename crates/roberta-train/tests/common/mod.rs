@@ -64,3 +64,12 @@ pub fn head(path: &Path, n: usize, out: &Path) -> PathBuf {
     std::fs::write(out, lines.join("\n") + "\n").unwrap();
     out.to_path_buf()
 }
+
+/// Copies the files of `from` (not its subdirectories) into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}

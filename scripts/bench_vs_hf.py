@@ -6,8 +6,7 @@ For each size (tiny, small) both trainers take MLM updates on batches of 16 sequ
 roberta-train through its CLI on the embedded corpus, transformers'
 RobertaForMaskedLM on the same vocabulary with torch on all cores. roberta-train runs
 twice: on one device, and as two data-parallel replicas on the CPU (`--devices cpu,cpu`,
-8 sequences each, still 16 per update), since one replica of burn's CPU backend keeps
-only about one core busy. Prints tokens/s and the ratios (ours / HF). The vocabulary is roberta-base's when
+8 sequences each, still 16 per update). Prints tokens/s and the ratios (ours / HF). The vocabulary is roberta-base's when
 ../shared/data/roberta_base_tokenizer exists (the realistic case, 50,265 tokens), else
 the embedded corpus's own.
 

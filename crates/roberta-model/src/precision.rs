@@ -1,6 +1,7 @@
 //! bf16 mixed precision the way PyTorch's autocast and fairseq's `--bf16` do it, for a
 //! backend with no autocast: the trainer keeps fp32 master weights and optimizer state,
-//! and runs each forward pass on a bf16 copy of the weights ([`cast_weights`]).
+//! and runs each forward pass on a bf16 copy of the weights
+//! ([`Precision::forward_model`]).
 //! Matmuls, GELU and dropout then run in bf16; LayerNorm, softmax and the losses upcast
 //! to fp32 ([`in_f32`]), as autocast lists them. burn's `cast` is differentiable and
 //! casts the gradient back, so the fp32 master weights receive fp32 gradients through

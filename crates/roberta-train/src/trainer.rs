@@ -14,12 +14,12 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
+use roberta_model::Precision;
 
 use crate::checkpoint;
 use crate::config::OptimSection;
-use burn::tensor::DType;
-use roberta_model::Precision;
 
 /// Linear warmup from 0 to `peak` over `warmup` updates, then linear decay to 0 at
 /// `total`. `step` counts from 1 (the update about to be taken).

@@ -25,7 +25,7 @@ def tokens_per_s(devices, run_dir, extra):
         str(BIN), "pretrain", "--config", "configs/quickstart.toml", "--run-dir", str(run_dir),
         "--devices", devices,
         "--set", f"schedule.total_steps={STEPS}", "--set", "schedule.warmup_steps=4",
-        "--set", "log.every=10", "--set", "log.valid_every=0", "--set", "log.valid_batches=1",
+        "--set", "log.every=10", "--set", "eval.every=0", "--set", "eval.batches=1",
         "--set", "checkpoint.every=0",
     ] + extra
     subprocess.run(args, cwd=REPO, check=True, capture_output=True)

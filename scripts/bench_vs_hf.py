@@ -63,8 +63,9 @@ every = 0
 keep = 1
 [log]
 every = 5
-valid_every = 0
-valid_batches = 1
+[eval]
+every = 0
+batches = 1
 """)
     run_dir = os.path.join(work, f"run-{size}-{replicas}")
     subprocess.run([os.path.join(ROOT, "target", "release", "roberta-train"), "pretrain", "--config", config,

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use roberta_data::dataset::{FORMAT_VERSION, META_FILE, Meta, SpecialIds, SplitMeta};
+use roberta_data::dataset::{FORMAT_VERSION, META_FILE, Meta, SplitMeta};
 use roberta_data::loader::{LoaderConfig, LoaderState, PermutationCache, batch_at};
 use roberta_data::shards::{ShardWriter, TokenWidth};
 use roberta_data::{BreakMode, Corpus, Loader, MaskVocab, MaskingConfig, SpecialTokens, Split};
@@ -20,7 +20,7 @@ const VOCAB: u32 = 50265;
 fn stream(dir: &std::path::Path) {
     let meta = Meta::read(dir).unwrap();
     let split = Split::open(dir, "train", None).unwrap();
-    let vocab = MaskVocab::new(meta.specials.into(), meta.vocab_size, |_| None);
+    let vocab = MaskVocab::new(meta.specials, meta.vocab_size, |_| None);
     let corpus = std::sync::Arc::new(Corpus::new(
         split,
         512,
@@ -86,7 +86,7 @@ fn main() {
         tokens: w.tokens(),
     };
     w.finish().unwrap();
-    let specials = SpecialIds {
+    let specials = SpecialTokens {
         bos: 0,
         pad: 1,
         eos: 2,
@@ -111,7 +111,7 @@ fn main() {
     .unwrap();
 
     let split = Split::open(dir.path(), "train", None).unwrap();
-    let vocab = MaskVocab::new(SpecialTokens::from(specials), VOCAB as usize, |id| {
+    let vocab = MaskVocab::new(specials, VOCAB as usize, |id| {
         Some(if id % 3 == 0 {
             format!("Ġw{id}")
         } else {

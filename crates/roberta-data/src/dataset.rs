@@ -39,45 +39,12 @@ pub struct Meta {
     pub token_width: TokenWidth,
     pub vocab_size: usize,
     pub tokenizer_sha256: String,
-    pub specials: SpecialIds,
+    pub specials: SpecialTokens,
     pub splits: BTreeMap<String, SplitMeta>,
     pub sources: Vec<SourceMeta>,
     /// The preprocessing options, for deciding whether a re-run has anything to do.
     pub options: serde_json::Value,
     pub skipped_invalid: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpecialIds {
-    pub bos: u32,
-    pub pad: u32,
-    pub eos: u32,
-    pub unk: u32,
-    pub mask: u32,
-}
-
-impl From<SpecialTokens> for SpecialIds {
-    fn from(s: SpecialTokens) -> Self {
-        Self {
-            bos: s.bos,
-            pad: s.pad,
-            eos: s.eos,
-            unk: s.unk,
-            mask: s.mask,
-        }
-    }
-}
-
-impl From<SpecialIds> for SpecialTokens {
-    fn from(s: SpecialIds) -> Self {
-        Self {
-            bos: s.bos,
-            pad: s.pad,
-            eos: s.eos,
-            unk: s.unk,
-            mask: s.mask,
-        }
-    }
 }
 
 impl Meta {
@@ -147,7 +114,7 @@ impl Split {
         Ok(Self {
             name: split.to_string(),
             shards,
-            specials: meta.specials.into(),
+            specials: meta.specials,
             vocab_size: meta.vocab_size,
         })
     }
@@ -308,7 +275,7 @@ pub(crate) mod tests {
             token_width: TokenWidth::U16,
             vocab_size: 100,
             tokenizer_sha256: "test".into(),
-            specials: SpecialIds {
+            specials: SpecialTokens {
                 bos: 0,
                 pad: 1,
                 eos: 2,

@@ -163,7 +163,7 @@ pub fn preprocess(
             token_width: TokenWidth::for_vocab(tokenizer.vocab_size()),
             vocab_size: tokenizer.vocab_size(),
             tokenizer_sha256: hash,
-            specials: tokenizer.specials().into(),
+            specials: tokenizer.specials(),
             splits,
             sources: all_sources,
             options: options_json,

@@ -14,8 +14,8 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const VOCAB_FILE: &str = "vocab.json";
 pub const MERGES_FILE: &str = "merges.txt";
 
-/// Ids of the tokens RoBERTa gives a meaning to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ids of the tokens RoBERTa gives a meaning to (also recorded in a corpus's `meta.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpecialTokens {
     pub bos: u32,
     pub pad: u32,

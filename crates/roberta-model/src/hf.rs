@@ -1,5 +1,6 @@
 //! HuggingFace model directories: `config.json` + `model.safetensors`, read and written
-//! with HF's key names. Each module lists its own keys in `HfModule`, so the whole
+//! with HF's key names. Each module lists its own keys once, in `HfModule::hf_keys`, and
+//! that one list serves loading ([`Loader`]) and saving ([`Saver`]) alike, so the whole
 //! mapping reads as a table next to the module it describes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -121,6 +122,44 @@ fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
     })
 }
 
+/// One direction of HF weight I/O: [`Loader`] fills the parameters it is shown from a
+/// checkpoint, [`Saver`] records them for writing. A module declares its keys once
+/// ([`HfModule::hf_keys`]) and that declaration serves both.
+pub trait HfIo<B: Backend> {
+    /// The parameter stored under `keys[0]`, HF's name; further keys are aliases older
+    /// checkpoints use, accepted when loading.
+    fn param<const D: usize>(&mut self, keys: &[&str], param: &mut Param<Tensor<B, D>>);
+
+    /// A weight stored transposed: burn's `Linear` keeps `[in, out]`, PyTorch's
+    /// `nn.Linear` keeps `[out, in]`.
+    fn transposed(&mut self, key: &str, weight: &mut Param<Tensor<B, 2>>);
+
+    fn linear(&mut self, prefix: &str, linear: &mut Linear<B>) {
+        self.transposed(&format!("{prefix}.weight"), &mut linear.weight);
+        if let Some(bias) = linear.bias.as_mut() {
+            self.param(&[&format!("{prefix}.bias")], bias);
+        }
+    }
+
+    fn layer_norm(&mut self, prefix: &str, norm: &mut LayerNorm<B>) {
+        // Old BERT-era checkpoints call the parameters gamma/beta.
+        self.param(
+            &[&format!("{prefix}.weight"), &format!("{prefix}.gamma")],
+            &mut norm.gamma,
+        );
+        if let Some(beta) = norm.beta.as_mut() {
+            self.param(
+                &[&format!("{prefix}.bias"), &format!("{prefix}.beta")],
+                beta,
+            );
+        }
+    }
+
+    fn embedding(&mut self, prefix: &str, embedding: &mut Embedding<B>) {
+        self.param(&[&format!("{prefix}.weight")], &mut embedding.weight);
+    }
+}
+
 /// Moves tensors from [`HfWeights`] into modules, recording what was missing or misshapen
 /// instead of stopping at the first problem, so that one error lists them all.
 pub struct Loader<'a, B: Backend> {
@@ -165,41 +204,20 @@ impl<'a, B: Backend> Loader<'a, B> {
             &self.device,
         ))
     }
+}
 
-    fn param<const D: usize>(&mut self, param: &mut Param<Tensor<B, D>>, keys: &[&str]) {
-        let shape = param.dims();
-        if let Some(t) = self.tensor(keys, shape) {
+impl<B: Backend> HfIo<B> for Loader<'_, B> {
+    fn param<const D: usize>(&mut self, keys: &[&str], param: &mut Param<Tensor<B, D>>) {
+        if let Some(t) = self.tensor(keys, param.dims()) {
             *param = Param::from_tensor(t);
         }
     }
 
-    fn linear(&mut self, prefix: &str, linear: &mut Linear<B>) {
-        // burn keeps [in, out]; PyTorch's nn.Linear keeps [out, in].
-        let [d_in, d_out] = linear.weight.dims();
-        if let Some(w) = self.tensor::<2>(&[&format!("{prefix}.weight")], [d_out, d_in]) {
-            linear.weight = Param::from_tensor(w.transpose());
+    fn transposed(&mut self, key: &str, weight: &mut Param<Tensor<B, 2>>) {
+        let [d_in, d_out] = weight.dims();
+        if let Some(w) = self.tensor::<2>(&[key], [d_out, d_in]) {
+            *weight = Param::from_tensor(w.transpose());
         }
-        if let Some(bias) = linear.bias.as_mut() {
-            self.param(bias, &[&format!("{prefix}.bias")]);
-        }
-    }
-
-    fn layer_norm(&mut self, prefix: &str, norm: &mut LayerNorm<B>) {
-        // Old BERT-era checkpoints call the parameters gamma/beta.
-        self.param(
-            &mut norm.gamma,
-            &[&format!("{prefix}.weight"), &format!("{prefix}.gamma")],
-        );
-        if let Some(beta) = norm.beta.as_mut() {
-            self.param(
-                beta,
-                &[&format!("{prefix}.bias"), &format!("{prefix}.beta")],
-            );
-        }
-    }
-
-    fn embedding(&mut self, prefix: &str, embedding: &mut Embedding<B>) {
-        self.param(&mut embedding.weight, &[&format!("{prefix}.weight")]);
     }
 }
 
@@ -210,32 +228,14 @@ pub struct Saver {
 }
 
 impl Saver {
-    fn tensor<B: Backend, const D: usize>(&mut self, key: String, tensor: Tensor<B, D>) {
+    fn tensor<B: Backend, const D: usize>(&mut self, key: &str, tensor: Tensor<B, D>) {
         let shape = tensor.dims().to_vec();
         let data = tensor
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
             .expect("converted to f32");
-        self.tensors.push((key, shape, data));
-    }
-
-    fn linear<B: Backend>(&mut self, prefix: &str, linear: &Linear<B>) {
-        self.tensor(format!("{prefix}.weight"), linear.weight.val().transpose());
-        if let Some(bias) = &linear.bias {
-            self.tensor(format!("{prefix}.bias"), bias.val());
-        }
-    }
-
-    fn layer_norm<B: Backend>(&mut self, prefix: &str, norm: &LayerNorm<B>) {
-        self.tensor(format!("{prefix}.weight"), norm.gamma.val());
-        if let Some(beta) = &norm.beta {
-            self.tensor(format!("{prefix}.bias"), beta.val());
-        }
-    }
-
-    fn embedding<B: Backend>(&mut self, prefix: &str, embedding: &Embedding<B>) {
-        self.tensor(format!("{prefix}.weight"), embedding.weight.val());
+        self.tensors.push((key.to_string(), shape, data));
     }
 
     /// Serialises in safetensors with the `{"format": "pt"}` metadata `transformers`
@@ -267,10 +267,20 @@ impl Saver {
     }
 }
 
+impl<B: Backend> HfIo<B> for Saver {
+    fn param<const D: usize>(&mut self, keys: &[&str], param: &mut Param<Tensor<B, D>>) {
+        self.tensor(keys[0], param.val());
+    }
+
+    fn transposed(&mut self, key: &str, weight: &mut Param<Tensor<B, 2>>) {
+        self.tensor(key, weight.val().transpose());
+    }
+}
+
 /// A module whose parameters have HF checkpoint names.
 pub trait HfModule<B: Backend> {
-    fn load_hf(&mut self, prefix: &str, loader: &mut Loader<'_, B>);
-    fn save_hf(&self, prefix: &str, saver: &mut Saver);
+    /// Shows each parameter to `io` under its HF key, below `prefix` (`""` at the root).
+    fn hf_keys(&mut self, prefix: &str, io: &mut impl HfIo<B>);
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -282,88 +292,55 @@ fn join(prefix: &str, name: &str) -> String {
 }
 
 impl<B: Backend> HfModule<B> for RobertaEmbeddings<B> {
-    fn load_hf(&mut self, p: &str, l: &mut Loader<'_, B>) {
-        l.embedding(&join(p, "word_embeddings"), &mut self.word_embeddings);
-        l.embedding(
+    fn hf_keys(&mut self, p: &str, io: &mut impl HfIo<B>) {
+        io.embedding(&join(p, "word_embeddings"), &mut self.word_embeddings);
+        io.embedding(
             &join(p, "position_embeddings"),
             &mut self.position_embeddings,
         );
-        l.embedding(
+        io.embedding(
             &join(p, "token_type_embeddings"),
             &mut self.token_type_embeddings,
         );
-        l.layer_norm(&join(p, "LayerNorm"), &mut self.layer_norm);
-    }
-
-    fn save_hf(&self, p: &str, s: &mut Saver) {
-        s.embedding(&join(p, "word_embeddings"), &self.word_embeddings);
-        s.embedding(&join(p, "position_embeddings"), &self.position_embeddings);
-        s.embedding(
-            &join(p, "token_type_embeddings"),
-            &self.token_type_embeddings,
-        );
-        s.layer_norm(&join(p, "LayerNorm"), &self.layer_norm);
+        io.layer_norm(&join(p, "LayerNorm"), &mut self.layer_norm);
     }
 }
 
 impl<B: Backend> HfModule<B> for RobertaAttention<B> {
-    fn load_hf(&mut self, p: &str, l: &mut Loader<'_, B>) {
-        l.linear(&join(p, "self.query"), &mut self.self_attn.query);
-        l.linear(&join(p, "self.key"), &mut self.self_attn.key);
-        l.linear(&join(p, "self.value"), &mut self.self_attn.value);
-        l.linear(&join(p, "output.dense"), &mut self.output.dense);
-        l.layer_norm(&join(p, "output.LayerNorm"), &mut self.output.layer_norm);
-    }
-
-    fn save_hf(&self, p: &str, s: &mut Saver) {
-        s.linear(&join(p, "self.query"), &self.self_attn.query);
-        s.linear(&join(p, "self.key"), &self.self_attn.key);
-        s.linear(&join(p, "self.value"), &self.self_attn.value);
-        s.linear(&join(p, "output.dense"), &self.output.dense);
-        s.layer_norm(&join(p, "output.LayerNorm"), &self.output.layer_norm);
+    fn hf_keys(&mut self, p: &str, io: &mut impl HfIo<B>) {
+        io.linear(&join(p, "self.query"), &mut self.self_attn.query);
+        io.linear(&join(p, "self.key"), &mut self.self_attn.key);
+        io.linear(&join(p, "self.value"), &mut self.self_attn.value);
+        io.linear(&join(p, "output.dense"), &mut self.output.dense);
+        io.layer_norm(&join(p, "output.LayerNorm"), &mut self.output.layer_norm);
     }
 }
 
 impl<B: Backend> HfModule<B> for RobertaLayer<B> {
-    fn load_hf(&mut self, p: &str, l: &mut Loader<'_, B>) {
-        self.attention.load_hf(&join(p, "attention"), l);
-        l.linear(&join(p, "intermediate.dense"), &mut self.intermediate.dense);
-        l.linear(&join(p, "output.dense"), &mut self.output.dense);
-        l.layer_norm(&join(p, "output.LayerNorm"), &mut self.output.layer_norm);
-    }
-
-    fn save_hf(&self, p: &str, s: &mut Saver) {
-        self.attention.save_hf(&join(p, "attention"), s);
-        s.linear(&join(p, "intermediate.dense"), &self.intermediate.dense);
-        s.linear(&join(p, "output.dense"), &self.output.dense);
-        s.layer_norm(&join(p, "output.LayerNorm"), &self.output.layer_norm);
+    fn hf_keys(&mut self, p: &str, io: &mut impl HfIo<B>) {
+        self.attention.hf_keys(&join(p, "attention"), io);
+        io.linear(&join(p, "intermediate.dense"), &mut self.intermediate.dense);
+        io.linear(&join(p, "output.dense"), &mut self.output.dense);
+        io.layer_norm(&join(p, "output.LayerNorm"), &mut self.output.layer_norm);
     }
 }
 
 impl<B: Backend> HfModule<B> for RobertaModel<B> {
-    fn load_hf(&mut self, p: &str, l: &mut Loader<'_, B>) {
-        self.embeddings.load_hf(&join(p, "embeddings"), l);
+    fn hf_keys(&mut self, p: &str, io: &mut impl HfIo<B>) {
+        self.embeddings.hf_keys(&join(p, "embeddings"), io);
         for (i, layer) in self.encoder.layer.iter_mut().enumerate() {
-            layer.load_hf(&join(p, &format!("encoder.layer.{i}")), l);
+            layer.hf_keys(&join(p, &format!("encoder.layer.{i}")), io);
         }
         if let Some(pooler) = self.pooler.as_mut() {
-            l.linear(&join(p, "pooler.dense"), &mut pooler.dense);
-        }
-    }
-
-    fn save_hf(&self, p: &str, s: &mut Saver) {
-        self.embeddings.save_hf(&join(p, "embeddings"), s);
-        for (i, layer) in self.encoder.layer.iter().enumerate() {
-            layer.save_hf(&join(p, &format!("encoder.layer.{i}")), s);
-        }
-        if let Some(pooler) = &self.pooler {
-            s.linear(&join(p, "pooler.dense"), &pooler.dense);
+            io.linear(&join(p, "pooler.dense"), &mut pooler.dense);
         }
     }
 }
 
-/// A model that can be read from and written to an HF model directory.
-pub trait Pretrained<B: Backend>: Sized {
+/// A model that can be read from and written to an HF model directory. `Clone` because
+/// saving runs the same `&mut` key declaration as loading, on a copy (a clone shares its
+/// tensors: no weights are copied).
+pub trait Pretrained<B: Backend>: Clone {
     /// The `architectures` entry of `config.json`.
     const ARCHITECTURE: &'static str;
     /// Fresh weights (HF's initialisation) for this config; `num_labels` for heads with labels.
@@ -372,8 +349,8 @@ pub trait Pretrained<B: Backend>: Sized {
     fn backbone_mut(&mut self) -> &mut RobertaModel<B>;
     /// Prefix of the head's keys, `None` for the bare `RobertaModel`.
     fn head_prefix() -> Option<&'static str>;
-    fn load_head(&mut self, loader: &mut Loader<'_, B>);
-    fn save_head(&self, saver: &mut Saver);
+    /// Shows the head's parameters to `io` under their HF keys, as [`HfModule::hf_keys`].
+    fn head_keys(&mut self, io: &mut impl HfIo<B>);
     /// Number of labels the head predicts (0 when it has none).
     fn num_labels(&self) -> usize {
         0
@@ -394,8 +371,7 @@ impl<B: Backend> Pretrained<B> for RobertaModel<B> {
     fn head_prefix() -> Option<&'static str> {
         None
     }
-    fn load_head(&mut self, _: &mut Loader<'_, B>) {}
-    fn save_head(&self, _: &mut Saver) {}
+    fn head_keys(&mut self, _: &mut impl HfIo<B>) {}
 }
 
 impl<B: Backend> Pretrained<B> for RobertaForMaskedLM<B> {
@@ -412,18 +388,14 @@ impl<B: Backend> Pretrained<B> for RobertaForMaskedLM<B> {
     fn head_prefix() -> Option<&'static str> {
         Some("lm_head.")
     }
-    fn load_head(&mut self, l: &mut Loader<'_, B>) {
-        l.linear("lm_head.dense", &mut self.lm_head.dense);
-        l.layer_norm("lm_head.layer_norm", &mut self.lm_head.layer_norm);
-        l.param(
-            &mut self.lm_head.bias,
+    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
+        io.linear("lm_head.dense", &mut self.lm_head.dense);
+        io.layer_norm("lm_head.layer_norm", &mut self.lm_head.layer_norm);
+        // The decoder's weight is the word embeddings (tied), so it has no key of its own.
+        io.param(
             &["lm_head.bias", "lm_head.decoder.bias"],
+            &mut self.lm_head.bias,
         );
-    }
-    fn save_head(&self, s: &mut Saver) {
-        s.linear("lm_head.dense", &self.lm_head.dense);
-        s.layer_norm("lm_head.layer_norm", &self.lm_head.layer_norm);
-        s.tensor("lm_head.bias".into(), self.lm_head.bias.val());
     }
 }
 
@@ -441,13 +413,9 @@ impl<B: Backend> Pretrained<B> for RobertaForSequenceClassification<B> {
     fn head_prefix() -> Option<&'static str> {
         Some("classifier.")
     }
-    fn load_head(&mut self, l: &mut Loader<'_, B>) {
-        l.linear("classifier.dense", &mut self.classifier.dense);
-        l.linear("classifier.out_proj", &mut self.classifier.out_proj);
-    }
-    fn save_head(&self, s: &mut Saver) {
-        s.linear("classifier.dense", &self.classifier.dense);
-        s.linear("classifier.out_proj", &self.classifier.out_proj);
+    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
+        io.linear("classifier.dense", &mut self.classifier.dense);
+        io.linear("classifier.out_proj", &mut self.classifier.out_proj);
     }
     fn num_labels(&self) -> usize {
         RobertaForSequenceClassification::num_labels(self)
@@ -468,11 +436,8 @@ impl<B: Backend> Pretrained<B> for RobertaForTokenClassification<B> {
     fn head_prefix() -> Option<&'static str> {
         Some("classifier.")
     }
-    fn load_head(&mut self, l: &mut Loader<'_, B>) {
-        l.linear("classifier", &mut self.classifier);
-    }
-    fn save_head(&self, s: &mut Saver) {
-        s.linear("classifier", &self.classifier);
+    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
+        io.linear("classifier", &mut self.classifier);
     }
     fn num_labels(&self) -> usize {
         RobertaForTokenClassification::num_labels(self)
@@ -493,11 +458,8 @@ impl<B: Backend> Pretrained<B> for RobertaForQuestionAnswering<B> {
     fn head_prefix() -> Option<&'static str> {
         Some("qa_outputs.")
     }
-    fn load_head(&mut self, l: &mut Loader<'_, B>) {
-        l.linear("qa_outputs", &mut self.qa_outputs);
-    }
-    fn save_head(&self, s: &mut Saver) {
-        s.linear("qa_outputs", &self.qa_outputs);
+    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
+        io.linear("qa_outputs", &mut self.qa_outputs);
     }
 }
 
@@ -574,11 +536,11 @@ pub fn load_pretrained<B: Backend, M: Pretrained<B>>(
     }
     model
         .backbone_mut()
-        .load_hf(prefix.trim_end_matches('.'), &mut loader);
+        .hf_keys(prefix.trim_end_matches('.'), &mut loader);
 
     let mut report = LoadReport::default();
     let head_missing_before = loader.missing.len();
-    model.load_head(&mut loader);
+    model.head_keys(&mut loader);
     let head_missing: Vec<String> = loader.missing.split_off(head_missing_before);
     let head_absent = M::head_prefix().is_some_and(|p| !loader.has_prefix(p));
     if !head_missing.is_empty() {
@@ -648,14 +610,15 @@ pub fn hf_keys<B: Backend, M: Pretrained<B>>(model: &M) -> Vec<String> {
 }
 
 fn collect<B: Backend, M: Pretrained<B>>(model: &M) -> Saver {
+    let mut model = model.clone();
     let mut saver = Saver::default();
     let prefix = if M::head_prefix().is_some() {
         "roberta"
     } else {
         ""
     };
-    model.backbone().save_hf(prefix, &mut saver);
-    model.save_head(&mut saver);
+    model.backbone_mut().hf_keys(prefix, &mut saver);
+    model.head_keys(&mut saver);
     saver
 }
 

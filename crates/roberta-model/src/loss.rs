@@ -6,10 +6,8 @@ use burn::tensor::activation::log_softmax;
 
 use crate::precision::to_f32;
 
-/// Label value that contributes nothing to a loss (HF's and PyTorch's `ignore_index`).
-pub const IGNORE_INDEX: i64 = -100;
-
-/// Sum of the cross-entropy over rows whose target is not [`IGNORE_INDEX`].
+/// Sum of the cross-entropy over rows whose target is a class index; a negative target
+/// (the data pipeline's -100, HF's and PyTorch's `ignore_index`) contributes nothing.
 ///
 /// `logits`: `[n, classes]`; `targets`: `[n]`. Returns a one-element tensor.
 pub fn cross_entropy_sum<B: Backend>(
@@ -17,7 +15,7 @@ pub fn cross_entropy_sum<B: Backend>(
     targets: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {
     let [n, _] = logits.dims();
-    let valid = targets.clone().not_equal_elem(IGNORE_INDEX);
+    let valid = targets.clone().greater_equal_elem(0);
     let safe = targets
         .mask_fill(valid.clone().bool_not(), 0)
         .reshape([n, 1]);
@@ -25,9 +23,9 @@ pub fn cross_entropy_sum<B: Backend>(
     (picked * valid.float()).sum().neg()
 }
 
-/// Number of rows a loss averages over (targets not [`IGNORE_INDEX`]).
+/// Number of rows a loss averages over (targets that are class indices).
 pub fn count_targets<B: Backend>(targets: Tensor<B, 1, Int>) -> Tensor<B, 1, Int> {
-    targets.not_equal_elem(IGNORE_INDEX).int().sum()
+    targets.greater_equal_elem(0).int().sum()
 }
 
 /// Sum of squared errors, for regression heads (`num_labels == 1`).
@@ -44,7 +42,7 @@ mod tests {
     use burn::backend::Flex;
 
     #[test]
-    fn ignores_minus_100_and_sums() {
+    fn ignores_negative_targets_and_sums() {
         let device = Default::default();
         let logits = Tensor::<Flex, 2>::from_floats([[0.0, 0.0], [2.0, 0.0], [5.0, -5.0]], &device);
         let targets = Tensor::<Flex, 1, Int>::from_ints([0, 1, -100], &device);

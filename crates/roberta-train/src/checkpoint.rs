@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::Backend;
+use burn::record::{BinFileRecorder, FullPrecisionSettings};
 use roberta_data::{LoaderState, RobertaTokenizer};
 use roberta_model::hf::{CONFIG_FILE, write_atomic};
 use roberta_model::save_pretrained;
@@ -22,6 +23,15 @@ pub const CONFIG: &str = "config.toml";
 /// The model's weights (burn's record; `.bin` is added by the recorder).
 pub const MODEL: &str = "model";
 pub const TOKENIZER: &str = "tokenizer.json";
+/// A finished run's model, as an HF model directory.
+pub const FINAL: &str = "final";
+/// Fine-tuning: the model with the best validation metric, as an HF model directory.
+pub const BEST: &str = "best";
+/// The results file written next to the best model and by `eval`.
+pub const EVAL_RESULTS: &str = "eval_results.json";
+
+/// How models and optimizer states are stored in checkpoints: full precision.
+pub type Recorder32 = BinFileRecorder<FullPrecisionSettings>;
 
 /// Everything besides tensors that a resumed run needs to continue exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,7 +191,7 @@ pub fn write_model<B: Backend, M: Pretrained<B> + Module<B>>(
 ) -> Result<()> {
     model
         .clone()
-        .save_file(dir.join(MODEL), &crate::trainer::Recorder32::new())
+        .save_file(dir.join(MODEL), &Recorder32::new())
         .with_context(|| format!("writing {}", dir.join(MODEL).display()))?;
     let mut config = config.clone();
     config.architectures = vec![M::ARCHITECTURE.to_string()];
@@ -209,10 +219,7 @@ pub fn save_hf_dir<B: Backend, M: Pretrained<B>>(
         save_pretrained(model, config, &tmp)?;
         tokenizer.save_dir(&tmp)?;
         if let Some(scores) = scores {
-            write_atomic(
-                &tmp.join(crate::finetune::EVAL_RESULTS),
-                &serde_json::to_vec_pretty(scores)?,
-            )?;
+            write_atomic(&tmp.join(EVAL_RESULTS), &serde_json::to_vec_pretty(scores)?)?;
         }
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
@@ -244,7 +251,7 @@ pub fn read_model<B: Backend, M: Pretrained<B> + Module<B>>(
     let config = model_config(dir)?;
     let num_labels = config.num_labels().unwrap_or(2);
     let model = M::init(&config, num_labels, device)
-        .load_file(dir.join(MODEL), &crate::trainer::Recorder32::new(), device)
+        .load_file(dir.join(MODEL), &Recorder32::new(), device)
         .with_context(|| format!("{}: model weights", dir.display()))?;
     Ok((model, config))
 }

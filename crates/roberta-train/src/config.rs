@@ -1,5 +1,8 @@
 //! The pretraining and fine-tuning configs: TOML with one section per concern, unknown keys rejected,
 //! `--set section.key=value` overrides, and every value checked before any work starts.
+//! A setting both commands have carries one name in both (`train.seed`, `log.every`,
+//! `eval.every`); the names of earlier releases are still read, with a deprecation
+//! warning, so that users' configs and old checkpoints keep working.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +26,8 @@ pub struct PretrainConfig {
     pub checkpoint: CheckpointSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub eval: PretrainEvalSection,
 }
 
 /// The architecture: a preset, optionally reshaped, or an HF directory to continue from.
@@ -226,30 +231,50 @@ impl Default for CheckpointSection {
 pub struct LogSection {
     /// Write a metrics.jsonl line every this many updates.
     pub every: u64,
-    /// Evaluate on the validation split every this many updates (0: only at the end).
-    pub valid_every: u64,
-    /// Validation batches per evaluation (0: the whole split).
-    pub valid_batches: usize,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
+        Self { every: 10 }
+    }
+}
+
+/// Pretraining's validation: masked-LM loss, perplexity and accuracy on the valid split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainEvalSection {
+    /// Evaluate every this many updates; 0: at the end of every epoch (and always at the end).
+    pub every: u64,
+    /// Validation batches per evaluation (0: the whole split).
+    pub batches: usize,
+}
+
+impl Default for PretrainEvalSection {
+    fn default() -> Self {
         Self {
-            every: 10,
-            valid_every: 500,
-            valid_batches: 50,
+            every: 500,
+            batches: 50,
         }
     }
 }
 
+/// Keys of earlier releases, read into their new place with a warning.
+const PRETRAIN_RENAMED: &[(&str, &str)] = &[
+    ("log.valid_every", "eval.every"),
+    ("log.valid_batches", "eval.batches"),
+];
+const FINETUNE_RENAMED: &[(&str, &str)] = &[("train.log_every", "log.every")];
+
 impl PretrainConfig {
-    /// Reads `path`, applies `--set` overrides, checks every value.
-    pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
-        let config: Self = deserialize(path, read_table(path, sets)?)?;
+    /// Reads `path`, applies `--set` overrides, checks every value. Also returns a
+    /// warning per deprecated key it read.
+    pub fn load(path: &Path, sets: &[String]) -> Result<(Self, Vec<String>)> {
+        let (table, warnings) = read_table(path, sets, PRETRAIN_RENAMED)?;
+        let config: Self = deserialize(path, table)?;
         config
             .validate()
             .with_context(|| format!("{}: invalid config", path.display()))?;
-        Ok(config)
+        Ok((config, warnings))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -331,70 +356,44 @@ impl PretrainConfig {
         m.override_dropout(&mut c);
         c
     }
+}
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serialises")
+impl RunConfig for PretrainConfig {
+    const RENAMED: &[(&str, &str)] = PRETRAIN_RENAMED;
+
+    fn exactness_changes(&self, saved: &Self) -> Vec<String> {
+        let mut changes = Vec::new();
+        changes.extend(section_changes("model", &self.model, &saved.model, None));
+        changes.extend(section_changes("data", &self.data, &saved.data, None));
+        changes.extend(section_changes(
+            "masking",
+            &self.masking,
+            &saved.masking,
+            None,
+        ));
+        changes.extend(section_changes("optim", &self.optim, &saved.optim, None));
+        changes.extend(section_changes(
+            "schedule",
+            &self.schedule,
+            &saved.schedule,
+            Some(&["warmup_steps"]),
+        ));
+        changes.extend(section_changes(
+            "train",
+            &self.train,
+            &saved.train,
+            Some(&["batch_size", "accumulation", "seed", "precision"]),
+        ));
+        changes
     }
 
-    /// Differences that would make a resumed run differ from an uninterrupted one.
-    pub fn exactness_changes(&self, saved: &PretrainConfig) -> Vec<String> {
-        let mut changes = Vec::new();
-        let mut check = |name: &str, a: String, b: String| {
-            if a != b {
-                changes.push(format!("{name}: {b} → {a}"));
-            }
-        };
-        check(
-            "model",
-            format!("{:?}", self.model),
-            format!("{:?}", saved.model),
-        );
-        check(
-            "data",
-            format!("{:?}", self.data),
-            format!("{:?}", saved.data),
-        );
-        check(
-            "masking",
-            format!("{:?}", self.masking),
-            format!("{:?}", saved.masking),
-        );
-        check(
-            "optim",
-            format!("{:?}", self.optim),
-            format!("{:?}", saved.optim),
-        );
-        check(
-            "schedule.warmup_steps",
-            self.schedule.warmup_steps.to_string(),
-            saved.schedule.warmup_steps.to_string(),
-        );
-        check(
-            "train.batch_size",
-            self.train.batch_size.to_string(),
-            saved.train.batch_size.to_string(),
-        );
-        check(
-            "train.accumulation",
-            self.train.accumulation.to_string(),
-            saved.train.accumulation.to_string(),
-        );
-        check(
-            "train.seed",
-            self.train.seed.to_string(),
-            saved.train.seed.to_string(),
-        );
-        check(
-            "train.precision",
-            self.train.precision.to_string(),
-            saved.train.precision.to_string(),
-        );
-        changes
+    fn accumulation_mut(&mut self) -> (usize, &mut usize) {
+        (self.train.batch_size, &mut self.train.accumulation)
     }
 }
 
 /// The kinds of task `finetune` trains, by the head they use and how inputs are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskKind {
     /// One sentence → a label (SST-2, CoLA).
@@ -444,17 +443,6 @@ impl TaskKind {
     /// Whether a larger value of `metric` is better.
     pub fn higher_is_better(metric: &str) -> bool {
         metric != "mse"
-    }
-}
-
-impl std::str::FromStr for TaskKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        TaskKind::deserialize(toml::Value::String(s.to_string())).map_err(|_| {
-            format!(
-                "unknown task `{s}`; expected classification, pair-classification, regression, qa or token-classification"
-            )
-        })
     }
 }
 
@@ -591,9 +579,11 @@ pub struct FinetuneConfig {
     #[serde(default)]
     pub train: FinetuneTrainSection,
     #[serde(default)]
-    pub eval: EvalSection,
+    pub eval: FinetuneEvalSection,
     #[serde(default)]
     pub checkpoint: CheckpointSection,
+    #[serde(default)]
+    pub log: LogSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -638,8 +628,6 @@ pub struct FinetuneTrainSection {
     pub max_steps: u64,
     /// Updates whose loss is NaN or infinite are skipped; this many in a row abort.
     pub max_bad_steps: u32,
-    /// Write a metrics.jsonl line every this many updates.
-    pub log_every: u64,
     /// "bf16" or "fp32", as in pretraining's `train.precision`.
     pub precision: Precision,
 }
@@ -650,11 +638,10 @@ impl Default for FinetuneTrainSection {
             epochs: 10,
             batch_size: 32,
             accumulation: 1,
-            seed: 1,
+            seed: 0,
             warmup_ratio: 0.06,
             max_steps: 0,
             max_bad_steps: 5,
-            log_every: 10,
             precision: Precision::F32,
         }
     }
@@ -662,7 +649,7 @@ impl Default for FinetuneTrainSection {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct EvalSection {
+pub struct FinetuneEvalSection {
     /// Evaluate every this many updates; 0: at the end of every epoch.
     pub every: u64,
     /// The metric that picks the best checkpoint (default: the task's, such as
@@ -674,7 +661,7 @@ pub struct EvalSection {
     pub batch_size: usize,
 }
 
-impl Default for EvalSection {
+impl Default for FinetuneEvalSection {
     fn default() -> Self {
         Self {
             every: 0,
@@ -686,9 +673,10 @@ impl Default for EvalSection {
 }
 
 impl FinetuneConfig {
-    /// Reads `path`, applies `--set` overrides, checks every value.
-    pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
-        let mut value = read_table(path, sets)?;
+    /// Reads `path`, applies `--set` overrides, checks every value. Also returns a
+    /// warning per deprecated key it read.
+    pub fn load(path: &Path, sets: &[String]) -> Result<(Self, Vec<String>)> {
+        let (mut value, warnings) = read_table(path, sets, FINETUNE_RENAMED)?;
         // The optimizer defaults differ from pretraining's: fill the keys a file leaves out.
         let optim = value
             .entry("optim")
@@ -703,7 +691,7 @@ impl FinetuneConfig {
         config
             .validate()
             .with_context(|| format!("{}: invalid config", path.display()))?;
-        Ok(config)
+        Ok((config, warnings))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -715,7 +703,7 @@ impl FinetuneConfig {
             ("train.batch_size", t.batch_size as u64),
             ("train.accumulation", t.accumulation as u64),
             ("train.max_bad_steps", u64::from(t.max_bad_steps)),
-            ("train.log_every", t.log_every),
+            ("log.every", self.log.every),
             ("eval.batch_size", self.eval.batch_size as u64),
             ("checkpoint.keep", self.checkpoint.keep as u64),
         ] {
@@ -769,77 +757,157 @@ impl FinetuneConfig {
             .as_deref()
             .unwrap_or(self.task.kind.default_metric())
     }
+}
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serialises")
+impl RunConfig for FinetuneConfig {
+    const RENAMED: &[(&str, &str)] = FINETUNE_RENAMED;
+
+    fn exactness_changes(&self, saved: &Self) -> Vec<String> {
+        let mut changes = Vec::new();
+        changes.extend(section_changes("task", &self.task, &saved.task, None));
+        changes.extend(section_changes("data", &self.data, &saved.data, None));
+        changes.extend(section_changes("model", &self.model, &saved.model, None));
+        changes.extend(section_changes("optim", &self.optim, &saved.optim, None));
+        changes.extend(section_changes(
+            "train",
+            &self.train,
+            &saved.train,
+            Some(&[
+                "batch_size",
+                "accumulation",
+                "seed",
+                "epochs",
+                "warmup_ratio",
+                "max_steps",
+                "precision",
+            ]),
+        ));
+        changes
     }
 
-    /// Differences that would make a resumed run differ from an uninterrupted one.
-    pub fn exactness_changes(&self, saved: &FinetuneConfig) -> Vec<String> {
-        let mut changes = Vec::new();
-        for (name, a, b) in [
-            (
-                "task",
-                format!("{:?}", self.task),
-                format!("{:?}", saved.task),
-            ),
-            (
-                "data",
-                format!("{:?}", self.data),
-                format!("{:?}", saved.data),
-            ),
-            (
-                "model",
-                format!("{:?}", self.model),
-                format!("{:?}", saved.model),
-            ),
-            (
-                "optim",
-                format!("{:?}", self.optim),
-                format!("{:?}", saved.optim),
-            ),
-            (
-                "train (batch, seed, epochs, warmup, precision)",
-                format!(
-                    "{} {} {} {} {} {} {}",
-                    self.train.batch_size,
-                    self.train.accumulation,
-                    self.train.seed,
-                    self.train.epochs,
-                    self.train.warmup_ratio,
-                    self.train.max_steps,
-                    self.train.precision
-                ),
-                format!(
-                    "{} {} {} {} {} {} {}",
-                    saved.train.batch_size,
-                    saved.train.accumulation,
-                    saved.train.seed,
-                    saved.train.epochs,
-                    saved.train.warmup_ratio,
-                    saved.train.max_steps,
-                    saved.train.precision
-                ),
-            ),
-        ] {
-            if a != b {
-                changes.push(format!("{name}: {b} → {a}"));
-            }
-        }
-        changes
+    fn accumulation_mut(&mut self) -> (usize, &mut usize) {
+        (self.train.batch_size, &mut self.train.accumulation)
     }
 }
 
-/// A config file as a TOML table, with the `--set` overrides applied.
-fn read_table(path: &Path, sets: &[String]) -> Result<toml::Table> {
+/// What the trainer needs of either config: its saved form, and what may not change
+/// between a checkpoint and the run that resumes it.
+pub trait RunConfig: Serialize + serde::de::DeserializeOwned {
+    /// Keys of earlier releases and where they live now.
+    const RENAMED: &[(&str, &str)];
+
+    /// Differences that would make a resumed run differ from an uninterrupted one, as
+    /// `section.key: saved → now`.
+    fn exactness_changes(&self, saved: &Self) -> Vec<String>;
+
+    /// The micro-batch size and the accumulation, which a resume on another number of
+    /// devices rescales.
+    fn accumulation_mut(&mut self) -> (usize, &mut usize);
+
+    fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// A config saved in a run directory or checkpoint (possibly by an earlier release).
+    fn from_saved(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+        rename_deprecated(&mut table, Self::RENAMED)
+            .with_context(|| format!("{}: saved config", path.display()))?;
+        deserialize(path, table)
+            .with_context(|| format!("{} is not a config of this command", path.display()))
+    }
+}
+
+/// The keys of one section whose values differ (all keys, or those in `only`), compared
+/// as typed TOML values.
+fn section_changes<T: Serialize>(
+    section: &str,
+    now: &T,
+    saved: &T,
+    only: Option<&[&str]>,
+) -> Vec<String> {
+    let table = |v: &T| match toml::Value::try_from(v) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    let (now, saved) = (table(now), table(saved));
+    let mut keys: Vec<&String> = now.keys().chain(saved.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&toml::Value>| match v {
+        None => "(unset)".to_string(),
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    keys.into_iter()
+        .filter(|k| only.is_none_or(|only| only.contains(&k.as_str())))
+        .filter(|k| now.get(*k) != saved.get(*k))
+        .map(|k| {
+            format!(
+                "{section}.{k}: {} → {}",
+                show(saved.get(k)),
+                show(now.get(k))
+            )
+        })
+        .collect()
+}
+
+/// Moves each deprecated `old` key to `new`, returning a warning per key moved.
+fn rename_deprecated(table: &mut toml::Table, renamed: &[(&str, &str)]) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    for (old, new) in renamed {
+        let (old_section, old_key) = old.split_once('.').expect("section.key");
+        let Some(value) = table
+            .get_mut(old_section)
+            .and_then(toml::Value::as_table_mut)
+            .and_then(|t| t.remove(old_key))
+        else {
+            continue;
+        };
+        let (new_section, new_key) = new.split_once('.').expect("section.key");
+        let section = table
+            .entry(new_section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section) = section.as_table_mut() else {
+            bail!("`{new_section}` is not a section");
+        };
+        if section.contains_key(new_key) {
+            bail!("{old} (deprecated) and {new} are both set: keep {new}");
+        }
+        section.insert(new_key.to_string(), value);
+        warnings.push(format!("config key {old} is deprecated: it is now {new}"));
+    }
+    Ok(warnings)
+}
+
+/// A config file as a TOML table, with deprecated keys renamed and then the `--set`
+/// overrides applied (which may use either name).
+fn read_table(
+    path: &Path,
+    sets: &[String],
+    renamed: &[(&str, &str)],
+) -> Result<(toml::Table, Vec<String>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+    let mut warnings = rename_deprecated(&mut table, renamed)
+        .with_context(|| format!("{}: invalid config", path.display()))?;
     for set in sets {
-        apply_set(&mut table, set)?;
+        let key = set.split_once('=').map_or("", |(k, _)| k.trim());
+        let set = match renamed.iter().find(|(old, _)| *old == key) {
+            Some((old, new)) => {
+                warnings.push(format!("--set {old} is deprecated: it is now {new}"));
+                set.replacen(old, new, 1)
+            }
+            None => set.clone(),
+        };
+        apply_set(&mut table, &set)?;
     }
-    Ok(table)
+    Ok((table, warnings))
 }
 
 /// The typed config; serde's message names the unknown key or the bad value.
@@ -899,6 +967,10 @@ batch_size = 4
 "#;
 
     fn load(text: &str, sets: &[&str]) -> Result<PretrainConfig> {
+        load_warned(text, sets).map(|(c, _)| c)
+    }
+
+    fn load_warned(text: &str, sets: &[&str]) -> Result<(PretrainConfig, Vec<String>)> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, text).unwrap();
@@ -912,19 +984,20 @@ batch_size = 4
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                PretrainConfig::load(&path, &[])
+                let (_, warnings) = PretrainConfig::load(&path, &[])
                     .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert!(warnings.is_empty(), "{}: {warnings:?}", path.display());
                 seen += 1;
             }
         }
         assert_eq!(seen, 3);
-        let base = PretrainConfig::load(&dir.join("roberta-base.toml"), &[]).unwrap();
+        let (base, _) = PretrainConfig::load(&dir.join("roberta-base.toml"), &[]).unwrap();
         assert_eq!(
             base.train.batch_size * base.train.accumulation,
             8192,
             "8K sequences per update"
         );
-        let large = PretrainConfig::load(&dir.join("roberta-large.toml"), &[]).unwrap();
+        let (large, _) = PretrainConfig::load(&dir.join("roberta-large.toml"), &[]).unwrap();
         assert_eq!(large.train.batch_size * large.train.accumulation, 8192);
         assert_eq!((large.optim.lr, large.schedule.warmup_steps), (4e-4, 30000));
     }
@@ -935,8 +1008,9 @@ batch_size = 4
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            let c = FinetuneConfig::load(&path, &[])
+            let (c, warnings) = FinetuneConfig::load(&path, &[])
                 .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert!(warnings.is_empty(), "{}: {warnings:?}", path.display());
             assert!((1e-5..=3e-5).contains(&c.optim.lr), "{}", path.display());
             assert_eq!((c.optim.beta2, c.optim.eps), (0.98, 1e-6));
             assert!((c.train.warmup_ratio - 0.06).abs() < 1e-12);
@@ -955,8 +1029,9 @@ batch_size = 4
             "[task]\ntype = \"classification\"\n[data]\ntrain = \"t.tsv\"\n",
         )
         .unwrap();
-        let c = FinetuneConfig::load(&p, &[]).unwrap();
+        let (c, _) = FinetuneConfig::load(&p, &[]).unwrap();
         assert_eq!((c.optim.lr, c.optim.weight_decay), (1e-5, 0.1));
+        assert_eq!(c.train.seed, 0, "the same default seed as pretraining");
         assert_eq!((c.train.epochs, c.train.batch_size), (10, 32));
         assert_eq!(c.metric(), "accuracy");
         let err = format!(
@@ -1034,6 +1109,27 @@ batch_size = 4
         b.log.every = 1;
         assert!(b.exactness_changes(&a).is_empty());
         b.train.seed = 9;
-        assert_eq!(b.exactness_changes(&a).len(), 1);
+        b.model.hidden_size = Some(256);
+        assert_eq!(
+            b.exactness_changes(&a),
+            ["model.hidden_size: (unset) → 256", "train.seed: 0 → 9"]
+        );
+    }
+
+    #[test]
+    fn deprecated_names_are_read_with_a_warning() {
+        let old = MINIMAL.to_string() + "[log]\nevery = 5\nvalid_every = 7\n";
+        let (c, warnings) = load_warned(&old, &["log.valid_batches=3"]).unwrap();
+        assert_eq!((c.log.every, c.eval.every, c.eval.batches), (5, 7, 3));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("log.valid_every") && warnings[0].contains("eval.every"));
+        let both = old + "[eval]\nevery = 2\n";
+        let err = format!("{:#}", load(&both, &[]).unwrap_err());
+        assert!(err.contains("keep eval.every"), "{err}");
+        // A checkpoint's config.toml of an earlier release still reads.
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("config.toml");
+        std::fs::write(&saved, MINIMAL.to_string() + "[log]\nvalid_every = 7\n").unwrap();
+        assert_eq!(PretrainConfig::from_saved(&saved).unwrap().eval.every, 7);
     }
 }

@@ -5,6 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// `name value` pairs for a log line.
+pub fn format_metrics(m: &Metrics) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
 pub fn accuracy(predicted: &[usize], gold: &[usize]) -> f64 {
     let correct = predicted.iter().zip(gold).filter(|(p, g)| p == g).count();
     correct as f64 / gold.len().max(1) as f64

@@ -9,10 +9,11 @@ use anyhow::{Result, bail};
 use burn::collective::{
     CollectiveConfig, PeerId, ReduceOperation, all_reduce, finish_collective, register,
 };
-use burn::module::{ModuleMapper, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
+use burn::tensor::backend::AutodiffBackend;
 
 pub fn collective_config(world: usize) -> CollectiveConfig {
     CollectiveConfig::default().with_num_devices(world)
@@ -71,11 +72,37 @@ impl<B: Backend> Group<B> {
     }
 
     /// The sum of every replica's gradients (each already divided by the window's
-    /// masked-token count over all replicas): the gradient of the whole update.
-    pub fn sum_gradients(&self, grads: GradientsParams) -> Result<GradientsParams> {
+    /// target count over all replicas): the gradient of the whole update. A replica
+    /// whose share of the window was empty (the end of a fine-tuning epoch) contributes
+    /// zeros: every peer must reduce the same parameters in the same order.
+    pub fn sum_gradients<AB, M>(
+        &self,
+        mut grads: GradientsParams,
+        model: &M,
+    ) -> Result<GradientsParams>
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
         if self.world == 1 {
             return Ok(grads);
         }
+        struct Zeros<'a, B: Backend> {
+            grads: &'a mut GradientsParams,
+            device: &'a B::Device,
+        }
+        impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleVisitor<AB> for Zeros<'_, B> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+                if self.grads.get::<B, D>(param.id).is_none() {
+                    let zeros = Tensor::<B, D>::zeros(param.val().shape(), self.device);
+                    self.grads.register(param.id, zeros);
+                }
+            }
+        }
+        model.visit(&mut Zeros::<B> {
+            grads: &mut grads,
+            device: &self.device,
+        });
         grads
             .all_reduce::<B>(self.peer, ReduceOperation::Sum)
             .map_err(|e| collective_error("gradient all-reduce", e))

@@ -1,37 +1,82 @@
-//! What every training loop of this binary shares: the learning-rate schedule, AdamW
-//! with and without weight decay, global-norm clipping, where a run resumes from, the
-//! metrics file and the stop signal. `pretrain` and `finetune` differ only in data,
-//! model and loss.
+//! The one training loop, for pretraining and every fine-tuning task alike. It reads top
+//! to bottom like nanoGPT's `train.py`: next window of micro-batches, forward, backward,
+//! accumulate, all-reduce, clip, step, schedule, log, evaluate, checkpoint. What differs
+//! between tasks comes from a [`Task`]: its batches, its loss and target count, its
+//! evaluation.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
-use roberta_model::Precision;
+use roberta_data::RobertaTokenizer;
+use roberta_model::{Precision, RobertaConfig};
+use serde::Serialize;
 
-use crate::checkpoint;
-use crate::config::OptimSection;
+use crate::checkpoint::{self, Best, Recorder32, TrainerState};
+use crate::config::{OptimSection, RunConfig};
+use crate::metrics::{Metrics, format_metrics};
+use crate::optim::{AdamWGroups, learning_rate};
+use crate::parallel::{self, Group};
+use crate::tasks::{BatchPlan, Task};
 
-/// Linear warmup from 0 to `peak` over `warmup` updates, then linear decay to 0 at
-/// `total`. `step` counts from 1 (the update about to be taken).
-pub fn learning_rate(step: u64, peak: f64, warmup: u64, total: u64) -> f64 {
-    if step <= warmup {
-        peak * step as f64 / warmup.max(1) as f64
-    } else {
-        peak * (total.saturating_sub(step)) as f64 / (total - warmup).max(1) as f64
-    }
+/// How a run trains, whatever the task.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Rows per micro-batch on each device.
+    pub batch_size: usize,
+    /// Micro-batches per update on each device.
+    pub accumulation: usize,
+    pub seed: u64,
+    pub precision: Precision,
+    pub max_bad_steps: u32,
+    pub optim: OptimSection,
+    pub warmup: u64,
+    /// Updates in the whole run.
+    pub total: u64,
+    /// A metrics line every this many updates.
+    pub log_every: u64,
+    /// Evaluate every this many updates; 0: at the end of every epoch.
+    pub eval_every: u64,
+    /// Keep the best evaluated model in `best/` (fine-tuning).
+    pub best: Option<BestPolicy>,
+    /// A checkpoint every this many updates (0: only at the end).
+    pub checkpoint_every: u64,
+    pub keep: usize,
 }
 
-pub type Recorder32 = BinFileRecorder<FullPrecisionSettings>;
+/// Which evaluation is the best, and when to stop looking for a better one.
+#[derive(Debug, Clone)]
+pub struct BestPolicy {
+    pub metric: String,
+    pub higher_is_better: bool,
+    /// Stop after this many evaluations without a better value (0: never).
+    pub patience: u64,
+}
+
+/// What a run writes beside the tensors: its config, and the model's HF config and
+/// tokenizer (into checkpoints, `best/` and `final/`).
+pub struct RunFiles {
+    pub run_dir: PathBuf,
+    pub config_toml: String,
+    pub model_config: RobertaConfig,
+    pub tokenizer: RobertaTokenizer,
+}
+
+/// How a run ended.
+pub struct Outcome {
+    pub state: TrainerState,
+    /// A signal stopped it before the last update: no `final/`.
+    pub stopped: bool,
+}
 
 /// Makes dropout a function of (seed, update, micro-batch), so that a resumed run draws
 /// the same dropout masks as an uninterrupted one.
@@ -39,154 +84,467 @@ pub fn seed_dropout<B: Backend>(device: &B::Device, seed: u64, step: u64, micro:
     B::seed(device, seed ^ (step << 16) ^ micro as u64 ^ 0xD0_0000_0000);
 }
 
-/// Parameter ids split the way weight decay is: matrices (weights, embeddings) decay,
-/// vectors (biases, LayerNorm) do not.
+/// One line of `metrics.jsonl`.
+#[derive(Serialize, Default)]
+struct MetricsLine {
+    step: u64,
+    epoch: u64,
+    loss: f64,
+    lr: f64,
+    grad_norm: f64,
+    tokens_per_s: f64,
+    /// Masked LM: accuracy on the masked tokens since the last line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    masked_acc: Option<f64>,
+    /// `valid_<metric>` of an evaluation at this step.
+    #[serde(flatten)]
+    valid: BTreeMap<String, f64>,
+    bad_steps: u64,
+}
+
+/// Sums since the last metrics line.
 #[derive(Default)]
-struct ParamGroups {
-    matrices: Vec<ParamId>,
-    vectors: Vec<ParamId>,
+struct Interval {
+    loss: f64,
+    targets: f64,
+    correct: Option<f64>,
+    tokens: f64,
 }
 
-impl<B: Backend> ModuleVisitor<B> for ParamGroups {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        assert!(D <= 2, "RoBERTa has only vector and matrix parameters");
-        if D == 1 {
-            self.vectors.push(param.id);
-        } else {
-            self.matrices.push(param.id);
-        }
-    }
-}
-
-impl ParamGroups {
-    fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
-        let mut groups = Self::default();
-        module.visit(&mut groups);
-        groups
-    }
-
-    /// PyTorch's `clip_grad_norm_` norm: over all gradients at once, not per tensor.
-    /// Matrices are summed row by row first: burn's CPU backend sums a tensor of 4M
-    /// elements or more on rayon's threads in an order that varies from run to run (the
-    /// word embeddings' gradient is 38M), which would make clipping, and so a resume,
-    /// inexact.
-    fn global_norm<B: Backend>(&self, grads: &GradientsParams, device: &B::Device) -> f64 {
-        let mut total = Tensor::<B, 1>::zeros([1], device);
-        for &id in &self.matrices {
-            if let Some(g) = grads.get::<B, 2>(id) {
-                total = total + g.powi_scalar(2).sum_dim(1).sum();
-            }
-        }
-        for &id in &self.vectors {
-            if let Some(g) = grads.get::<B, 1>(id) {
-                total = total + g.powi_scalar(2).sum();
-            }
-        }
-        (total.into_scalar().elem::<f64>()).sqrt()
-    }
-
-    fn scale<B: Backend>(&self, grads: &mut GradientsParams, factor: f64) {
-        for &id in &self.matrices {
-            if let Some(g) = grads.remove::<B, 2>(id) {
-                grads.register(id, g * factor);
-            }
-        }
-        for &id in &self.vectors {
-            if let Some(g) = grads.remove::<B, 1>(id) {
-                grads.register(id, g * factor);
-            }
-        }
-    }
-
-    /// Moves the vector parameters' gradients into their own set, for the optimizer
-    /// without weight decay.
-    fn take_vectors<B: Backend>(&self, grads: &mut GradientsParams) -> GradientsParams {
-        let mut vectors = GradientsParams::new();
-        for &id in &self.vectors {
-            if let Some(g) = grads.remove::<B, 1>(id) {
-                vectors.register(id, g);
-            }
-        }
-        vectors
-    }
-}
-
-const OPTIM_DECAY: &str = "optim-decay";
-const OPTIM_PLAIN: &str = "optim-no-decay";
-
-/// AdamW as the paper uses it: decoupled weight decay on matrices only (a second AdamW
-/// without decay takes the biases and LayerNorm parameters), after clipping the global
-/// gradient norm.
-pub struct AdamWGroups<B: AutodiffBackend, M: AutodiffModule<B>> {
-    decay: OptimizerAdaptor<AdamW, M, B>,
-    plain: OptimizerAdaptor<AdamW, M, B>,
-    groups: ParamGroups,
-    clip_norm: f64,
-}
-
-impl<B: AutodiffBackend, M: AutodiffModule<B>> AdamWGroups<B, M> {
-    pub fn new(optim: &OptimSection, model: &M) -> Self {
-        let adamw = |decay: f64| {
-            AdamWConfig::new()
-                .with_beta_1(optim.beta1 as f32)
-                .with_beta_2(optim.beta2 as f32)
-                .with_epsilon(optim.eps as f32)
-                .with_weight_decay(decay as f32)
-                .init::<B, M>()
+/// Trains `model` on `task` over `devices` (one replica each), from a checkpoint when
+/// `resume` names one; writes checkpoints, `best/` and, unless stopped, `final/`.
+pub fn train<B: AutodiffBackend, T: Task<B>>(
+    task: &T,
+    devices: &[B::Device],
+    mut model: T::Model,
+    resume: Option<&checkpoint::Found>,
+    settings: &Settings,
+    files: &RunFiles,
+) -> Result<Outcome> {
+    let world = devices.len();
+    let mut state = TrainerState {
+        devices: world,
+        ..TrainerState::default()
+    };
+    if let Some((path, saved)) = resume {
+        model = model
+            .load_file(
+                path.join(checkpoint::MODEL),
+                &Recorder32::new(),
+                &devices[0],
+            )
+            .with_context(|| format!("{}: model", path.display()))?;
+        state = TrainerState {
+            devices: world,
+            ..saved.clone()
         };
-        Self {
-            decay: adamw(optim.weight_decay),
-            plain: adamw(0.0),
-            groups: ParamGroups::of(model),
-            clip_norm: optim.clip_norm,
+        tracing::info!("resumed from {} at step {}", path.display(), state.step);
+    }
+    let model = parallel::number_params(model);
+    let optimizer = |model: &T::Model, device: &B::Device| {
+        let optim = AdamWGroups::<B, T::Model>::new(&settings.optim, model);
+        match resume {
+            Some((path, _)) => optim.load(path, model, device),
+            None => Ok(optim),
         }
+    };
+    let collective = parallel::collective_config(world);
+    let replica = |rank: usize| -> Result<Replica<'_, B, T>> {
+        Ok(Replica {
+            task,
+            settings,
+            rank,
+            world,
+            device: devices[rank].clone(),
+            group: Group::join(rank, world, &devices[rank], &collective)?,
+        })
+    };
+    let (model, state, stopped) = std::thread::scope(|scope| -> Result<_> {
+        // Replicas 1…N-1 run on their own threads; replica 0, on this one, also logs,
+        // evaluates and checkpoints.
+        let mut others = Vec::new();
+        for (rank, device) in devices.iter().enumerate().skip(1) {
+            let copy = model.clone().fork(device);
+            let optim = optimizer(&copy, device)?;
+            let state = state.clone();
+            let replica = &replica;
+            others.push(scope.spawn(move || replica(rank)?.run(copy, optim, state, None)));
+        }
+        let optim = optimizer(&model, &devices[0])?;
+        let leader = Leader {
+            files,
+            metrics: MetricsFile::open(&files.run_dir, state.step)?,
+            stop: stop_flag()?,
+            bar: crate::progress::steps_bar(settings.total, state.step),
+            saved_step: state.step,
+            early_stop: false,
+        };
+        let outcome = replica(0)?.run(model, optim, state, Some(leader));
+        for other in others {
+            other
+                .join()
+                .map_err(|_| anyhow::anyhow!("a replica thread panicked"))??;
+        }
+        outcome
+    })?;
+    if stopped {
+        tracing::info!(
+            "stopped by signal at step {}; continue with --resume auto --run-dir {}",
+            state.step,
+            files.run_dir.display()
+        );
+        return Ok(Outcome { state, stopped });
+    }
+    let curves = files.run_dir.join(crate::plot::PLOT_FILE);
+    match crate::plot::plot_run(&files.run_dir, &curves) {
+        Ok(()) => tracing::info!("curves in {}", curves.display()),
+        Err(e) => tracing::warn!("no plot: {e:#}"),
+    }
+    checkpoint::save_hf_dir(
+        &files.run_dir.join(checkpoint::FINAL),
+        &model.valid(),
+        &files.model_config,
+        &files.tokenizer,
+        None,
+    )?;
+    Ok(Outcome { state, stopped })
+}
+
+/// One replica's part of the run.
+struct Replica<'a, B: AutodiffBackend, T: Task<B>> {
+    task: &'a T,
+    settings: &'a Settings,
+    rank: usize,
+    world: usize,
+    device: B::Device,
+    group: Group<B::InnerBackend>,
+}
+
+/// What only replica 0 does: metrics, evaluation, `best/`, checkpoints, the stop signal.
+struct Leader<'a> {
+    files: &'a RunFiles,
+    metrics: MetricsFile,
+    stop: Arc<AtomicBool>,
+    bar: indicatif::ProgressBar,
+    /// The step of the newest checkpoint.
+    saved_step: u64,
+    early_stop: bool,
+}
+
+impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
+    /// The loop. Every replica takes its share of each micro-batch; the window's target
+    /// count, the gradients, the logged sums and the decision to stop are all-reduced,
+    /// so every replica takes the same updates. Returns the model, the state, and
+    /// whether a signal stopped the run.
+    fn run(
+        self,
+        mut model: T::Model,
+        mut optim: AdamWGroups<B, T::Model>,
+        mut state: TrainerState,
+        mut leader: Option<Leader<'_>>,
+    ) -> Result<(T::Model, TrainerState, bool)> {
+        let s = self.settings;
+        let mut batches = self.task.batches(BatchPlan {
+            rank: self.rank,
+            world: self.world,
+            batch_size: s.batch_size,
+            seed: s.seed,
+            start: state.loader,
+        });
+        let (mut interval, mut interval_start) = (Interval::default(), Instant::now());
+        let mut stopped = false;
+        while state.step < s.total {
+            // 1. The window: this update's micro-batches, their target count over all
+            //    replicas, and whether replica 0 was asked to stop.
+            let window = batches.next_window(s.accumulation);
+            let local_targets: usize = window.batches.iter().map(|b| self.task.targets(b)).sum();
+            let (signal, early) = leader.as_ref().map_or((false, false), |l| {
+                (l.stop.load(Ordering::Relaxed), l.early_stop)
+            });
+            let [window_targets, signal, early] = self.sum([
+                local_targets as f64,
+                f64::from(u8::from(signal)),
+                f64::from(u8::from(early)),
+            ])?;
+            if signal > 0.0 || early > 0.0 {
+                stopped = signal > 0.0;
+                break;
+            }
+            state.loader = window.next;
+            let epoch_done = window.next.epoch > window.epoch;
+
+            // 2. Forward and backward each micro-batch; its summed loss over the window's
+            //    target count, so the accumulated gradient is that of one big batch.
+            let forward = s.precision.forward_model(&model);
+            let mut accumulator = GradientsAccumulator::<T::Model>::new();
+            let (mut loss_sum, mut correct, mut counts_correct) = (0.0f64, 0.0f64, false);
+            for (i, batch) in window.batches.iter().enumerate() {
+                // Dropout masks become a function of (seed, step, micro-batch): exact resume.
+                seed_dropout::<B>(&self.device, s.seed, state.step, i * self.world + self.rank);
+                let Some(step) = self.task.loss(&forward, batch, &self.device) else {
+                    continue;
+                };
+                loss_sum += step.sum.clone().inner().into_scalar().elem::<f64>();
+                if let Some(c) = step.correct {
+                    correct += c;
+                    counts_correct = true;
+                }
+                let grads = (step.sum / window_targets.max(1.0)).backward();
+                accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+            }
+            let grads = self.group.sum_gradients(accumulator.grads(), &model)?;
+            let local_tokens: usize = window.batches.iter().map(|b| self.task.tokens(b)).sum();
+            let [loss_sum, correct, tokens] = self.sum([loss_sum, correct, local_tokens as f64])?;
+            let loss = loss_sum / window_targets.max(1.0);
+            state.tokens += tokens as u64;
+            interval.tokens += tokens;
+
+            // 3. A non-finite loss skips the update; too many in a row abort.
+            if !loss.is_finite() || window_targets == 0.0 {
+                state.skip_update(loss, s.max_bad_steps)?;
+                continue;
+            }
+            state.bad_in_a_row = 0;
+
+            // 4. Clip the global norm, then step both AdamW groups at the scheduled rate.
+            let lr = learning_rate(state.step + 1, s.optim.lr, s.warmup, s.total);
+            let (stepped, norm) = optim.step(lr, model, grads, &self.device);
+            model = stepped;
+            state.step += 1;
+            interval.loss += loss_sum;
+            interval.targets += window_targets;
+            if counts_correct {
+                *interval.correct.get_or_insert(0.0) += correct;
+            }
+
+            // 5. Log, evaluate, checkpoint (replica 0).
+            if let Some(leader) = leader.as_mut() {
+                let done = std::mem::take(&mut interval);
+                let logged = self.after_update(
+                    leader,
+                    &model,
+                    &optim,
+                    &mut state,
+                    Update {
+                        lr,
+                        norm,
+                        epoch: window.epoch,
+                        epoch_done,
+                        interval: done,
+                        seconds: interval_start.elapsed().as_secs_f64(),
+                    },
+                )?;
+                match logged {
+                    Some(kept) => interval = kept,
+                    None => interval_start = Instant::now(),
+                }
+            }
+        }
+        if let Some(leader) = leader.as_mut() {
+            leader.bar.finish_and_clear();
+            if leader.saved_step != state.step {
+                leader.metrics.sync();
+                self.save(leader, &model, &optim, &state)?;
+            }
+        }
+        self.group.leave()?;
+        Ok((model, state, stopped))
     }
 
-    /// Clips, then steps both groups at `lr`; returns the model and the gradient norm
-    /// before clipping.
-    pub fn step(
-        &mut self,
-        lr: f64,
-        model: M,
-        mut grads: GradientsParams,
-        device: &B::Device,
-    ) -> (M, f64) {
-        let norm = self.groups.global_norm::<B::InnerBackend>(&grads, device);
-        if self.clip_norm > 0.0 && norm > self.clip_norm {
-            self.groups
-                .scale::<B::InnerBackend>(&mut grads, self.clip_norm / (norm + 1e-6));
-        }
-        let vectors = self.groups.take_vectors::<B::InnerBackend>(&mut grads);
-        let model = self.decay.step(lr, model, grads);
-        (self.plain.step(lr, model, vectors), norm)
+    fn sum<const N: usize>(&self, values: [f64; N]) -> Result<[f64; N]> {
+        let summed = self.group.sum(&values)?;
+        Ok(<[f64; N]>::try_from(summed).expect("one sum per value"))
     }
 
-    /// Writes both optimizers' moments into a checkpoint directory.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        for (name, optim) in [(OPTIM_DECAY, &self.decay), (OPTIM_PLAIN, &self.plain)] {
-            let path = dir.join(name);
-            Recorder32::new()
-                .record(optim.to_record(), path.clone())
-                .with_context(|| format!("writing {}", path.display()))?;
+    /// Replica 0 after an update: the metrics line, the evaluation (and `best/`), the
+    /// checkpoint. Returns the interval back when no line was written yet.
+    fn after_update(
+        &self,
+        leader: &mut Leader<'_>,
+        model: &T::Model,
+        optim: &AdamWGroups<B, T::Model>,
+        state: &mut TrainerState,
+        update: Update,
+    ) -> Result<Option<Interval>> {
+        let s = self.settings;
+        let step = state.step;
+        let evaluate_now = self.task.has_valid()
+            && (step == s.total
+                || if s.eval_every > 0 {
+                    step.is_multiple_of(s.eval_every)
+                } else {
+                    update.epoch_done
+                });
+        let log_now = step.is_multiple_of(s.log_every) || evaluate_now || step == s.total;
+        leader.bar.set_position(step);
+        if !log_now {
+            return Ok(Some(update.interval));
         }
+        let i = &update.interval;
+        let mut line = MetricsLine {
+            step,
+            epoch: update.epoch,
+            loss: i.loss / i.targets.max(1.0),
+            lr: update.lr,
+            grad_norm: update.norm,
+            tokens_per_s: i.tokens / update.seconds.max(1e-9),
+            masked_acc: i.correct.map(|c| c / i.targets.max(1.0)),
+            valid: BTreeMap::new(),
+            bad_steps: state.bad_steps,
+        };
+        leader.bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            line.loss, line.lr, line.tokens_per_s
+        ));
+        if evaluate_now {
+            let inner = model.valid();
+            let scores = self.task.evaluate(&inner, &self.device)?;
+            let improved = match &s.best {
+                Some(policy) => self.keep_best(leader, &inner, state, policy, &scores)?,
+                None => false,
+            };
+            leader.bar.println(format!(
+                "step {step:>7}  valid {}{}",
+                format_metrics(&scores),
+                if improved { "  (best)" } else { "" }
+            ));
+            tracing::info!("step {step} valid {}", format_metrics(&scores));
+            line.valid = scores
+                .into_iter()
+                .map(|(k, v)| (format!("valid_{k}"), v))
+                .collect();
+        }
+        leader.metrics.write(&line)?;
+        let periodic = s.checkpoint_every > 0 && step.is_multiple_of(s.checkpoint_every);
+        // With a best model, the state records the best and the evaluations since: a
+        // checkpoint keeps them in step with `best/`.
+        if periodic || step == s.total || (evaluate_now && s.best.is_some()) {
+            leader.metrics.sync();
+            self.save(leader, model, optim, state)?;
+        }
+        Ok(None)
+    }
+
+    /// Compares an evaluation with the best so far; an improvement is written to
+    /// `best/`, and `patience` evaluations without one ask for an early stop.
+    fn keep_best(
+        &self,
+        leader: &mut Leader<'_>,
+        inner: &<T::Model as AutodiffModule<B>>::InnerModule,
+        state: &mut TrainerState,
+        policy: &BestPolicy,
+        scores: &Metrics,
+    ) -> Result<bool> {
+        let Some(&value) = scores.get(&policy.metric) else {
+            bail!(
+                "the evaluation reports no `{}` (it reports {})",
+                policy.metric,
+                scores.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        let improved = state.best.as_ref().is_none_or(|b| {
+            if policy.higher_is_better {
+                value > b.value
+            } else {
+                value < b.value
+            }
+        });
+        if improved {
+            state.best = Some(Best {
+                step: state.step,
+                value,
+                stale: 0,
+            });
+            let files = leader.files;
+            checkpoint::save_hf_dir(
+                &files.run_dir.join(checkpoint::BEST),
+                inner,
+                &files.model_config,
+                &files.tokenizer,
+                Some(scores),
+            )?;
+        } else if let Some(best) = &mut state.best {
+            best.stale += 1;
+            if policy.patience > 0 && best.stale >= policy.patience {
+                leader.early_stop = true;
+                tracing::info!(
+                    "early stop: {} evaluations without a better {}",
+                    policy.patience,
+                    policy.metric
+                );
+            }
+        }
+        Ok(improved)
+    }
+
+    fn save(
+        &self,
+        leader: &mut Leader<'_>,
+        model: &T::Model,
+        optim: &AdamWGroups<B, T::Model>,
+        state: &TrainerState,
+    ) -> Result<()> {
+        let files = leader.files;
+        let path = checkpoint::save(
+            &files.run_dir,
+            state,
+            &files.config_toml,
+            self.settings.keep,
+            |tmp| {
+                checkpoint::write_model(tmp, model, &files.model_config, &files.tokenizer)?;
+                optim.save(tmp)
+            },
+        )?;
+        leader.saved_step = state.step;
+        tracing::info!("saved {}", path.display());
         Ok(())
     }
+}
 
-    /// Restores both optimizers' moments. `model` is the model as loaded from the same
-    /// checkpoint: loading a record restores its parameter ids, so the groups are
-    /// taken again from it.
-    pub fn load(mut self, dir: &Path, model: &M, device: &B::Device) -> Result<Self> {
-        self.groups = ParamGroups::of(model);
-        let recorder = Recorder32::new();
-        let load = |name: &str| {
-            recorder
-                .load(dir.join(name), device)
-                .with_context(|| format!("{}: optimizer state {name}", dir.display()))
-        };
-        self.decay = self.decay.load_record(load(OPTIM_DECAY)?);
-        self.plain = self.plain.load_record(load(OPTIM_PLAIN)?);
-        Ok(self)
+/// What the leader logs about one update.
+struct Update {
+    lr: f64,
+    norm: f64,
+    epoch: u64,
+    epoch_done: bool,
+    interval: Interval,
+    seconds: f64,
+}
+
+/// The checkpoint a run starts from, after checking the config against it; then the run
+/// directory with the config it runs with. A resume on another number of devices keeps
+/// the sequences per update by rescaling the accumulation.
+pub fn start_run<C: RunConfig>(
+    run_dir: &Path,
+    resume: Option<&str>,
+    config: &mut C,
+    world: usize,
+    force: bool,
+) -> Result<Option<checkpoint::Found>> {
+    let found = resume_point(run_dir, resume)?;
+    if let Some((path, saved_state)) = &found {
+        let mut saved = C::from_saved(&path.join(checkpoint::CONFIG))?;
+        if saved_state.devices != world {
+            let (batch_size, saved_accumulation) = saved.accumulation_mut();
+            let accumulation =
+                parallel::rescale_accumulation(*saved_accumulation, saved_state.devices, world)?;
+            tracing::info!(
+                "resuming on {world} device(s), the checkpoint ran on {}: train.accumulation {} → {accumulation} keeps {} sequences per update",
+                saved_state.devices,
+                saved_accumulation,
+                batch_size * *saved_accumulation * saved_state.devices
+            );
+            *saved_accumulation = accumulation;
+            *config.accumulation_mut().1 = accumulation;
+        }
+        check_resume_changes(&config.exactness_changes(&saved), force)?;
     }
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    roberta_model::hf::write_atomic(
+        &run_dir.join(checkpoint::CONFIG),
+        config.to_toml().as_bytes(),
+    )?;
+    Ok(found)
 }
 
 /// Where a run starts: `None` is a fresh run (refused if the run directory already holds
@@ -308,15 +666,6 @@ impl MetricsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_zero() {
-        assert_eq!(learning_rate(5, 1.0, 10, 110), 0.5);
-        assert_eq!(learning_rate(10, 1.0, 10, 110), 1.0);
-        assert!((learning_rate(60, 1.0, 10, 110) - 0.5).abs() < 1e-12);
-        assert_eq!(learning_rate(110, 1.0, 10, 110), 0.0);
-        assert_eq!(learning_rate(1, 2.0, 0, 100), 2.0 * 99.0 / 100.0);
-    }
 
     #[test]
     fn metrics_past_the_checkpoint_are_dropped_on_resume() {

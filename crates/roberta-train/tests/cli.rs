@@ -313,8 +313,9 @@ every = 2
 keep = 10
 [log]
 every = 1
-valid_every = 4
-valid_batches = 2
+[eval]
+every = 4
+batches = 2
 {extra}
 "#,
         corpus = corpus.display(),

@@ -27,8 +27,10 @@ lr = 1e-3
 epochs = 1
 batch_size = 8
 max_steps = 6
-log_every = 1
 seed = 3
+
+[log]
+every = 1
 
 [eval]
 every = 3
@@ -85,6 +87,9 @@ fn predict(model: &Path, input: &Path, output: &Path) -> std::process::Output {
         s(output),
     ])
 }
+
+/// A config section that turns every dropout off, for runs compared number by number.
+const NO_DROPOUT: &str = "[model]\nhidden_dropout_prob = 0.0\nattention_probs_dropout_prob = 0.0\nclassifier_dropout = 0.0";
 
 fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -586,13 +591,12 @@ fn finetune_accumulation_dropout_keys_and_label_order() {
     let Some(sst2) = shared("sst2") else { return };
     let dir = tempfile::tempdir().unwrap();
     let train = head(&sst2.join("train.tsv"), 65, &dir.path().join("train.tsv"));
-    let no_dropout = "[model]\nhidden_dropout_prob = 0.0\nattention_probs_dropout_prob = 0.0\nclassifier_dropout = 0.0";
     let cfg = config(
         dir.path(),
         "type = \"classification\"\nlabels = [\"1\", \"0\"]",
         &train,
         &train,
-        no_dropout,
+        NO_DROPOUT,
     );
     let losses = |name: &str, batch: &str, accumulation: &str| {
         let run_dir = dir.path().join(name);
@@ -620,4 +624,51 @@ fn finetune_accumulation_dropout_keys_and_label_order() {
     for (a, b) in accumulated.iter().zip(&big) {
         assert!((a - b).abs() <= 1e-5 * a.abs(), "loss {a} vs {b}");
     }
+}
+
+/// Two CPU replicas with micro-batch 4 take the updates of one device with micro-batch
+/// 8, the last update of the epoch included, where replica 1's share is empty (60
+/// examples: the eighth update holds 4).
+#[test]
+fn finetune_on_two_replicas_equals_one_device_with_twice_the_batch() {
+    let Some(sst2) = shared("sst2") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let train = head(&sst2.join("train.tsv"), 61, &dir.path().join("train.tsv"));
+    let cfg = config(
+        dir.path(),
+        "type = \"classification\"",
+        &train,
+        &train,
+        NO_DROPOUT,
+    );
+    let run_on = |name: &str, batch: &str, devices: &str| {
+        let run_dir = dir.path().join(name);
+        ok(&finetune(
+            &cfg,
+            &run_dir,
+            &[
+                "--set",
+                &format!("train.batch_size={batch}"),
+                "--set",
+                "train.max_steps=0",
+                "--set",
+                "eval.every=0",
+                "--devices",
+                devices,
+            ],
+        ));
+        jsonl(&run_dir.join("metrics.jsonl"))
+    };
+    let (two, one) = (run_on("two", "4", "cpu,cpu"), run_on("one", "8", "cpu"));
+    assert_eq!(two.len(), 8, "60 examples in updates of 8");
+    for (a, b) in two.iter().zip(&one) {
+        let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs(),
+            "step {}: {x} vs {y}",
+            a["step"]
+        );
+    }
+    let accuracy = |lines: &[Value]| lines.last().unwrap()["valid_accuracy"].as_f64().unwrap();
+    assert_eq!(accuracy(&two), accuracy(&one));
 }

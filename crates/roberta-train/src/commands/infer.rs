@@ -10,45 +10,11 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use roberta_data::RobertaTokenizer;
 use roberta_model::hf::write_atomic;
-use roberta_model::{
-    LoadOptions, Loaded, Pretrained, RobertaForMaskedLM, RobertaInput, RobertaModel,
-    load_pretrained,
-};
+use roberta_model::{LoadOptions, RobertaForMaskedLM, RobertaInput, RobertaModel};
+
+use crate::models::{load_model, load_tokenizer};
 use safetensors::{Dtype, tensor::TensorView};
 use serde::Deserialize;
-
-/// Loads `M` from an HF directory and logs what loading had to adapt.
-pub fn load_model<B: Backend, M: Pretrained<B>>(
-    dir: &Path,
-    options: LoadOptions,
-    device: &B::Device,
-) -> Result<Loaded<M>> {
-    let loaded = load_pretrained::<B, M>(dir, options, device)
-        .with_context(|| format!("loading {} from {}", M::ARCHITECTURE, dir.display()))?;
-    if !loaded.report.initialized.is_empty() {
-        tracing::info!(
-            "newly initialised (absent from {}): {}",
-            dir.display(),
-            loaded.report.initialized.join(", ")
-        );
-    }
-    if !loaded.report.unused.is_empty() {
-        tracing::info!(
-            "not used (another task's head): {}",
-            loaded.report.unused.join(", ")
-        );
-    }
-    Ok(loaded)
-}
-
-pub fn load_tokenizer(dir: &Path) -> Result<RobertaTokenizer> {
-    RobertaTokenizer::load(dir).with_context(|| {
-        format!(
-            "{} needs its tokenizer (tokenizer.json, or vocab.json + merges.txt)",
-            dir.display()
-        )
-    })
-}
 
 pub struct FillMaskArgs {
     pub model: PathBuf,

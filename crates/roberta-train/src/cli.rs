@@ -1,0 +1,395 @@
+//! The command line: every command, flag and value list, parsed by clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use roberta_data::BreakMode;
+use roberta_data::corpus::{CorpusFormat, ReadOptions};
+
+use crate::backend::DeviceSpec;
+use crate::commands::apply::TaskOverrides;
+use crate::config::TaskKind;
+
+#[derive(Parser)]
+#[command(
+    name = "roberta-train",
+    version,
+    about = "RoBERTa pretraining, fine-tuning and inference on burn"
+)]
+pub struct Cli {
+    /// Device to run on: cpu, wgpu, wgpu:N, wgpu-cpu, cuda:N, tch-cpu, tch-cuda:N
+    /// (each needs its backend compiled in; default: the first compiled-in one).
+    #[arg(long, global = true)]
+    pub device: Option<DeviceSpec>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Pretrain a masked language model (the RoBERTa recipe) from a TOML config.
+    ///
+    /// Raw text named in [data] is tokenized into shards on first use. The run
+    /// directory receives config.toml, metrics.jsonl, train.log, checkpoints/ and, at
+    /// the end, final/ (an HF model directory with its tokenizer). SIGINT/SIGTERM finish
+    /// the current update, save a checkpoint and exit 0.
+    Pretrain {
+        #[command(flatten)]
+        run: RunCli,
+    },
+    /// Fine-tune a task head (classification, pair-classification, regression, qa,
+    /// token-classification) from a TOML config (see configs/finetune/).
+    ///
+    /// Starts from --init (or model.init): an HF model directory, a pretraining run
+    /// directory (its final/ or newest checkpoint) or a checkpoint; a head absent there
+    /// is newly initialised and the log says so. The run directory receives config.toml,
+    /// metrics.jsonl, train.log, checkpoints/, best/ (the HF model with the best
+    /// validation metric, with eval_results.json) and final/ (the last model).
+    Finetune {
+        #[command(flatten)]
+        run: RunCli,
+        /// The model to start from (overrides model.init).
+        #[arg(long)]
+        init: Option<PathBuf>,
+    },
+    /// Score a fine-tuned model on labeled data; prints the metrics as JSON and writes
+    /// them to --output.
+    ///
+    /// The model directory remembers its task and column layout; the flags below read
+    /// files laid out otherwise.
+    Eval {
+        /// A fine-tuned HF model directory, a fine-tuning run (its best/), or a checkpoint.
+        #[arg(long)]
+        model: PathBuf,
+        /// Labeled data: TSV/CSV/JSONL, SQuAD JSON or CoNLL, as the task reads.
+        #[arg(long)]
+        data: PathBuf,
+        /// Metrics JSON (default: eval_results.json).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        task: TaskCli,
+    },
+    /// Write one prediction per input as JSONL: the label and its probabilities (or the
+    /// score for regression; the answer text and its character span for QA; a tag per
+    /// word for token classification).
+    Predict {
+        /// A fine-tuned HF model directory, a fine-tuning run (its best/), or a checkpoint.
+        #[arg(long)]
+        model: PathBuf,
+        /// Input in the task's format; a label column, if present, is ignored.
+        #[arg(long)]
+        input: PathBuf,
+        /// JSONL output, written atomically.
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        task: TaskCli,
+    },
+    /// Turn a checkpoint (pretraining or fine-tuning) into an HF model directory:
+    /// config.json with id2label, model.safetensors, tokenizer.json, vocab.json and
+    /// merges.txt, which transformers' AutoModelFor… and AutoTokenizer load.
+    Export {
+        /// A checkpoint directory, or a run directory (its newest valid checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The HF directory to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Draw a run's loss, learning-rate and accuracy curves into a PNG.
+    Plot {
+        /// The run directory (holds metrics.jsonl).
+        #[arg(long)]
+        run: PathBuf,
+        /// Output PNG (default: RUN/curves.png).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Tokenize corpus files into token shards (data-bin/) for pretraining.
+    Preprocess(PreprocessCli),
+    /// Train or apply byte-level BPE tokenizers.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+    /// Look at what the loader serves.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Predict the tokens behind each <mask>, like HF's fill-mask pipeline.
+    ///
+    /// The model directory holds an HF RobertaForMaskedLM (config.json +
+    /// model.safetensors) and its tokenizer (tokenizer.json, or vocab.json + merges.txt).
+    FillMask {
+        /// HF model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Candidates printed per <mask>.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Texts with one or more <mask> tokens.
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+    /// Write hidden states of every input to a safetensors file.
+    ///
+    /// Input: JSONL, one {"text": "..."} (needs the model dir's tokenizer) or
+    /// {"input_ids": [...]} per line. Output tensors, for input i (0-based line among
+    /// non-empty lines): `i.last_hidden_state` [tokens, hidden], `i.input_ids` [tokens],
+    /// and with --all-layers `i.hidden_states` [layers + 1, tokens, hidden] (the
+    /// embedding output first, as in HF's output_hidden_states).
+    Embed {
+        /// HF model directory (any RoBERTa architecture; task heads are ignored).
+        #[arg(long)]
+        model: PathBuf,
+        /// JSONL input.
+        #[arg(long)]
+        input: PathBuf,
+        /// safetensors output, written atomically.
+        #[arg(long)]
+        output: PathBuf,
+        /// Also write the output of every layer.
+        #[arg(long)]
+        all_layers: bool,
+        /// Inputs per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Cut inputs longer than the model's maximum (keeping the final </s>) instead of failing.
+        #[arg(long)]
+        truncate: bool,
+    },
+}
+
+/// What a training run is given: `pretrain` and `finetune` alike.
+#[derive(Args)]
+pub struct RunCli {
+    /// The TOML config (see configs/ and configs/finetune/).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config value: --set train.batch_size=32 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Continue a run: `auto` takes the newest checkpoint of the run directory that
+    /// verifies; or a checkpoint directory.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Run directory (default: runs/<config name>).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Resume even if the config changed in ways that break an exact continuation.
+    #[arg(long)]
+    pub force: bool,
+    /// Data-parallel replicas, one per device of one backend: cuda:0,cuda:1 (or
+    /// wgpu:0,wgpu:1; cpu,cpu runs two replicas on the CPU). Each takes
+    /// train.batch_size rows of every micro-batch; an update is batch_size ×
+    /// accumulation × devices rows.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    pub devices: Option<Vec<DeviceSpec>>,
+}
+
+impl RunCli {
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_dir
+            .clone()
+            .unwrap_or_else(|| crate::commands::pretrain::default_run_dir(&self.config))
+    }
+}
+
+/// How `eval` and `predict` read files laid out otherwise than the training data.
+#[derive(Args)]
+pub struct TaskCli {
+    /// The task, when the model directory does not say (an HF model fine-tuned
+    /// elsewhere): classification, pair-classification, regression, qa,
+    /// token-classification.
+    #[arg(long)]
+    pub task: Option<TaskKind>,
+    /// First text column (header name, or 0-based index with --no-header) or JSONL field.
+    #[arg(long)]
+    pub text_a: Option<String>,
+    /// Second text column, for pairs.
+    #[arg(long)]
+    pub text_b: Option<String>,
+    /// Label column.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// The TSV/CSV file has no header line: columns are 0-based indices.
+    #[arg(long)]
+    pub no_header: bool,
+    /// Tokens per input (default: the model's fine-tuning setting).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+impl TaskCli {
+    pub fn overrides(&self) -> TaskOverrides {
+        TaskOverrides {
+            task: self.task,
+            text_a: self.text_a.clone(),
+            text_b: self.text_b.clone(),
+            label: self.label.clone(),
+            no_header: self.no_header,
+            max_length: self.max_length,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct PreprocessCli {
+    /// Training text: files, directories (walked recursively) or globs.
+    #[arg(long, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// The tokenizer: tokenizer.json, or a directory with it or vocab.json + merges.txt.
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Held-out files for the valid split.
+    #[arg(long, num_args = 1.., conflicts_with = "valid_fraction")]
+    pub valid: Vec<PathBuf>,
+    /// Hold out this fraction of the documents as the valid split.
+    #[arg(long, default_value_t = 0.0)]
+    pub valid_fraction: f64,
+    #[command(flatten)]
+    pub read: ReadCli,
+    /// Tokenizer threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Tokens per shard file.
+    #[arg(long, default_value_t = 1 << 28)]
+    pub shard_tokens: u64,
+    /// Seed of the train/valid draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Rebuild even when the output is up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct ReadCli {
+    /// Input format; default: by extension (.jsonl/.json → jsonl, .parquet → parquet,
+    /// .arrow/.ipc/.feather → arrow, else text).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// The JSONL field, or Arrow/Parquet column (Utf8 or LargeUtf8), holding the text.
+    #[arg(long, alias = "text-column", default_value = "text")]
+    pub text_field: String,
+    /// Text files hold one document per line (default: one sentence per line, blank
+    /// lines between documents).
+    #[arg(long)]
+    pub doc_per_line: bool,
+    /// Skip lines that are not valid UTF-8 instead of failing.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+/// `--format`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Text,
+    Jsonl,
+    Parquet,
+    Arrow,
+}
+
+impl From<FormatArg> for CorpusFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Text => CorpusFormat::Text,
+            FormatArg::Jsonl => CorpusFormat::Jsonl,
+            FormatArg::Parquet => CorpusFormat::Parquet,
+            FormatArg::Arrow => CorpusFormat::Arrow,
+        }
+    }
+}
+
+/// `--break-mode`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BreakModeArg {
+    FullSentences,
+    DocSentences,
+}
+
+impl From<BreakModeArg> for BreakMode {
+    fn from(b: BreakModeArg) -> Self {
+        match b {
+            BreakModeArg::FullSentences => BreakMode::FullSentences,
+            BreakModeArg::DocSentences => BreakMode::DocSentences,
+        }
+    }
+}
+
+impl From<ReadCli> for ReadOptions {
+    fn from(r: ReadCli) -> Self {
+        ReadOptions {
+            format: r.format.map(CorpusFormat::from),
+            text_field: r.text_field,
+            doc_per_line: r.doc_per_line,
+            skip_invalid: r.skip_invalid,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum TokenizerCommand {
+    /// Train a byte-level BPE with RoBERTa's special tokens (<s>=0 <pad>=1 </s>=2
+    /// <unk>=3, <mask> last); writes tokenizer.json, vocab.json and merges.txt.
+    Train {
+        /// Text files, directories or globs.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        #[arg(long, default_value_t = 50265)]
+        vocab_size: usize,
+        /// Merges need a pair seen at least this often.
+        #[arg(long, default_value_t = 2)]
+        min_frequency: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Encode each line of a text file: JSONL of ids and character offsets.
+    Encode {
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Leave out <s> and </s>.
+        #[arg(long)]
+        no_special_tokens: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Write masked batches as JSONL and print the mask rate, the 80/10/10 split and
+    /// the block fill rate.
+    Inspect {
+        /// A preprocessed data directory.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "train")]
+        split: String,
+        #[arg(long, default_value_t = 4)]
+        batches: usize,
+        /// The epoch whose permutation and masks to show.
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 512)]
+        block_size: usize,
+        #[arg(long, value_enum, default_value = "full-sentences")]
+        break_mode: BreakModeArg,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.15)]
+        mask_prob: f64,
+        #[arg(long)]
+        whole_word: bool,
+        #[arg(long, default_value = "inspect.jsonl")]
+        output: PathBuf,
+    },
+}

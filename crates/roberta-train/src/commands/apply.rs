@@ -1,0 +1,172 @@
+//! `eval` and `predict`: a fine-tuned model on labeled or unlabeled files, read the way
+//! its task reads them (or as the command line says).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use roberta_model::hf::write_atomic;
+use roberta_model::{LoadOptions, Pretrained, RobertaConfig};
+
+use crate::checkpoint::{BEST, EVAL_RESULTS};
+use crate::config::{TaskKind, TaskSection};
+use crate::models::{ScratchDir, init_dir, load_model, load_tokenizer};
+use crate::tasks::{LabeledTask, WithTask, infer, task_of, with_task};
+
+/// What `eval` and `predict` read: the model directory, the data, and how to read it.
+pub struct ApplyArgs {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub output: Option<PathBuf>,
+    pub overrides: TaskOverrides,
+    pub batch_size: usize,
+}
+
+/// Command-line changes to how a model's task reads files: other column layouts.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOverrides {
+    pub task: Option<TaskKind>,
+    pub text_a: Option<String>,
+    pub text_b: Option<String>,
+    pub label: Option<String>,
+    pub no_header: bool,
+    pub max_length: Option<usize>,
+}
+
+/// A model directory's task, with the command line's changes.
+fn resolve_task(config: &RobertaConfig, dir: &Path, o: &TaskOverrides) -> Result<TaskSection> {
+    let mut task = match (task_of(config), o.task) {
+        (Some(saved), None) => saved,
+        (Some(saved), Some(kind)) if saved.kind == kind => saved,
+        (_, Some(kind)) => TaskSection::for_kind(kind),
+        (None, None) => bail!(
+            "{}: not a fine-tuned model ({}); pass --task",
+            dir.display(),
+            config.architectures.join(", ")
+        ),
+    };
+    if let Some(a) = &o.text_a {
+        task.text_a = Some(a.clone());
+    }
+    if let Some(b) = &o.text_b {
+        task.text_b = Some(b.clone());
+        if task.kind == TaskKind::Classification {
+            task.kind = TaskKind::PairClassification;
+        }
+    }
+    if let Some(l) = &o.label {
+        task.label = l.clone();
+    }
+    if o.no_header {
+        task.header = false;
+    }
+    if let Some(n) = o.max_length {
+        task.max_length = n;
+    }
+    task.validate()?;
+    Ok(task)
+}
+
+/// `eval` and `predict` open a model directory (an HF one, a run's `best/`, or a
+/// checkpoint exported on the fly) and pick the head its task needs.
+pub fn apply<B: AutodiffBackend>(device: B::Device, args: ApplyArgs, predict: bool) -> Result<()> {
+    let scratch = ScratchDir::for_this_process();
+    let dir = if args
+        .model
+        .join(BEST)
+        .join(roberta_model::hf::WEIGHTS_FILE)
+        .exists()
+    {
+        args.model.join(BEST)
+    } else {
+        init_dir::<B::InnerBackend>(&args.model, scratch.path(), &device)?
+    };
+    let config = RobertaConfig::load(&dir.join(roberta_model::hf::CONFIG_FILE))?;
+    let section = resolve_task(&config, &dir, &args.overrides)?;
+    let apply = Apply::<B> {
+        device,
+        dir,
+        section,
+        args,
+        predict,
+    };
+    with_task::<B, _>(apply.section.kind, apply)
+}
+
+struct Apply<B: AutodiffBackend> {
+    device: B::Device,
+    dir: PathBuf,
+    section: TaskSection,
+    args: ApplyArgs,
+    predict: bool,
+}
+
+impl<B: AutodiffBackend> WithTask<B> for Apply<B> {
+    type Output = Result<()>;
+    fn run<T: LabeledTask>(self) -> Result<()>
+    where
+        T::Model<B>: AutodiffModule<B, InnerModule = T::Model<B::InnerBackend>>,
+    {
+        apply_with::<B, T>(self)
+    }
+}
+
+/// Inference runs on the backend without autodiff.
+fn apply_with<AB: AutodiffBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
+    let (dir, args) = (&a.dir, &a.args);
+    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let tokenizer = load_tokenizer(dir)?;
+    let loaded = load_model::<AB::InnerBackend, T::Model<AB::InnerBackend>>(
+        dir,
+        LoadOptions::default(),
+        &a.device,
+    )?;
+    let (model, config) = (loaded.model, loaded.config);
+    let labels = T::model_labels(&a.section, &config, model.num_labels());
+    let max_length = a.section.max_length.min(config.max_sequence_length());
+    let task = T::new(a.section, labels);
+    if let Some(needed) = task.head_size()
+        && needed != model.num_labels()
+    {
+        bail!(
+            "{}: the model's head has {} output(s), but {} needs {needed}",
+            dir.display(),
+            model.num_labels(),
+            task.section().kind.name()
+        );
+    }
+    let data = task.read(&args.data, &tokenizer, max_length, !a.predict)?;
+    let pad = tokenizer.specials().pad;
+    let outputs = infer(
+        &task,
+        &model,
+        &data.features,
+        pad,
+        args.batch_size,
+        &a.device,
+    )?;
+    if a.predict {
+        let output = args.output.clone().expect("predict has --output");
+        let lines = task.predictions(&data, &outputs)?;
+        let mut text = Vec::new();
+        for line in &lines {
+            writeln!(text, "{}", serde_json::to_string(line)?)?;
+        }
+        write_atomic(&output, &text).with_context(|| format!("writing {}", output.display()))?;
+        tracing::info!("wrote {} predictions to {}", lines.len(), output.display());
+    } else {
+        let scores = task.score(&data, &outputs)?;
+        let json = serde_json::to_string_pretty(&scores)?;
+        let output = args
+            .output
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(EVAL_RESULTS));
+        write_atomic(&output, json.as_bytes())
+            .with_context(|| format!("writing {}", output.display()))?;
+        // Written first, so a closed pipe on stdout (`| head`) loses nothing.
+        let _ = writeln!(std::io::stdout(), "{json}");
+    }
+    Ok(())
+}

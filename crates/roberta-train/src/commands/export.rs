@@ -1,0 +1,33 @@
+//! `export`: a checkpoint (pretraining or fine-tuning) as an HF model directory.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::checkpoint;
+use crate::models::export_checkpoint;
+
+/// `export`: an HF directory (config.json with id2label, model.safetensors, tokenizer
+/// files) from a checkpoint, or from a run's newest checkpoint.
+pub fn export<B: AutodiffBackend>(
+    device: B::Device,
+    checkpoint: PathBuf,
+    out: PathBuf,
+) -> Result<()> {
+    let dir = if checkpoint.join(checkpoint::MANIFEST).exists() {
+        checkpoint::verify(&checkpoint)?;
+        checkpoint
+    } else {
+        let (found, skipped) = checkpoint::latest_valid(&checkpoint)?;
+        for s in &skipped {
+            tracing::warn!("skipping a checkpoint that does not verify: {s}");
+        }
+        found
+            .map(|(p, _)| p)
+            .with_context(|| format!("{}: no checkpoint that verifies", checkpoint.display()))?
+    };
+    export_checkpoint::<B::InnerBackend>(&dir, &out, &device)?;
+    println!("exported {} to {}", dir.display(), out.display());
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! `finetune`: the task's labeled files into features, the model from `--init` with the
+//! task's head, then the trainer's loop.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use roberta_data::RobertaTokenizer;
+use roberta_model::{LoadOptions, Pretrained, RobertaConfig};
+
+use crate::checkpoint;
+use crate::config::{FinetuneConfig, RunConfig, TaskKind};
+use crate::models::{init_dir, load_model, load_tokenizer};
+use crate::tasks::{Finetuning, LabeledTask, TASK_KEY, TaskModel, WithTask, with_task};
+use crate::trainer::{self, BestPolicy, RunFiles, Settings, check_precision, start_run};
+
+pub struct FinetuneArgs {
+    pub config: FinetuneConfig,
+    pub init: Option<PathBuf>,
+    pub resume: Option<String>,
+    pub run_dir: PathBuf,
+    pub force: bool,
+}
+
+pub fn finetune<B: AutodiffBackend>(devices: Vec<B::Device>, args: FinetuneArgs) -> Result<()> {
+    with_task::<B, _>(args.config.task.kind, Finetune::<B> { devices, args })
+}
+
+struct Finetune<B: AutodiffBackend> {
+    devices: Vec<B::Device>,
+    args: FinetuneArgs,
+}
+
+impl<B: AutodiffBackend> WithTask<B> for Finetune<B> {
+    type Output = Result<()>;
+    fn run<T: LabeledTask>(self) -> Result<()>
+    where
+        T::Model<B>: AutodiffModule<B, InnerModule = T::Model<B::InnerBackend>>,
+    {
+        train::<B, T>(self.devices, self.args)
+    }
+}
+
+/// How the trainer runs a fine-tuning config of `updates` updates.
+fn settings(config: &FinetuneConfig, total: u64) -> Settings {
+    let t = &config.train;
+    let metric = config.metric().to_string();
+    Settings {
+        batch_size: t.batch_size,
+        accumulation: t.accumulation,
+        seed: t.seed,
+        precision: t.precision,
+        max_bad_steps: t.max_bad_steps,
+        optim: config.optim.clone(),
+        warmup: (t.warmup_ratio * total as f64).round() as u64,
+        total,
+        log_every: config.log.every,
+        eval_every: config.eval.every,
+        best: Some(BestPolicy {
+            higher_is_better: TaskKind::higher_is_better(&metric),
+            metric,
+            patience: config.eval.patience,
+        }),
+        checkpoint_every: config.checkpoint.every,
+        keep: config.checkpoint.keep,
+    }
+}
+
+fn train<B: AutodiffBackend, T: LabeledTask>(
+    devices: Vec<B::Device>,
+    args: FinetuneArgs,
+) -> Result<()>
+where
+    T::Model<B>: AutodiffModule<B, InnerModule = T::Model<B::InnerBackend>>,
+{
+    let mut config = args.config;
+    let run_dir = args.run_dir;
+    let device = devices[0].clone();
+    check_precision::<B>(config.train.precision, &devices)?;
+    let resume = start_run(
+        &run_dir,
+        args.resume.as_deref(),
+        &mut config,
+        devices.len(),
+        args.force,
+    )?;
+
+    // Where the weights and the tokenizer come from.
+    let init = args.init.clone().or_else(|| config.model.init.clone());
+    let source = match &init {
+        Some(dir) => Some(init_dir::<B::InnerBackend>(
+            dir,
+            &run_dir.join("init"),
+            &device,
+        )?),
+        None => None,
+    };
+    let tokenizer = match (&config.data.tokenizer, &source) {
+        (Some(path), _) => RobertaTokenizer::load(path)
+            .with_context(|| format!("loading the tokenizer {}", path.display()))?,
+        (None, Some(dir)) => load_tokenizer(dir)?,
+        (None, None) => bail!(
+            "no tokenizer: set data.tokenizer, or start from a model directory that holds one (model.init / --init)"
+        ),
+    };
+
+    let section = config.task.clone();
+    let task = T::new(
+        section.clone(),
+        T::train_labels(&config.data.train, &section)?,
+    );
+    B::seed(&device, config.train.seed);
+    let (model, mut model_config): (T::Model<B>, RobertaConfig) = match &source {
+        Some(dir) => {
+            let options = LoadOptions {
+                allow_new_head: true,
+                num_labels: task.head_size(),
+            };
+            let loaded = load_model::<B, T::Model<B>>(dir, options, &device)?;
+            (loaded.model, loaded.config)
+        }
+        None => {
+            let preset = config.model.preset.as_deref().unwrap_or("roberta-base");
+            let mut c = RobertaConfig::preset(preset).expect("validated preset");
+            c.vocab_size = tokenizer.vocab_size();
+            c.max_position_embeddings = section.max_length + c.pad_token_id + 1;
+            tracing::warn!(
+                "no model.init: fine-tuning a randomly initialised {preset} (results are not those of a pretrained model)"
+            );
+            let model = T::Model::<B>::init(&c, task.head_size().unwrap_or(2), &device);
+            (model, c)
+        }
+    };
+    ensure!(
+        model_config.vocab_size >= tokenizer.vocab_size(),
+        "the tokenizer has {} tokens but the model's vocabulary only {}: use the model's own tokenizer",
+        tokenizer.vocab_size(),
+        model_config.vocab_size
+    );
+    let m = &config.model;
+    if let Some(p) = m.hidden_dropout_prob {
+        model_config.hidden_dropout_prob = p;
+    }
+    if let Some(p) = m.attention_probs_dropout_prob {
+        model_config.attention_probs_dropout_prob = p;
+    }
+    if m.classifier_dropout.is_some() {
+        model_config.classifier_dropout = m.classifier_dropout;
+    }
+    let mut model = model;
+    model.backbone_mut().set_dropout(
+        model_config.hidden_dropout_prob,
+        model_config.attention_probs_dropout_prob,
+    );
+    let model = model.with_head_dropout(model_config.classifier_dropout_prob());
+    task.describe(&mut model_config);
+    model_config
+        .extra
+        .insert(TASK_KEY.into(), serde_json::to_value(&section)?);
+    let name = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    model_config
+        .extra
+        .insert("finetuning_task".into(), serde_json::json!(name));
+
+    let max_length = section.max_length.min(model_config.max_sequence_length());
+    if max_length < section.max_length {
+        tracing::info!(
+            "task.max_length {} is more than the model takes: inputs are cut at {max_length} tokens",
+            section.max_length
+        );
+    }
+    let train = task.read(&config.data.train, &tokenizer, max_length, true)?;
+    let valid = config
+        .data
+        .valid
+        .as_ref()
+        .map(|p| task.read(p, &tokenizer, max_length, true))
+        .transpose()?;
+
+    // Schedule: whole epochs, or fewer updates.
+    let t = &config.train;
+    let per_update = t.batch_size * t.accumulation * devices.len();
+    let steps_per_epoch = train.features.len().div_ceil(per_update) as u64;
+    let mut total = t.epochs * steps_per_epoch;
+    if t.max_steps > 0 {
+        total = total.min(t.max_steps);
+    }
+    let settings = settings(&config, total);
+    tracing::info!(
+        "{}: {} train examples ({} features), {total} updates of {per_update} ({steps_per_epoch} per epoch), warmup {}",
+        section.kind.name(),
+        train.examples.len(),
+        train.features.len(),
+        settings.warmup
+    );
+
+    let metric = config.metric().to_string();
+    let finetuning = Finetuning {
+        task,
+        train: train.features,
+        valid,
+        pad: tokenizer.specials().pad,
+        eval_batch_size: config.eval.batch_size,
+    };
+    let files = RunFiles {
+        run_dir: run_dir.clone(),
+        config_toml: config.to_toml(),
+        model_config,
+        tokenizer,
+    };
+    let outcome = trainer::train(
+        &finetuning,
+        &devices,
+        model,
+        resume.as_ref(),
+        &settings,
+        &files,
+    )?;
+    if outcome.stopped {
+        return Ok(());
+    }
+    let final_dir = run_dir.join(checkpoint::FINAL);
+    match &outcome.state.best {
+        Some(best) => tracing::info!(
+            "done: {} updates; best {metric} {:.4} at step {} in {} (last model in {})",
+            outcome.state.step,
+            best.value,
+            best.step,
+            run_dir.join(checkpoint::BEST).display(),
+            final_dir.display()
+        ),
+        None => tracing::info!(
+            "done: {} updates; model in {}",
+            outcome.state.step,
+            final_dir.display()
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! `pretrain`: the corpus into shards (once), the masked-LM task on them, the model from
+//! a preset or an HF directory, then the trainer's loop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+use roberta_data::loader::validation_batches;
+use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha256};
+use roberta_data::{Corpus, MaskVocab, Meta, RobertaTokenizer, Split};
+use roberta_model::{LoadOptions, RobertaForMaskedLM};
+
+use crate::checkpoint;
+use crate::config::{PretrainConfig, RunConfig};
+use crate::models::load_model;
+use crate::tasks::mlm::Mlm;
+use crate::trainer::{self, RunFiles, Settings, check_precision, start_run};
+
+pub struct PretrainArgs {
+    pub config: PretrainConfig,
+    pub resume: Option<String>,
+    pub run_dir: PathBuf,
+    pub force: bool,
+}
+
+/// `runs/<config file stem>` unless `--run-dir` says otherwise.
+pub fn default_run_dir(config: &Path) -> PathBuf {
+    Path::new("runs").join(config.file_stem().unwrap_or_default())
+}
+
+/// Makes sure `data_dir` holds shards of the configured inputs, made with `tokenizer`.
+pub fn prepare_data(config: &PretrainConfig, tokenizer: &RobertaTokenizer) -> Result<PathBuf> {
+    let data = &config.data;
+    if let [single] = data.train.as_slice()
+        && Meta::read(single).is_ok()
+    {
+        return Ok(single.clone());
+    }
+    let options = PreprocessOptions {
+        inputs: data.train.clone(),
+        valid: data.valid.clone(),
+        valid_fraction: if data.valid.is_empty() {
+            data.valid_fraction
+        } else {
+            0.0
+        },
+        read: roberta_data::corpus::ReadOptions {
+            text_field: data.text_field.clone(),
+            doc_per_line: data.doc_per_line,
+            ..Default::default()
+        },
+        seed: config.train.seed,
+        ..Default::default()
+    };
+    let bar = crate::progress::bytes_bar("preprocessing");
+    let outcome = preprocess::preprocess(tokenizer, &options, &data.data_dir, false, &|p| {
+        crate::progress::update_bytes(&bar, p)
+    })
+    .with_context(|| format!("preprocessing into {}", data.data_dir.display()))?;
+    bar.finish_and_clear();
+    match outcome {
+        Outcome::Written(meta) => tracing::info!(
+            "preprocessed {} train tokens into {}",
+            meta.splits["train"].tokens,
+            data.data_dir.display()
+        ),
+        Outcome::UpToDate(_) => tracing::info!("{} is up to date", data.data_dir.display()),
+    }
+    Ok(data.data_dir.clone())
+}
+
+/// How the trainer runs a pretraining config.
+fn settings(config: &PretrainConfig) -> Settings {
+    let c = config;
+    Settings {
+        batch_size: c.train.batch_size,
+        accumulation: c.train.accumulation,
+        seed: c.train.seed,
+        precision: c.train.precision,
+        max_bad_steps: c.train.max_bad_steps,
+        optim: c.optim.clone(),
+        warmup: c.schedule.warmup_steps,
+        total: c.schedule.total_steps,
+        log_every: c.log.every,
+        eval_every: c.eval.every,
+        best: None,
+        checkpoint_every: c.checkpoint.every,
+        keep: c.checkpoint.keep,
+    }
+}
+
+pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs) -> Result<()> {
+    let mut config = args.config;
+    let run_dir = args.run_dir;
+    let device = devices[0].clone();
+    check_precision::<B>(config.train.precision, &devices)?;
+    let resume = start_run(
+        &run_dir,
+        args.resume.as_deref(),
+        &mut config,
+        devices.len(),
+        args.force,
+    )?;
+
+    let tokenizer = RobertaTokenizer::load(&config.data.tokenizer)
+        .with_context(|| format!("loading the tokenizer {}", config.data.tokenizer.display()))?;
+    let data_dir = prepare_data(&config, &tokenizer)?;
+    let hash = tokenizer_sha256(&tokenizer);
+    let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
+        tokenizer.id_to_token(id)
+    });
+    let corpus = |split: Split| {
+        Corpus::new(
+            split,
+            config.data.block_size,
+            config.data.break_mode,
+            vocab.clone(),
+            config.masking.clone(),
+        )
+    };
+    let train = corpus(Split::open(&data_dir, "train", Some(&hash))?);
+    if train.is_empty() {
+        bail!("{}: the train split has no blocks", data_dir.display());
+    }
+    let valid = match Split::open(&data_dir, "valid", Some(&hash)) {
+        Ok(split) => {
+            let max = (config.eval.batches > 0).then_some(config.eval.batches);
+            validation_batches(
+                &corpus(split),
+                config.train.batch_size,
+                config.train.seed,
+                max,
+            )
+        }
+        Err(roberta_data::DataError::MissingSplit { .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(
+        "{} train blocks of ≤{} tokens ({} fill), {} validation batches",
+        train.len(),
+        config.data.block_size,
+        format_args!("{:.0}%", train.fill_rate() * 100.0),
+        valid.len()
+    );
+
+    // The model, on the first device; the trainer copies it to the others.
+    B::seed(&device, config.train.seed);
+    let mut model_config = config.model_config(tokenizer.vocab_size());
+    let model: RobertaForMaskedLM<B> = match &config.model.init {
+        Some(dir) => {
+            let mut loaded =
+                load_model::<B, RobertaForMaskedLM<B>>(dir, LoadOptions::default(), &device)?;
+            // The directory brings the architecture; the config may still set dropout.
+            config.model.override_dropout(&mut loaded.config);
+            let c = &loaded.config;
+            loaded
+                .model
+                .roberta
+                .set_dropout(c.hidden_dropout_prob, c.attention_probs_dropout_prob);
+            model_config = loaded.config;
+            loaded.model
+        }
+        None => RobertaForMaskedLM::new(&model_config, &device),
+    };
+
+    let task = Mlm {
+        corpus: Arc::new(train),
+        valid,
+        queue_depth: config.train.loader_queue,
+    };
+    let files = RunFiles {
+        run_dir: run_dir.clone(),
+        config_toml: config.to_toml(),
+        model_config,
+        tokenizer,
+    };
+    let outcome = trainer::train(
+        &task,
+        &devices,
+        model,
+        resume.as_ref(),
+        &settings(&config),
+        &files,
+    )?;
+    if !outcome.stopped {
+        let final_dir = run_dir.join(checkpoint::FINAL);
+        tracing::info!(
+            "done: {} updates, {} tokens; HF model in {} (try: roberta-train fill-mask --model {} \"… <mask> …\")",
+            outcome.state.step,
+            outcome.state.tokens,
+            final_dir.display(),
+            final_dir.display()
+        );
+    }
+    Ok(())
+}

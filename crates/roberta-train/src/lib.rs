@@ -1,0 +1,17 @@
+//! roberta-train as a library: the command line, the configs, the one training loop and
+//! the tasks it trains, checkpoints, and the commands built on them. `main.rs` parses
+//! arguments and calls one function per command.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod metrics;
+pub mod models;
+pub mod optim;
+pub mod parallel;
+pub mod plot;
+pub mod progress;
+pub mod tasks;
+pub mod trainer;

@@ -1,0 +1,128 @@
+//! Where models come from: HF model directories, pretraining runs (their `final/` or
+//! newest checkpoint) and checkpoints, which are exported into an HF directory first.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use roberta_data::RobertaTokenizer;
+use roberta_model::{
+    LoadOptions, Loaded, Pretrained, RobertaForMaskedLM, RobertaForQuestionAnswering,
+    RobertaForSequenceClassification, RobertaForTokenClassification, load_pretrained,
+};
+
+use crate::checkpoint;
+
+/// Loads `M` from an HF directory and logs what loading had to adapt.
+pub fn load_model<B: Backend, M: Pretrained<B>>(
+    dir: &Path,
+    options: LoadOptions,
+    device: &B::Device,
+) -> Result<Loaded<M>> {
+    let loaded = load_pretrained::<B, M>(dir, options, device)
+        .with_context(|| format!("loading {} from {}", M::ARCHITECTURE, dir.display()))?;
+    if !loaded.report.initialized.is_empty() {
+        tracing::info!(
+            "newly initialised (absent from {}): {}",
+            dir.display(),
+            loaded.report.initialized.join(", ")
+        );
+    }
+    if !loaded.report.unused.is_empty() {
+        tracing::info!(
+            "not used (another task's head): {}",
+            loaded.report.unused.join(", ")
+        );
+    }
+    Ok(loaded)
+}
+
+pub fn load_tokenizer(dir: &Path) -> Result<RobertaTokenizer> {
+    RobertaTokenizer::load(dir).with_context(|| {
+        format!(
+            "{} needs its tokenizer (tokenizer.json, or vocab.json + merges.txt)",
+            dir.display()
+        )
+    })
+}
+
+/// An HF model directory to start from: `dir` itself, a run's `final/` (or its newest
+/// checkpoint), or a checkpoint exported into `scratch` first.
+pub fn init_dir<B: Backend>(dir: &Path, scratch: &Path, device: &B::Device) -> Result<PathBuf> {
+    if dir.join(roberta_model::hf::WEIGHTS_FILE).exists() {
+        return Ok(dir.to_path_buf());
+    }
+    if dir
+        .join("final")
+        .join(roberta_model::hf::WEIGHTS_FILE)
+        .exists()
+    {
+        return Ok(dir.join("final"));
+    }
+    let checkpoint = if dir.join(checkpoint::MANIFEST).exists() {
+        checkpoint::verify(dir)?;
+        dir.to_path_buf()
+    } else {
+        match checkpoint::latest_valid(dir)? {
+            (Some((found, _)), _) => found,
+            _ => bail!(
+                "{}: neither an HF model directory (config.json + model.safetensors), nor a run directory, nor a checkpoint",
+                dir.display()
+            ),
+        }
+    };
+    tracing::info!("starting from checkpoint {}", checkpoint.display());
+    export_checkpoint::<B>(&checkpoint, scratch, device)?;
+    Ok(scratch.to_path_buf())
+}
+
+/// A scratch directory removed on drop, for checkpoints exported on the fly.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn for_this_process() -> Self {
+        Self(std::env::temp_dir().join(format!("roberta-train-{}", std::process::id())))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes the HF model directory of a checkpoint into `out`.
+pub fn export_checkpoint<B: Backend>(dir: &Path, out: &Path, device: &B::Device) -> Result<()> {
+    let config = checkpoint::model_config(dir)?;
+    let tokenizer = RobertaTokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
+    fn write<B: Backend, M: Pretrained<B> + Module<B>>(
+        dir: &Path,
+        out: &Path,
+        tokenizer: &RobertaTokenizer,
+        device: &B::Device,
+    ) -> Result<()> {
+        let (model, config) = checkpoint::read_model::<B, M>(dir, device)?;
+        checkpoint::save_hf_dir(out, &model, &config, tokenizer, None)
+    }
+    match config.architectures.first().map(String::as_str) {
+        Some("RobertaForMaskedLM") => {
+            write::<B, RobertaForMaskedLM<B>>(dir, out, &tokenizer, device)
+        }
+        Some("RobertaForSequenceClassification") => {
+            write::<B, RobertaForSequenceClassification<B>>(dir, out, &tokenizer, device)
+        }
+        Some("RobertaForTokenClassification") => {
+            write::<B, RobertaForTokenClassification<B>>(dir, out, &tokenizer, device)
+        }
+        Some("RobertaForQuestionAnswering") => {
+            write::<B, RobertaForQuestionAnswering<B>>(dir, out, &tokenizer, device)
+        }
+        other => bail!(
+            "{}: unknown architecture {other:?} in config.json",
+            dir.display()
+        ),
+    }
+}

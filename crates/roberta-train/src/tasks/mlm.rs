@@ -1,0 +1,167 @@
+//! Pretraining's task: masked language modelling on packed blocks with fresh masks every
+//! time a block is served (the data crate's loader), and the MLM head on the masked
+//! positions only.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use roberta_data::{Batch, Corpus, Loader, LoaderConfig};
+use roberta_model::loss::cross_entropy_sum;
+use roberta_model::{RobertaForMaskedLM, RobertaInput};
+
+use super::{BatchPlan, Batches, StepLoss, Task, Window};
+use crate::metrics::Metrics;
+
+pub struct Mlm {
+    pub corpus: Arc<Corpus>,
+    /// Validation batches, masked once with the run's seed.
+    pub valid: Vec<Batch>,
+    /// Batches the background loader may prepare ahead.
+    pub queue_depth: usize,
+}
+
+/// A batch as tensors: the model input, flat indices of the masked positions, targets.
+pub struct MlmTensors<B: Backend> {
+    pub input: RobertaInput<B>,
+    pub positions: Tensor<B, 1, Int>,
+    pub targets: Tensor<B, 1, Int>,
+}
+
+/// `None` for a batch without a masked token.
+pub fn to_tensors<B: Backend>(batch: &Batch, device: &B::Device) -> Option<MlmTensors<B>> {
+    let shape = [batch.batch_size, batch.seq_len];
+    let ids: Vec<i64> = batch.input_ids.iter().map(|&t| i64::from(t)).collect();
+    let mask: Vec<i64> = batch.attention_mask.iter().map(|&m| i64::from(m)).collect();
+    let (positions, targets): (Vec<i64>, Vec<i64>) = batch
+        .labels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l >= 0)
+        .map(|(i, &l)| (i as i64, l))
+        .unzip();
+    if positions.is_empty() {
+        return None;
+    }
+    let n = positions.len();
+    Some(MlmTensors {
+        input: RobertaInput::new(
+            Tensor::from_data(TensorData::new(ids, shape), device),
+            Tensor::from_data(TensorData::new(mask, shape), device),
+        ),
+        positions: Tensor::from_data(TensorData::new(positions, [n]), device),
+        targets: Tensor::from_data(TensorData::new(targets, [n]), device),
+    })
+}
+
+/// The summed loss and the number of right predictions of the masked tokens.
+fn loss_and_correct<B: Backend>(
+    model: &RobertaForMaskedLM<B>,
+    t: MlmTensors<B>,
+) -> (Tensor<B, 1>, f64) {
+    let logits = model.forward_positions(t.input, t.positions);
+    let n = t.targets.dims()[0];
+    let correct = logits
+        .clone()
+        .argmax(1)
+        .reshape([n])
+        .equal(t.targets.clone())
+        .int()
+        .sum()
+        .into_scalar()
+        .elem::<f64>();
+    (cross_entropy_sum(logits, t.targets), correct)
+}
+
+/// Mean loss, perplexity and accuracy over validation batches.
+pub fn evaluate<B: Backend>(
+    model: &RobertaForMaskedLM<B>,
+    batches: &[Batch],
+    device: &B::Device,
+) -> Metrics {
+    let (mut loss, mut correct, mut count) = (0.0, 0.0, 0.0);
+    for batch in batches {
+        let Some(t) = to_tensors::<B>(batch, device) else {
+            continue;
+        };
+        count += t.targets.dims()[0] as f64;
+        let (sum, right) = loss_and_correct(model, t);
+        loss += sum.into_scalar().elem::<f64>();
+        correct += right;
+    }
+    let mean = loss / f64::max(count, 1.0);
+    Metrics::from([
+        ("loss".into(), mean),
+        ("ppl".into(), mean.exp()),
+        ("acc".into(), correct / f64::max(count, 1.0)),
+    ])
+}
+
+struct LoaderBatches(Loader);
+
+impl Batches<Batch> for LoaderBatches {
+    /// Windows run across epoch ends: blocks are served as one stream.
+    fn next_window(&mut self, accumulation: usize) -> Window<Batch> {
+        let batches: Vec<Batch> = (0..accumulation).map(|_| self.0.next_batch()).collect();
+        Window {
+            epoch: batches[0].epoch,
+            next: batches.last().expect("accumulation ≥ 1").next,
+            batches,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Task<B> for Mlm {
+    type Model = RobertaForMaskedLM<B>;
+    type Batch = Batch;
+
+    fn batches(&self, plan: BatchPlan) -> Box<dyn Batches<Batch> + '_> {
+        let config = LoaderConfig {
+            batch_size: plan.batch_size,
+            seed: plan.seed,
+            rank: plan.rank,
+            world: plan.world,
+            pad_to: None,
+            queue_depth: self.queue_depth,
+        };
+        Box::new(LoaderBatches(Loader::new(
+            self.corpus.clone(),
+            config,
+            plan.start,
+        )))
+    }
+
+    fn targets(&self, batch: &Batch) -> usize {
+        batch.masked
+    }
+
+    fn tokens(&self, batch: &Batch) -> usize {
+        batch.tokens
+    }
+
+    fn loss(
+        &self,
+        model: &RobertaForMaskedLM<B>,
+        batch: &Batch,
+        device: &B::Device,
+    ) -> Option<StepLoss<B>> {
+        let (sum, correct) = loss_and_correct(model, to_tensors(batch, device)?);
+        Some(StepLoss {
+            sum,
+            correct: Some(correct),
+        })
+    }
+
+    fn has_valid(&self) -> bool {
+        !self.valid.is_empty()
+    }
+
+    fn evaluate(
+        &self,
+        model: &RobertaForMaskedLM<B::InnerBackend>,
+        device: &B::Device,
+    ) -> Result<Metrics> {
+        Ok(evaluate(model, &self.valid, device))
+    }
+}

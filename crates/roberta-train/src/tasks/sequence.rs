@@ -1,0 +1,317 @@
+//! One sentence or a pair → a label (`classification`, `pair-classification`) or a
+//! number (`regression`), on `<s>` through HF's `RobertaForSequenceClassification`.
+
+use std::path::Path;
+
+use anyhow::{Result, ensure};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use roberta_data::RobertaTokenizer;
+use roberta_data::labeled::{self, Columns, Example, read_examples};
+use roberta_model::loss::{cross_entropy_sum, squared_error_sum};
+use roberta_model::{RobertaConfig, RobertaForSequenceClassification};
+use serde::Serialize;
+
+use super::{LabeledTask, TaskData, argmax, int_tensor};
+use crate::config::{TaskKind, TaskSection};
+use crate::metrics::{self, Metrics};
+
+pub struct Sequence {
+    section: TaskSection,
+    labels: Vec<String>,
+    /// One output trained with squared error (STS-B), instead of labels.
+    regression: bool,
+}
+
+/// What a sentence (pair) is trained towards: a label index, or a value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    Class(usize),
+    Value(f32),
+    /// Unlabeled input, for `predict`.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Feature {
+    pub ids: Vec<u32>,
+    pub target: Target,
+}
+
+impl Sequence {
+    fn columns(section: &TaskSection, labeled: bool) -> Columns {
+        Columns {
+            text_a: section.text_a().to_string(),
+            text_b: section.text_b().map(str::to_string),
+            label: labeled.then(|| section.label.clone()),
+            header: section.header,
+        }
+    }
+}
+
+/// The names data labels are matched against: a model whose config names no labels
+/// (HF's default `LABEL_0`, `LABEL_1`, …) takes the label `i` for index `i`, as GLUE files
+/// write them.
+fn matchable(labels: &[String]) -> Vec<String> {
+    let generic = labels
+        .iter()
+        .enumerate()
+        .all(|(i, l)| *l == format!("LABEL_{i}"));
+    if generic {
+        (0..labels.len()).map(|i| i.to_string()).collect()
+    } else {
+        labels.to_vec()
+    }
+}
+
+#[derive(Serialize)]
+struct Label<'a> {
+    line: usize,
+    label: &'a str,
+    probabilities: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct Score {
+    line: usize,
+    score: f32,
+}
+
+impl LabeledTask for Sequence {
+    type Model<B: Backend> = RobertaForSequenceClassification<B>;
+    type Feature = Feature;
+    type Example = Example;
+    /// Class probabilities, or the regression value alone.
+    type Output = Vec<f32>;
+
+    fn new(section: TaskSection, labels: Vec<String>) -> Self {
+        let regression = section.kind == TaskKind::Regression;
+        Self {
+            section,
+            labels,
+            regression,
+        }
+    }
+
+    fn section(&self) -> &TaskSection {
+        &self.section
+    }
+
+    fn train_labels(path: &Path, section: &TaskSection) -> Result<Vec<String>> {
+        if section.kind == TaskKind::Regression {
+            return Ok(Vec::new());
+        }
+        if let Some(labels) = &section.labels {
+            return Ok(labels.clone());
+        }
+        let labels = labeled::label_set(&read_examples(path, &Self::columns(section, true))?);
+        ensure!(
+            labels.len() >= 2,
+            "{}: the `{}` column holds {} distinct label(s); a classifier needs at least two",
+            path.display(),
+            section.label,
+            labels.len()
+        );
+        Ok(labels)
+    }
+
+    fn model_labels(section: &TaskSection, config: &RobertaConfig, outputs: usize) -> Vec<String> {
+        if section.kind == TaskKind::Regression {
+            Vec::new()
+        } else {
+            config.labels(outputs)
+        }
+    }
+
+    fn head_size(&self) -> Option<usize> {
+        Some(if self.regression {
+            1
+        } else {
+            self.labels.len()
+        })
+    }
+
+    fn describe(&self, config: &mut RobertaConfig) {
+        if self.regression {
+            config.set_labels(&["LABEL_0".to_string()]);
+            config.problem_type = Some("regression".into());
+        } else {
+            config.set_labels(&self.labels);
+        }
+    }
+
+    fn read(
+        &self,
+        path: &Path,
+        tokenizer: &RobertaTokenizer,
+        max_length: usize,
+        labeled: bool,
+    ) -> Result<TaskData<Self>> {
+        let s = tokenizer.specials();
+        let examples = read_examples(path, &Self::columns(&self.section, labeled))?;
+        let targets: Vec<Target> = if !labeled {
+            vec![Target::None; examples.len()]
+        } else if self.regression {
+            labeled::regression_targets(path, &examples)?
+                .into_iter()
+                .map(Target::Value)
+                .collect()
+        } else {
+            labeled::label_ids(path, &examples, &matchable(&self.labels))?
+                .into_iter()
+                .map(Target::Class)
+                .collect()
+        };
+        let mut features = Vec::with_capacity(examples.len());
+        for (ex, target) in examples.iter().zip(targets) {
+            let mut a = tokenizer.encode(&ex.text_a, false)?.ids;
+            let ids = match &ex.text_b {
+                None => {
+                    a.truncate(max_length - 2);
+                    [vec![s.bos], a, vec![s.eos]].concat()
+                }
+                Some(text_b) => {
+                    let mut b = tokenizer.encode(text_b, false)?.ids;
+                    // HF's "longest_first": drop from the longer text until both fit.
+                    while a.len() + b.len() > max_length - 4 {
+                        if a.len() >= b.len() {
+                            a.pop();
+                        } else {
+                            b.pop();
+                        }
+                    }
+                    [vec![s.bos], a, vec![s.eos, s.eos], b, vec![s.eos]].concat()
+                }
+            };
+            features.push(Feature { ids, target });
+        }
+        Ok(TaskData { features, examples })
+    }
+
+    fn ids(feature: &Feature) -> &[u32] {
+        &feature.ids
+    }
+
+    fn targets(batch: &[Feature]) -> usize {
+        batch.len()
+    }
+
+    /// Cross-entropy for labels, squared error for regression (HF's MSELoss).
+    fn loss<B: Backend>(
+        &self,
+        model: &RobertaForSequenceClassification<B>,
+        batch: &[Feature],
+        pad: u32,
+        device: &B::Device,
+    ) -> Tensor<B, 1> {
+        let logits = model.forward(Self::input(batch, pad, device));
+        let n = batch.len();
+        if self.regression {
+            let targets: Vec<f32> = batch
+                .iter()
+                .map(|f| match f.target {
+                    Target::Value(v) => v,
+                    _ => 0.0,
+                })
+                .collect();
+            let targets = Tensor::from_data(TensorData::new(targets, [n]), device);
+            squared_error_sum(logits.reshape([n]), targets)
+        } else {
+            let targets = batch
+                .iter()
+                .map(|f| match f.target {
+                    Target::Class(c) => c as i64,
+                    _ => roberta_data::masking::IGNORE_INDEX,
+                })
+                .collect();
+            cross_entropy_sum(logits, int_tensor(targets, device))
+        }
+    }
+
+    fn outputs<B: Backend>(
+        &self,
+        model: &RobertaForSequenceClassification<B>,
+        batch: &[Feature],
+        pad: u32,
+        device: &B::Device,
+    ) -> Result<Vec<Vec<f32>>> {
+        let logits = model.forward(Self::input(batch, pad, device));
+        let [_, width] = logits.dims();
+        let values = if self.regression {
+            logits
+        } else {
+            softmax(logits, 1)
+        };
+        let values = values.into_data().convert::<f32>().into_vec::<f32>()?;
+        Ok(values.chunks(width).map(<[f32]>::to_vec).collect())
+    }
+
+    fn score(&self, data: &TaskData<Self>, outputs: &[Vec<f32>]) -> Result<Metrics> {
+        Ok(if self.regression {
+            let predicted: Vec<f64> = outputs.iter().map(|r| f64::from(r[0])).collect();
+            let gold: Vec<f64> = data
+                .features
+                .iter()
+                .map(|f| match f.target {
+                    Target::Value(v) => f64::from(v),
+                    _ => f64::NAN,
+                })
+                .collect();
+            metrics::regression(&predicted, &gold)
+        } else {
+            let predicted: Vec<usize> = outputs.iter().map(|r| argmax(r)).collect();
+            let gold: Vec<usize> = data
+                .features
+                .iter()
+                .map(|f| match f.target {
+                    Target::Class(c) => c,
+                    _ => usize::MAX,
+                })
+                .collect();
+            metrics::classification(&predicted, &gold, self.labels.len())
+        })
+    }
+
+    fn predictions(
+        &self,
+        data: &TaskData<Self>,
+        outputs: &[Vec<f32>],
+    ) -> Result<Vec<serde_json::Value>> {
+        outputs
+            .iter()
+            .zip(&data.examples)
+            .map(|(row, ex)| {
+                Ok(if self.regression {
+                    serde_json::to_value(Score {
+                        line: ex.line,
+                        score: row[0],
+                    })?
+                } else {
+                    serde_json::to_value(Label {
+                        line: ex.line,
+                        label: &self.labels[argmax(row)],
+                        probabilities: self
+                            .labels
+                            .iter()
+                            .zip(row)
+                            .map(|(l, p)| (l.clone(), serde_json::json!(p)))
+                            .collect(),
+                    })?
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generic_hf_label_names_match_index_labels() {
+        let generic = vec!["LABEL_0".to_string(), "LABEL_1".to_string()];
+        assert_eq!(matchable(&generic), vec!["0", "1"]);
+        let named = vec!["negative".to_string(), "positive".to_string()];
+        assert_eq!(matchable(&named), named);
+    }
+}

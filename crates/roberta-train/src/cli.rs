@@ -305,6 +305,22 @@ impl From<FormatArg> for CorpusFormat {
     }
 }
 
+/// The splits `preprocess` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Valid,
+}
+
+impl SplitArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitArg::Train => "train",
+            SplitArg::Valid => "valid",
+        }
+    }
+}
+
 /// `--break-mode`'s values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BreakModeArg {
@@ -370,8 +386,8 @@ pub enum DataCommand {
         /// A preprocessed data directory.
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value = "train")]
-        split: String,
+        #[arg(long, value_enum, default_value = "train")]
+        split: SplitArg,
         #[arg(long, default_value_t = 4)]
         batches: usize,
         /// The epoch whose permutation and masks to show.

@@ -224,7 +224,7 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             output,
         }) => commands::data::inspect(commands::data::InspectArgs {
             data,
-            split,
+            split: split.name().to_string(),
             batches,
             epoch,
             batch_size,

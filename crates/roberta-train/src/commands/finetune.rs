@@ -1,7 +1,7 @@
 //! `finetune`: the task's labeled files into features, the model from `--init` with the
 //! task's head, then the trainer's loop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::AutodiffModule;
@@ -86,84 +86,21 @@ where
         args.force,
     )?;
 
-    // Where the weights and the tokenizer come from.
-    let init = args.init.clone().or_else(|| config.model.init.clone());
-    let source = match &init {
-        Some(dir) => Some(init_dir::<B::InnerBackend>(
-            dir,
-            &run_dir.join("init"),
-            &device,
-        )?),
-        None => None,
-    };
-    let tokenizer = match (&config.data.tokenizer, &source) {
-        (Some(path), _) => RobertaTokenizer::load(path)
-            .with_context(|| format!("loading the tokenizer {}", path.display()))?,
-        (None, Some(dir)) => load_tokenizer(dir)?,
-        (None, None) => bail!(
-            "no tokenizer: set data.tokenizer, or start from a model directory that holds one (model.init / --init)"
-        ),
-    };
-
+    let (source, tokenizer) = model_source::<B>(&config, args.init, &run_dir, &device)?;
     let section = config.task.clone();
     let task = T::new(
         section.clone(),
         T::train_labels(&config.data.train, &section)?,
     );
     B::seed(&device, config.train.seed);
-    let (model, mut model_config): (T::Model<B>, RobertaConfig) = match &source {
-        Some(dir) => {
-            let options = LoadOptions {
-                allow_new_head: true,
-                num_labels: task.head_size(),
-            };
-            let loaded = load_model::<B, T::Model<B>>(dir, options, &device)?;
-            (loaded.model, loaded.config)
-        }
-        None => {
-            let preset = config.model.preset.as_deref().unwrap_or("roberta-base");
-            let mut c = RobertaConfig::preset(preset).expect("validated preset");
-            c.vocab_size = tokenizer.vocab_size();
-            c.max_position_embeddings = section.max_length + c.pad_token_id + 1;
-            tracing::warn!(
-                "no model.init: fine-tuning a randomly initialised {preset} (results are not those of a pretrained model)"
-            );
-            let model = T::Model::<B>::init(&c, task.head_size().unwrap_or(2), &device);
-            (model, c)
-        }
-    };
-    ensure!(
-        model_config.vocab_size >= tokenizer.vocab_size(),
-        "the tokenizer has {} tokens but the model's vocabulary only {}: use the model's own tokenizer",
-        tokenizer.vocab_size(),
-        model_config.vocab_size
-    );
-    let m = &config.model;
-    if let Some(p) = m.hidden_dropout_prob {
-        model_config.hidden_dropout_prob = p;
-    }
-    if let Some(p) = m.attention_probs_dropout_prob {
-        model_config.attention_probs_dropout_prob = p;
-    }
-    if m.classifier_dropout.is_some() {
-        model_config.classifier_dropout = m.classifier_dropout;
-    }
-    let mut model = model;
-    model.backbone_mut().set_dropout(
-        model_config.hidden_dropout_prob,
-        model_config.attention_probs_dropout_prob,
-    );
-    let model = model.with_head_dropout(model_config.classifier_dropout_prob());
-    task.describe(&mut model_config);
-    model_config
-        .extra
-        .insert(TASK_KEY.into(), serde_json::to_value(&section)?);
-    let name = run_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned());
-    model_config
-        .extra
-        .insert("finetuning_task".into(), serde_json::json!(name));
+    let (model, model_config) = build_model::<B, T>(
+        &config,
+        &task,
+        source.as_deref(),
+        &tokenizer,
+        &run_dir,
+        &device,
+    )?;
 
     let max_length = section.max_length.min(model_config.max_sequence_length());
     if max_length < section.max_length {
@@ -239,4 +176,98 @@ where
         ),
     }
     Ok(())
+}
+
+/// Where the weights and the tokenizer come from: `--init` (or `model.init`) as an HF
+/// model directory, and `data.tokenizer` or that directory's tokenizer.
+fn model_source<B: AutodiffBackend>(
+    config: &FinetuneConfig,
+    init: Option<PathBuf>,
+    run_dir: &Path,
+    device: &B::Device,
+) -> Result<(Option<PathBuf>, RobertaTokenizer)> {
+    let init = init.or_else(|| config.model.init.clone());
+    let source = match &init {
+        Some(dir) => Some(init_dir::<B::InnerBackend>(
+            dir,
+            &run_dir.join("init"),
+            device,
+        )?),
+        None => None,
+    };
+    let tokenizer = match (&config.data.tokenizer, &source) {
+        (Some(path), _) => RobertaTokenizer::load(path)
+            .with_context(|| format!("loading the tokenizer {}", path.display()))?,
+        (None, Some(dir)) => load_tokenizer(dir)?,
+        (None, None) => bail!(
+            "no tokenizer: set data.tokenizer, or start from a model directory that holds one (model.init / --init)"
+        ),
+    };
+    Ok((source, tokenizer))
+}
+
+/// The task model: loaded from `source` with the task's head (new if absent), or random
+/// weights of `model.preset`; with the config's dropout and the task in its HF config.
+fn build_model<B: AutodiffBackend, T: LabeledTask>(
+    config: &FinetuneConfig,
+    task: &T,
+    source: Option<&Path>,
+    tokenizer: &RobertaTokenizer,
+    run_dir: &Path,
+    device: &B::Device,
+) -> Result<(T::Model<B>, RobertaConfig)> {
+    let section = task.section();
+    let (mut model, mut model_config): (T::Model<B>, RobertaConfig) = match source {
+        Some(dir) => {
+            let options = LoadOptions {
+                allow_new_head: true,
+                num_labels: task.head_size(),
+            };
+            let loaded = load_model::<B, T::Model<B>>(dir, options, device)?;
+            (loaded.model, loaded.config)
+        }
+        None => {
+            let preset = config.model.preset.as_deref().unwrap_or("roberta-base");
+            let mut c = RobertaConfig::preset(preset).expect("validated preset");
+            c.vocab_size = tokenizer.vocab_size();
+            c.max_position_embeddings = section.max_length + c.pad_token_id + 1;
+            tracing::warn!(
+                "no model.init: fine-tuning a randomly initialised {preset} (results are not those of a pretrained model)"
+            );
+            let model = T::Model::<B>::init(&c, task.head_size().unwrap_or(2), device);
+            (model, c)
+        }
+    };
+    ensure!(
+        model_config.vocab_size >= tokenizer.vocab_size(),
+        "the tokenizer has {} tokens but the model's vocabulary only {}: use the model's own tokenizer",
+        tokenizer.vocab_size(),
+        model_config.vocab_size
+    );
+    let m = &config.model;
+    if let Some(p) = m.hidden_dropout_prob {
+        model_config.hidden_dropout_prob = p;
+    }
+    if let Some(p) = m.attention_probs_dropout_prob {
+        model_config.attention_probs_dropout_prob = p;
+    }
+    if m.classifier_dropout.is_some() {
+        model_config.classifier_dropout = m.classifier_dropout;
+    }
+    model.backbone_mut().set_dropout(
+        model_config.hidden_dropout_prob,
+        model_config.attention_probs_dropout_prob,
+    );
+    let model = model.with_head_dropout(model_config.classifier_dropout_prob());
+    task.describe(&mut model_config);
+    model_config
+        .extra
+        .insert(TASK_KEY.into(), serde_json::to_value(section)?);
+    let name = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    model_config
+        .extra
+        .insert("finetuning_task".into(), serde_json::json!(name));
+    Ok((model, model_config))
 }

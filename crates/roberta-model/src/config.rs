@@ -171,6 +171,20 @@ impl RobertaConfig {
 
     /// Rejects configurations this implementation would silently compute differently.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // XLM-R and CamemBERT are RoBERTa's architecture under other names.
+        if !["roberta", "xlm-roberta", "camembert"].contains(&self.model_type.as_str()) {
+            return Err(format!(
+                "model_type \"{}\" is not RoBERTa (expected roberta, xlm-roberta or camembert)",
+                self.model_type
+            ));
+        }
+        if let Some(other) = self.architectures.iter().find(|a| {
+            !["Roberta", "XLMRoberta", "Camembert"]
+                .iter()
+                .any(|p| a.starts_with(p))
+        }) {
+            return Err(format!("architecture {other} is not a RoBERTa model"));
+        }
         if self.hidden_size == 0 || self.num_attention_heads == 0 {
             return Err("hidden_size and num_attention_heads must be positive".into());
         }
@@ -322,6 +336,14 @@ mod tests {
         let mut c = RobertaConfig::tiny(100);
         c.position_embedding_type = "relative_key".into();
         assert!(c.validate().is_err());
+        let mut c = RobertaConfig::tiny(100);
+        c.model_type = "gpt2".into();
+        assert!(c.validate().unwrap_err().contains("gpt2"));
+        let mut c = RobertaConfig::tiny(100);
+        c.architectures = vec!["GPT2LMHeadModel".into()];
+        assert!(c.validate().unwrap_err().contains("GPT2LMHeadModel"));
+        c.architectures = vec!["XLMRobertaForMaskedLM".into()];
+        assert!(c.validate().is_ok());
     }
 
     #[test]

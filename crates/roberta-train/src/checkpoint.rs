@@ -23,6 +23,8 @@ pub const CONFIG: &str = "config.toml";
 /// The model's weights (burn's record; `.bin` is added by the recorder).
 pub const MODEL: &str = "model";
 pub const TOKENIZER: &str = "tokenizer.json";
+/// The run directory's subdirectory of checkpoints.
+pub const CHECKPOINTS: &str = "checkpoints";
 /// A finished run's model, as an HF model directory.
 pub const FINAL: &str = "final";
 /// Fine-tuning: the model with the best validation metric, as an HF model directory.
@@ -107,7 +109,7 @@ struct Manifest {
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("checkpoints")
+    run_dir.join(CHECKPOINTS)
 }
 
 fn step_dir_name(step: u64) -> String {
@@ -241,6 +243,56 @@ pub fn model_config(dir: &Path) -> Result<RobertaConfig> {
             dir.display()
         )
     })
+}
+
+/// Refuses a checkpoint whose model has another shape than `config` describes: its
+/// tensors cannot be loaded into that model, and `--force` cannot change that.
+pub fn check_model_shape(dir: &Path, config: &RobertaConfig) -> Result<()> {
+    let saved = model_config(dir)?;
+    let labels = |c: &RobertaConfig| c.num_labels().unwrap_or(0);
+    let mut changes = Vec::new();
+    for (name, was, now) in [
+        ("vocab_size", saved.vocab_size, config.vocab_size),
+        ("hidden_size", saved.hidden_size, config.hidden_size),
+        (
+            "num_hidden_layers",
+            saved.num_hidden_layers,
+            config.num_hidden_layers,
+        ),
+        (
+            "num_attention_heads",
+            saved.num_attention_heads,
+            config.num_attention_heads,
+        ),
+        (
+            "intermediate_size",
+            saved.intermediate_size,
+            config.intermediate_size,
+        ),
+        (
+            "max_position_embeddings",
+            saved.max_position_embeddings,
+            config.max_position_embeddings,
+        ),
+        (
+            "type_vocab_size",
+            saved.type_vocab_size,
+            config.type_vocab_size,
+        ),
+        ("labels", labels(&saved), labels(config)),
+    ] {
+        if was != now {
+            changes.push(format!("{name} {was} → {now}"));
+        }
+    }
+    if !changes.is_empty() {
+        bail!(
+            "{}: the checkpoint's model has another shape ({}); a resume cannot change it, --force or not: start a new run in another --run-dir",
+            dir.display(),
+            changes.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Loads the model of a verified checkpoint directory.

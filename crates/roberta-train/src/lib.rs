@@ -13,5 +13,6 @@ pub mod optim;
 pub mod parallel;
 pub mod plot;
 pub mod progress;
+pub mod run_dir;
 pub mod tasks;
 pub mod trainer;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use roberta_data::MaskingConfig;
 use roberta_train::cli::{Cli, Command, DataCommand, TokenizerCommand};
@@ -12,6 +12,7 @@ use roberta_train::commands::{
     pretrain::pretrain,
 };
 use roberta_train::config::{FinetuneConfig, PretrainConfig};
+use roberta_train::run_dir::{self, RunLock};
 use roberta_train::{backend::DeviceSpec, dispatch, dispatch_devices};
 
 /// burn's CPU backend allocates a fresh buffer for every op's output, up to the 60 MB
@@ -54,7 +55,15 @@ fn main() {
         }
         None => (None, Configs::None, Vec::new()),
     };
-    if let Err(e) = init_logging(run_dir.as_ref().map(|d| d.join("train.log")).as_deref()) {
+    // One process per run directory, before anything is written there (the log included).
+    let _lock = match run_dir.as_deref().map(RunLock::acquire).transpose() {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = init_logging(run_dir.as_ref().map(|d| d.join(run_dir::LOG)).as_deref()) {
         eprintln!("error: setting up logging: {e:#}");
         std::process::exit(1);
     }
@@ -86,12 +95,14 @@ fn init_logging(log_file: Option<&Path>) -> Result<()> {
     let file = match log_file {
         Some(path) => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
             }
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(path)?;
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
             Some(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(false)

@@ -26,6 +26,7 @@ use crate::config::{OptimSection, RunConfig};
 use crate::metrics::{Metrics, format_metrics};
 use crate::optim::{AdamWGroups, learning_rate};
 use crate::parallel::{self, Group};
+use crate::run_dir::{self, METRICS};
 use crate::tasks::{BatchPlan, Task};
 
 /// How a run trains, whatever the task.
@@ -127,6 +128,7 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
         ..TrainerState::default()
     };
     if let Some((path, saved)) = resume {
+        checkpoint::check_model_shape(path, &files.model_config)?;
         model = model
             .load_file(
                 path.join(checkpoint::MODEL),
@@ -140,6 +142,10 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
         };
         tracing::info!("resumed from {} at step {}", path.display(), state.step);
     }
+    roberta_model::hf::write_atomic(
+        &files.run_dir.join(checkpoint::CONFIG),
+        files.config_toml.as_bytes(),
+    )?;
     let model = parallel::number_params(model);
     let optimizer = |model: &T::Model, device: &B::Device| {
         let optim = AdamWGroups::<B, T::Model>::new(&settings.optim, model);
@@ -261,11 +267,16 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             let (signal, early) = leader.as_ref().map_or((false, false), |l| {
                 (l.stop.load(Ordering::Relaxed), l.early_stop)
             });
-            let [window_targets, signal, early] = self.sum([
+            let refused = window.batches.iter().find_map(|b| self.task.check(b).err());
+            let [window_targets, signal, early, refusals] = self.sum([
                 local_targets as f64,
                 f64::from(u8::from(signal)),
                 f64::from(u8::from(early)),
+                f64::from(u8::from(refused.is_some())),
             ])?;
+            if refusals > 0.0 {
+                bail!(refused.unwrap_or_else(|| "another replica's batch was refused".into()));
+            }
             if signal > 0.0 || early > 0.0 {
                 stopped = signal > 0.0;
                 break;
@@ -511,9 +522,10 @@ struct Update {
     seconds: f64,
 }
 
-/// The checkpoint a run starts from, after checking the config against it; then the run
-/// directory with the config it runs with. A resume on another number of devices keeps
-/// the sequences per update by rescaling the accumulation.
+/// The checkpoint a run starts from, after checking the run directory (see
+/// [`run_dir::check_contents`]) and the config against the checkpoint's. A resume on
+/// another number of devices keeps the sequences per update by rescaling the
+/// accumulation. The run directory must be locked ([`run_dir::RunLock`]).
 pub fn start_run<C: RunConfig>(
     run_dir: &Path,
     resume: Option<&str>,
@@ -522,6 +534,8 @@ pub fn start_run<C: RunConfig>(
     force: bool,
 ) -> Result<Option<checkpoint::Found>> {
     let found = resume_point(run_dir, resume)?;
+    run_dir::check_contents(run_dir, resume.is_some(), found.is_some())?;
+    run_dir::remove_stale_temporaries(run_dir)?;
     if let Some((path, saved_state)) = &found {
         let mut saved = C::from_saved(&path.join(checkpoint::CONFIG))?;
         if saved_state.devices != world {
@@ -539,11 +553,6 @@ pub fn start_run<C: RunConfig>(
         }
         check_resume_changes(&config.exactness_changes(&saved), force)?;
     }
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    roberta_model::hf::write_atomic(
-        &run_dir.join(checkpoint::CONFIG),
-        config.to_toml().as_bytes(),
-    )?;
     Ok(found)
 }
 
@@ -575,6 +584,13 @@ pub fn resume_point(run_dir: &Path, resume: Option<&str>) -> Result<Option<check
         }
         Some(path) => {
             let path = PathBuf::from(path);
+            if !path.join(checkpoint::MANIFEST).is_file() {
+                bail!(
+                    "--resume {}: not a checkpoint (no {}); pass a checkpoints/step-N directory, or --resume auto",
+                    path.display(),
+                    checkpoint::MANIFEST
+                );
+            }
             let state = checkpoint::verify(&path)?;
             Ok(Some((path, state)))
         }
@@ -625,12 +641,10 @@ pub struct MetricsFile {
 }
 
 impl MetricsFile {
-    pub const NAME: &str = "metrics.jsonl";
-
     /// Opens the run's metrics for appending, first dropping lines past `step`: a run
     /// killed after its last checkpoint logged steps that the resumed run takes again.
     pub fn open(run_dir: &Path, step: u64) -> Result<Self> {
-        let path = run_dir.join(Self::NAME);
+        let path = run_dir.join(METRICS);
         if let Ok(text) = std::fs::read_to_string(&path) {
             let kept: String = text
                 .lines()
@@ -670,7 +684,7 @@ mod tests {
     #[test]
     fn metrics_past_the_checkpoint_are_dropped_on_resume() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(MetricsFile::NAME);
+        let path = dir.path().join(METRICS);
         std::fs::write(&path, "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n").unwrap();
         let mut m = MetricsFile::open(dir.path(), 2).unwrap();
         m.write(&serde_json::json!({"step": 3, "loss": 1.0}))

@@ -5,7 +5,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{copy_dir, fails, mlm_fixture, ok, repo, run, s};
+use common::{copy_dir, fails, mlm_fixture, ok, pretrain, repo, run, s, small_corpus, tiny_config};
 
 #[test]
 fn fill_mask_prints_top_k_per_mask() {
@@ -135,15 +135,6 @@ fn tokenizer_train_then_encode_with_char_offsets() {
     let last_word = offsets[offsets.len() - 2].as_array().unwrap();
     // "Café <mask>": characters, not bytes: <mask> spans 4..11 with its lstrip'd space.
     assert_eq!(last_word[1].as_u64(), Some(11), "{v}");
-}
-
-/// The first `lines` lines of the embedded corpus, in a temp dir.
-fn small_corpus(dir: &Path, lines: usize) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("data/default-corpus/train.txt")).unwrap();
-    let part: Vec<&str> = text.lines().take(lines).collect();
-    let path = dir.join("corpus.txt");
-    std::fs::write(&path, part.join("\n") + "\n").unwrap();
-    path
 }
 
 #[test]
@@ -283,50 +274,6 @@ fn preprocess_is_deterministic_idempotent_and_inspectable() {
 }
 
 /// A tiny pretraining config over a small slice of the embedded corpus.
-fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
-    let corpus = small_corpus(dir, 800);
-    let config = format!(
-        r#"
-[model]
-preset = "tiny"
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-intermediate_size = 64
-[data]
-train = ["{corpus}"]
-valid_fraction = 0.05
-data_dir = "{data}"
-tokenizer = "{tok}"
-block_size = 32
-[optim]
-lr = 1e-3
-clip_norm = 1.0
-[schedule]
-warmup_steps = 2
-total_steps = 8
-[train]
-batch_size = 4
-seed = 1
-[checkpoint]
-every = 2
-keep = 10
-[log]
-every = 1
-[eval]
-every = 4
-batches = 2
-{extra}
-"#,
-        corpus = corpus.display(),
-        data = dir.join("data-bin").display(),
-        tok = repo().join("data/tokenizer").display(),
-    );
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
 fn losses(run_dir: &Path) -> Vec<(u64, String)> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
@@ -600,13 +547,6 @@ fn pretrain_no_dropout_output(
     ];
     args.extend(extra);
     pretrain(config, run_dir, &args)
-}
-
-/// `roberta-train pretrain --config CONFIG --run-dir RUN_DIR EXTRA…`.
-fn pretrain(config: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["pretrain", "--config", s(config), "--run-dir", s(run_dir)];
-    args.extend(extra);
-    run(&args)
 }
 
 /// Two replicas (two burn-collective peers on the one CPU device, each on its own

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint;
@@ -27,6 +27,14 @@ pub fn export<B: AutodiffBackend>(
             .map(|(p, _)| p)
             .with_context(|| format!("{}: no checkpoint that verifies", checkpoint.display()))?
     };
+    let occupied =
+        out.is_file() || std::fs::read_dir(&out).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied {
+        bail!(
+            "{} already exists: export writes a new directory (choose another --out)",
+            out.display()
+        );
+    }
     export_checkpoint::<B::InnerBackend>(&dir, &out, &device)?;
     println!("exported {} to {}", dir.display(), out.display());
     Ok(())

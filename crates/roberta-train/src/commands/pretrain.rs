@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::backend::AutodiffBackend;
 use roberta_data::loader::validation_batches;
 use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha256};
@@ -164,10 +164,18 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         None => RobertaForMaskedLM::new(&model_config, &device),
     };
 
+    ensure!(
+        model_config.vocab_size >= tokenizer.vocab_size(),
+        "the tokenizer {} has {} tokens but the model's vocabulary only {}: use the model's own tokenizer (data.tokenizer)",
+        config.data.tokenizer.display(),
+        tokenizer.vocab_size(),
+        model_config.vocab_size
+    );
     let task = Mlm {
         corpus: Arc::new(train),
         valid,
         queue_depth: config.train.loader_queue,
+        vocab_size: model_config.vocab_size,
     };
     let files = RunFiles {
         run_dir: run_dir.clone(),

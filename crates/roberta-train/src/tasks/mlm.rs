@@ -20,6 +20,8 @@ pub struct Mlm {
     pub valid: Vec<Batch>,
     /// Batches the background loader may prepare ahead.
     pub queue_depth: usize,
+    /// The model's vocabulary: every token id must be below it.
+    pub vocab_size: usize,
 }
 
 /// A batch as tensors: the model input, flat indices of the masked positions, targets.
@@ -138,6 +140,20 @@ impl<B: AutodiffBackend> Task<B> for Mlm {
 
     fn tokens(&self, batch: &Batch) -> usize {
         batch.tokens
+    }
+
+    fn check(&self, batch: &Batch) -> std::result::Result<(), String> {
+        match batch
+            .input_ids
+            .iter()
+            .find(|&&id| id as usize >= self.vocab_size)
+        {
+            Some(id) => Err(format!(
+                "a batch holds token id {id}, outside the model's vocabulary of {}: the shards in data.data_dir were not made with this model's tokenizer",
+                self.vocab_size
+            )),
+            None => Ok(()),
+        }
     }
 
     fn loss(

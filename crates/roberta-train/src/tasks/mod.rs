@@ -75,6 +75,11 @@ pub trait Task<B: AutodiffBackend>: Sync {
     fn targets(&self, batch: &Self::Batch) -> usize;
     /// Non-padding tokens, for throughput.
     fn tokens(&self, batch: &Self::Batch) -> usize;
+    /// Refuses a batch the model cannot take, before any replica runs it (a model fed
+    /// token ids outside its vocabulary would fail deep inside the backend).
+    fn check(&self, _batch: &Self::Batch) -> std::result::Result<(), String> {
+        Ok(())
+    }
     /// The summed loss of a micro-batch; `None` for a batch with nothing to learn.
     fn loss(
         &self,

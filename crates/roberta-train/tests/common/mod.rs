@@ -73,3 +73,65 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
     }
 }
+
+/// The first `lines` lines of the embedded corpus, in a temp dir.
+pub fn small_corpus(dir: &Path, lines: usize) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("data/default-corpus/train.txt")).unwrap();
+    let part: Vec<&str> = text.lines().take(lines).collect();
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, part.join("\n") + "\n").unwrap();
+    path
+}
+
+/// A tiny pretraining config (hidden 32, 2 layers, blocks of 32) on 800 lines of the
+/// embedded corpus, with the embedded tokenizer; `extra` is appended.
+pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
+    let corpus = small_corpus(dir, 800);
+    let config = format!(
+        r#"
+[model]
+preset = "tiny"
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+intermediate_size = 64
+[data]
+train = ["{corpus}"]
+valid_fraction = 0.05
+data_dir = "{data}"
+tokenizer = "{tok}"
+block_size = 32
+[optim]
+lr = 1e-3
+clip_norm = 1.0
+[schedule]
+warmup_steps = 2
+total_steps = 8
+[train]
+batch_size = 4
+seed = 1
+[checkpoint]
+every = 2
+keep = 10
+[log]
+every = 1
+[eval]
+every = 4
+batches = 2
+{extra}
+"#,
+        corpus = corpus.display(),
+        data = dir.join("data-bin").display(),
+        tok = repo().join("data/tokenizer").display(),
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// `roberta-train pretrain --config CONFIG --run-dir RUN_DIR EXTRA…`.
+pub fn pretrain(config: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["pretrain", "--config", s(config), "--run-dir", s(run_dir)];
+    args.extend(extra);
+    run(&args)
+}

@@ -1,0 +1,210 @@
+//! A run directory belongs to one process at a time (an OS lock held while the process
+//! lives) and holds only what a run writes. Anything else found there is the user's, and
+//! a run refuses to start rather than write over it; temporaries that an interrupted
+//! run left behind are ours and are removed when the next run starts.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::checkpoint;
+use crate::plot::PLOT_FILE;
+
+/// The lock file; it also holds the PID of the process that has the lock.
+pub const LOCK: &str = ".roberta-train.lock";
+pub const LOG: &str = "train.log";
+/// One JSON object per logged update.
+pub const METRICS: &str = "metrics.jsonl";
+/// Where fine-tuning exports a checkpoint it starts from.
+pub const INIT: &str = "init";
+
+/// What a run writes at the top of its directory.
+fn owned(name: &str) -> bool {
+    [
+        checkpoint::CONFIG,
+        METRICS,
+        LOG,
+        PLOT_FILE,
+        checkpoint::CHECKPOINTS,
+        checkpoint::FINAL,
+        checkpoint::BEST,
+        INIT,
+        LOCK,
+    ]
+    .contains(&name)
+        || temporary_of(name).is_some()
+}
+
+/// `.NAME.tmp-PID`, the temporary this program writes NAME through, and its PID.
+fn temporary_of(name: &str) -> Option<(&str, u32)> {
+    let (stem, pid) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    Some((stem, pid.parse().ok()?))
+}
+
+/// The lock on a run directory, released when the process exits (or this is dropped).
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Creates the run directory if needed and takes its lock, or says which process
+    /// holds it.
+    pub fn acquire(run_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+        let path = run_dir.join(LOCK);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "{} is in use by another roberta-train (PID {}): wait for it to finish, or choose another --run-dir",
+                    run_dir.display(),
+                    holder.trim()
+                );
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        file.set_len(0)
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// Refuses a run directory that holds files a run does not write, and, for a fresh run
+/// (`resuming` false), one that already holds a run. A run killed before its first
+/// checkpoint may start over with `--resume auto`, but a finished one (`final/` or
+/// `best/` with no checkpoint left) may not.
+pub fn check_contents(run_dir: &Path, resuming: bool, has_checkpoint: bool) -> Result<()> {
+    let mut foreign = Vec::new();
+    let mut previous = Vec::new();
+    for entry in
+        std::fs::read_dir(run_dir).with_context(|| format!("listing {}", run_dir.display()))?
+    {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !owned(&name) {
+            foreign.push(name);
+        } else if ![LOG, LOCK].contains(&name.as_str()) && temporary_of(&name).is_none() {
+            previous.push(name);
+        }
+    }
+    foreign.sort();
+    previous.sort();
+    if !foreign.is_empty() {
+        bail!(
+            "{} holds files that roberta-train did not write ({}): choose another --run-dir",
+            run_dir.display(),
+            foreign.join(", ")
+        );
+    }
+    if !resuming && !previous.is_empty() {
+        bail!(
+            "{} already holds a run ({}): pass --resume auto to continue it, or choose another --run-dir",
+            run_dir.display(),
+            previous.join(", ")
+        );
+    }
+    let finished: Vec<&String> = previous
+        .iter()
+        .filter(|n| [checkpoint::FINAL, checkpoint::BEST].contains(&n.as_str()))
+        .collect();
+    if resuming && !has_checkpoint && !finished.is_empty() {
+        bail!(
+            "{} holds a finished run's {} but no checkpoint to continue from: choose another --run-dir",
+            run_dir.display(),
+            finished
+                .iter()
+                .map(|n| format!("{n}/"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// Removes the temporaries (`.NAME.tmp-PID`) that an interrupted run left in the run
+/// directory and in its checkpoints. Called with the lock held, so none is in use.
+pub fn remove_stale_temporaries(run_dir: &Path) -> Result<()> {
+    for dir in [run_dir.to_path_buf(), checkpoint::checkpoints_dir(run_dir)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if temporary_of(&name).is_none() {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+            tracing::info!("removed {}, left by an interrupted run", path.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporaries_are_recognised_by_name_and_pid() {
+        assert_eq!(
+            temporary_of(".step-0000004.tmp-123"),
+            Some(("step-0000004", 123))
+        );
+        assert_eq!(temporary_of(".final.tmp-9"), Some(("final", 9)));
+        assert_eq!(temporary_of("final.tmp-9"), None);
+        assert_eq!(temporary_of(".notes.tmp-x"), None);
+    }
+
+    #[test]
+    fn a_second_lock_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = RunLock::acquire(dir.path()).unwrap();
+        let err = RunLock::acquire(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("PID {}", std::process::id())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn foreign_files_and_previous_runs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LOG), "").unwrap();
+        check_contents(dir.path(), false, false).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        let err = check_contents(dir.path(), true, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("notes.txt"), "{err}");
+        std::fs::remove_file(dir.path().join("notes.txt")).unwrap();
+        std::fs::create_dir(dir.path().join(checkpoint::FINAL)).unwrap();
+        let err = check_contents(dir.path(), false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--resume auto"), "{err}");
+        let err = check_contents(dir.path(), true, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no checkpoint"), "{err}");
+        check_contents(dir.path(), true, true).unwrap();
+    }
+}

@@ -1,0 +1,262 @@
+//! Faults and bad input against training runs: whatever happens, a user's files are
+//! never changed, nothing panics, and the error names its culprit in one line.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{fails, mlm_fixture, ok, pretrain, s, tiny_config};
+
+fn assert_no_panic(stderr: &str) {
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+}
+
+/// What a directory holds, file by file, for before/after comparisons.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_run_directory_with_user_files_or_a_finished_run_is_not_trained_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+
+    // The user's own files.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "my notes").unwrap();
+    std::fs::write(mine.join("config.toml"), "my config").unwrap();
+    let before = snapshot(&mine);
+    for extra in [&[][..], &["--resume", "auto"][..]] {
+        let err = fails(&pretrain(&config, &mine, extra));
+        assert!(
+            err.contains("notes.txt") && err.contains("--run-dir"),
+            "{err}"
+        );
+        assert_no_panic(&err);
+    }
+    let after: Vec<_> = snapshot(&mine)
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with(".roberta-train.lock") && n != "train.log")
+        .collect();
+    assert_eq!(after, before, "the user's files are untouched");
+
+    // A finished run whose checkpoints are gone: neither a new run nor a resume writes
+    // over its final/, config.toml and metrics.
+    let run = dir.path().join("run");
+    ok(&pretrain(
+        &config,
+        &run,
+        &["--set", "schedule.total_steps=2"],
+    ));
+    std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    let before = snapshot(&run.join("final"));
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let err = fails(&pretrain(&config, &run, &[]));
+    assert!(err.contains("already holds a run"), "{err}");
+    let err = fails(&pretrain(&config, &run, &["--resume", "auto"]));
+    assert!(err.contains("no checkpoint"), "{err}");
+    assert_eq!(snapshot(&run.join("final")), before);
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
+}
+
+#[test]
+fn a_second_process_on_a_run_directory_is_refused_with_the_holders_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run = dir.path().join("run");
+    // A long first run; the second starts once the first holds the lock.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+        .args(["pretrain", "--config", s(&config), "--run-dir", s(&run)])
+        .args(["--set", "schedule.total_steps=100000"])
+        .current_dir(common::repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = run.join(".roberta-train.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != first.id().to_string() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let err = fails(&pretrain(&config, &run, &["--resume", "auto"]));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        err.contains("in use") && err.contains(&format!("PID {}", first.id())),
+        "{err}"
+    );
+    // The lock goes with the process: a resume now works.
+    ok(&pretrain(
+        &config,
+        &run,
+        &["--resume", "auto", "--set", "schedule.total_steps=2"],
+    ));
+}
+
+#[test]
+fn a_forced_resume_cannot_change_the_architecture_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run = dir.path().join("run");
+    ok(&pretrain(
+        &config,
+        &run,
+        &["--set", "schedule.total_steps=2"],
+    ));
+    // A temporary left by a run killed while it wrote a checkpoint.
+    let stale = run.join("checkpoints/.step-0000004.tmp-999999");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("model.bin"), b"partial").unwrap();
+    let config_toml = std::fs::read(run.join("config.toml")).unwrap();
+    let err = fails(&pretrain(
+        &config,
+        &run,
+        &[
+            "--resume",
+            "auto",
+            "--force",
+            "--set",
+            "model.hidden_size=64",
+            "--set",
+            "schedule.total_steps=4",
+        ],
+    ));
+    assert!(
+        err.contains("hidden_size 32 → 64") && err.contains("cannot change"),
+        "{err}"
+    );
+    assert_no_panic(&err);
+    assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config_toml);
+    assert!(!stale.exists(), "the stale temporary is removed");
+}
+
+#[test]
+fn a_missing_checkpoint_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let missing = dir.path().join("nowhere");
+    let err = fails(&pretrain(
+        &config,
+        &dir.path().join("run"),
+        &["--resume", s(&missing)],
+    ));
+    assert!(
+        err.contains("not a checkpoint") && err.contains("nowhere"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_model_directory_that_is_not_roberta_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt2 = dir.path().join("gpt2");
+    common::copy_dir(Path::new(&mlm_fixture()), &gpt2);
+    let config_json = std::fs::read_to_string(gpt2.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config_json).unwrap();
+    config["model_type"] = "gpt2".into();
+    config["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+    std::fs::write(gpt2.join("config.json"), config.to_string()).unwrap();
+    let err = fails(&common::run(&[
+        "fill-mask",
+        "--model",
+        s(&gpt2),
+        "Hello <mask>.",
+    ]));
+    assert!(err.contains("gpt2") && err.contains("not RoBERTa"), "{err}");
+}
+
+#[test]
+fn export_does_not_write_into_a_directory_it_did_not_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run = dir.path().join("run");
+    ok(&pretrain(
+        &config,
+        &run,
+        &["--set", "schedule.total_steps=2"],
+    ));
+    let out = dir.path().join("mine");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "my notes").unwrap();
+    let export = |out: &Path| common::run(&["export", "--checkpoint", s(&run), "--out", s(out)]);
+    let err = fails(&export(&out));
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        snapshot(&out),
+        [("notes.txt".to_string(), b"my notes".to_vec())]
+    );
+    ok(&export(&dir.path().join("new")));
+    assert!(dir.path().join("new/model.safetensors").exists());
+}
+
+#[test]
+fn token_ids_outside_the_models_vocabulary_are_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    // A model with a smaller vocabulary than the corpus's tokenizer.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let shapeless: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ![
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
+        })
+        .collect();
+    let continued = dir.path().join("continued.toml");
+    std::fs::write(&continued, shapeless.join("\n")).unwrap();
+    let err = fails(&pretrain(
+        &continued,
+        &dir.path().join("small"),
+        &["--set", &format!("model.init={}", mlm_fixture())],
+    ));
+    assert!(err.contains("vocabulary"), "{err}");
+    assert_no_panic(&err);
+    // Shards whose ids were damaged after preprocessing: every id becomes 65535.
+    ok(&pretrain(
+        &config,
+        &dir.path().join("run"),
+        &["--set", "schedule.total_steps=2"],
+    ));
+    let shard = dir.path().join("data-bin/train-00000.bin");
+    let len = std::fs::metadata(&shard).unwrap().len() as usize;
+    std::fs::write(&shard, vec![0xFF; len]).unwrap();
+    let err = fails(&pretrain(&config, &dir.path().join("damaged"), &[]));
+    assert!(
+        err.contains("token id 65535") && err.contains("vocabulary"),
+        "{err}"
+    );
+    assert_no_panic(&err);
+}

@@ -270,7 +270,7 @@ impl PretrainConfig {
     /// warning per deprecated key it read.
     pub fn load(path: &Path, sets: &[String]) -> Result<(Self, Vec<String>)> {
         let (table, warnings) = read_table(path, sets, PRETRAIN_RENAMED)?;
-        let config: Self = deserialize(path, table)?;
+        let config: Self = deserialize(path, table, sets)?;
         config
             .validate()
             .with_context(|| format!("{}: invalid config", path.display()))?;
@@ -507,9 +507,14 @@ fn default_n_best() -> usize {
 }
 
 impl TaskSection {
-    /// The section a model saved, or the defaults for `kind`.
+    /// The defaults for `kind`; QA windows take 384 tokens, as HF's `run_qa`.
     pub fn for_kind(kind: TaskKind) -> Self {
-        toml::from_str(&format!("type = \"{}\"", kind.name())).expect("defaults deserialise")
+        let mut section: Self =
+            toml::from_str(&format!("type = \"{}\"", kind.name())).expect("defaults deserialise");
+        if kind == TaskKind::Qa {
+            section.max_length = 384;
+        }
+        section
     }
 
     pub fn text_a(&self) -> &str {
@@ -687,7 +692,7 @@ impl FinetuneConfig {
                 optim.entry(k).or_insert(v);
             }
         }
-        let config: Self = deserialize(path, value)?;
+        let config: Self = deserialize(path, value, sets)?;
         config
             .validate()
             .with_context(|| format!("{}: invalid config", path.display()))?;
@@ -816,7 +821,7 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned {
             toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
         rename_deprecated(&mut table, Self::RENAMED)
             .with_context(|| format!("{}: saved config", path.display()))?;
-        deserialize(path, table)
+        deserialize(path, table, &[])
             .with_context(|| format!("{} is not a config of this command", path.display()))
     }
 }
@@ -910,10 +915,49 @@ fn read_table(
     Ok((table, warnings))
 }
 
-/// The typed config; serde's message names the unknown key or the bad value.
-fn deserialize<T: serde::de::DeserializeOwned>(path: &Path, table: toml::Table) -> Result<T> {
-    T::deserialize(toml::Value::Table(table))
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+/// The typed config. An error names the key (`train.batch_size`) and where its value
+/// came from: the `--set` that gave it, or the file and line.
+fn deserialize<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    table: toml::Table,
+    sets: &[String],
+) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.inner().message().to_string();
+        let set = sets
+            .iter()
+            .find(|set| set.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+        match set {
+            Some(set) => anyhow::anyhow!("--set {set}: {message}"),
+            None => {
+                let line = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| line_of(&text, &key));
+                match line {
+                    Some(line) => anyhow::anyhow!("{}:{line}: {key}: {message}", path.display()),
+                    None => anyhow::anyhow!("{}: {key}: {message}", path.display()),
+                }
+            }
+        }
+    })
+}
+
+/// The 1-based line of `section.key` in a TOML file.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let (section, key) = path.split_once('.')?;
+    let header = format!("[{section}]");
+    let start = text.lines().position(|l| l.trim() == header)?;
+    text.lines()
+        .enumerate()
+        .skip(start + 1)
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|(i, _)| i + 1)
 }
 
 /// Applies `section.key=value`: the value is read as TOML (numbers, booleans, arrays),
@@ -1113,6 +1157,32 @@ batch_size = 4
         assert_eq!(
             b.exactness_changes(&a),
             ["model.hidden_size: (unset) → 256", "train.seed: 0 → 9"]
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_the_line_or_the_set() {
+        let bad = MINIMAL.replace("batch_size = 4", "batch_size = \"four\"");
+        let err = format!("{:#}", load(&bad, &[]).unwrap_err());
+        assert!(err.contains(":13: train.batch_size: invalid type"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(MINIMAL, &["train.batch_size=abc"]).unwrap_err()
+        );
+        assert!(
+            err.starts_with("--set train.batch_size=abc: invalid type"),
+            "{err}"
+        );
+        let err = format!("{:#}", load(MINIMAL, &["train.batchsize=3"]).unwrap_err());
+        assert!(
+            err.starts_with("--set train.batchsize=3: unknown field"),
+            "{err}"
+        );
+        let typo = MINIMAL.replace("batch_size = 4", "batch_size = 4\nbatchsize = 2");
+        let err = format!("{:#}", load(&typo, &[]).unwrap_err());
+        assert!(
+            err.contains(":14: train.batchsize: unknown field `batchsize`"),
+            "{err}"
         );
     }
 

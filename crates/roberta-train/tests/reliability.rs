@@ -260,3 +260,31 @@ fn token_ids_outside_the_models_vocabulary_are_refused_not_a_panic() {
     );
     assert_no_panic(&err);
 }
+
+#[test]
+fn inference_errors_stay_one_line_and_name_the_mismatch() {
+    let long = format!("{} <mask>.", "word ".repeat(2000));
+    let err = fails(&common::run(&[
+        "fill-mask",
+        "--model",
+        &mlm_fixture(),
+        &long,
+    ]));
+    assert!(err.contains("tokens long") && err.len() < 400, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("squad.json");
+    std::fs::write(&data, "{}").unwrap();
+    let err = fails(&common::run(&[
+        "eval",
+        "--model",
+        &mlm_fixture(),
+        "--data",
+        s(&data),
+        "--task",
+        "qa",
+    ]));
+    assert!(
+        err.contains("holds a RobertaForMaskedLM") && err.contains("RobertaForQuestionAnswering"),
+        "{err}"
+    );
+}

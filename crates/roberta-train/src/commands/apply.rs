@@ -65,7 +65,6 @@ fn resolve_task(config: &RobertaConfig, dir: &Path, o: &TaskOverrides) -> Result
     if let Some(n) = o.max_length {
         task.max_length = n;
     }
-    task.validate()?;
     Ok(task)
 }
 
@@ -87,6 +86,7 @@ pub fn apply<B: AutodiffBackend>(device: B::Device, args: ApplyArgs, predict: bo
     let section = resolve_task(&config, &dir, &args.overrides)?;
     let apply = Apply::<B> {
         device,
+        architecture: config.architectures.first().cloned(),
         dir,
         section,
         args,
@@ -97,6 +97,8 @@ pub fn apply<B: AutodiffBackend>(device: B::Device, args: ApplyArgs, predict: bo
 
 struct Apply<B: AutodiffBackend> {
     device: B::Device,
+    /// The model directory's class, when its config.json names one.
+    architecture: Option<String>,
     dir: PathBuf,
     section: TaskSection,
     args: ApplyArgs,
@@ -117,6 +119,17 @@ impl<B: AutodiffBackend> WithTask<B> for Apply<B> {
 fn apply_with<AB: AutodiffBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
     let (dir, args) = (&a.dir, &a.args);
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let architecture = <T::Model<AB::InnerBackend> as Pretrained<AB::InnerBackend>>::ARCHITECTURE;
+    if let Some(found) = &a.architecture
+        && found != architecture
+    {
+        bail!(
+            "{} holds a {found}; a {} task needs a {architecture}",
+            dir.display(),
+            a.section.kind.name()
+        );
+    }
+    a.section.validate()?;
     let tokenizer = load_tokenizer(dir)?;
     let loaded = load_model::<AB::InnerBackend, T::Model<AB::InnerBackend>>(
         dir,

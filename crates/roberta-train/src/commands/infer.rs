@@ -65,6 +65,15 @@ pub fn fill_mask<B: AutodiffBackend>(device: B::Device, args: FillMaskArgs) -> R
     Ok(())
 }
 
+/// The start of a long input, for an error message that stays one line.
+fn excerpt(text: &str) -> String {
+    const SHOWN: usize = 60;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// The `top_k` most probable tokens at each `<mask>` of `text`.
 pub fn predict_masks<B: Backend>(
     model: &RobertaForMaskedLM<B>,
@@ -81,12 +90,13 @@ pub fn predict_masks<B: Backend>(
         .filter(|&i| encoded.ids[i] == mask_id)
         .collect();
     if positions.is_empty() {
-        bail!("no <mask> token in {text:?}");
+        bail!("no <mask> token in {:?}", excerpt(text));
     }
     let max = config.max_sequence_length();
     ensure!(
         encoded.ids.len() <= max,
-        "{text:?} is {} tokens long; the model takes at most {max}",
+        "{:?} is {} tokens long; the model takes at most {max}",
+        excerpt(text),
         encoded.ids.len()
     );
     let input = RobertaInput::from_rows(

@@ -75,6 +75,8 @@ impl Meta {
 
 /// One split of a data directory, memory-mapped.
 pub struct Split {
+    /// The data directory, for messages.
+    pub dir: PathBuf,
     pub name: String,
     pub shards: Vec<Shard>,
     pub specials: SpecialTokens,
@@ -112,6 +114,7 @@ impl Split {
             )?);
         }
         Ok(Self {
+            dir: dir.to_path_buf(),
             name: split.to_string(),
             shards,
             specials: meta.specials,
@@ -121,6 +124,20 @@ impl Split {
 
     pub fn tokens(&self) -> u64 {
         self.shards.iter().map(Shard::tokens).sum()
+    }
+
+    /// Refuses shards made with a vocabulary larger than `vocab_size` (the tokenizer's
+    /// or the model's): their ids could index past the embeddings. A hash check alone
+    /// misses a `meta.json` edited or written by another tool.
+    pub fn check_vocab(&self, vocab_size: usize) -> Result<()> {
+        if self.vocab_size > vocab_size {
+            return Err(DataError::VocabTooLarge {
+                path: self.dir.clone(),
+                shards: self.vocab_size,
+                vocab: vocab_size,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -353,6 +370,21 @@ pub(crate) mod tests {
                 .sum();
             assert_eq!(inner, 3 + 17 + 2 + 6, "every token served exactly once");
         }
+    }
+
+    #[test]
+    fn a_vocabulary_larger_than_the_models_is_refused() {
+        let dir = write_split(&[vec![vec![10]]]);
+        let split = Split::open(dir.path(), "train", Some("test")).unwrap();
+        split.check_vocab(100).unwrap();
+        split.check_vocab(5000).unwrap();
+        let err = split.check_vocab(99).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&dir.path().display().to_string())
+                && err.contains("100 tokens")
+                && err.contains("the 99"),
+            "{err}"
+        );
     }
 
     #[test]

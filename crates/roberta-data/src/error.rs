@@ -43,6 +43,37 @@ pub enum DataError {
     Corpus { path: PathBuf, message: String },
     #[error("{path}: invalid UTF-8 at byte {offset} (pass --skip-invalid to skip such lines)")]
     InvalidUtf8 { path: PathBuf, offset: u64 },
+    #[error(
+        "{path}: the shards' vocabulary has {shards} tokens, more than the {vocab} this tokenizer and model have: their ids would index past the embeddings; preprocess again with this tokenizer"
+    )]
+    VocabTooLarge {
+        path: PathBuf,
+        shards: usize,
+        vocab: usize,
+    },
+    #[error(
+        "{path}: a {file} alone is not a tokenizer: pass the directory that holds vocab.json and merges.txt (or a tokenizer.json)"
+    )]
+    PartialTokenizer { path: PathBuf, file: String },
+    #[error("{path} is empty")]
+    EmptyFile { path: PathBuf },
+    #[error(
+        "{files}: no text to train a tokenizer on (empty or blank); give --input files that hold text"
+    )]
+    NoText { files: String },
+    /// The output path holds something `preprocess` did not write; `why` says what.
+    #[error("{path} {why}: choose another --out (data.data_dir when pretraining)")]
+    ForeignOutput { path: PathBuf, why: String },
+    #[error(
+        "{path} was preprocessed with another tokenizer (sha256 {shards}…, this one {tokenizer}…): choose another --out (data.data_dir when pretraining), or rebuild it with `roberta-train preprocess --force`"
+    )]
+    TokenizerChanged {
+        path: PathBuf,
+        shards: String,
+        tokenizer: String,
+    },
+    #[error("interrupted: nothing written to {path}")]
+    Interrupted { path: PathBuf },
     #[error("{0}")]
     Invalid(String),
 }

@@ -55,6 +55,17 @@ pub struct Example {
 /// Reads a labeled file: `.jsonl` by field, anything else as TSV (`.csv`: comma with
 /// CSV quoting). TSV fields are taken verbatim: GLUE files hold unbalanced quotes.
 pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
+    let bytes = std::fs::metadata(path)
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if bytes == 0 {
+        return Err(DataError::EmptyFile {
+            path: path.to_path_buf(),
+        });
+    }
     let examples = match path.extension().and_then(|e| e.to_str()) {
         Some("jsonl" | "json") => read_jsonl(path, columns)?,
         Some("csv") => read_delimited(path, columns, b',', true)?,
@@ -109,6 +120,12 @@ fn read_delimited(
     } else {
         Vec::new()
     };
+    if columns.header && headers.iter().all(String::is_empty) {
+        return Err(error(
+            path,
+            "no header line (the file holds only blank lines)",
+        ));
+    }
     let a = index(&columns.text_a, &headers)?;
     let b = columns
         .text_b
@@ -555,6 +572,17 @@ mod tests {
                 .to_string()
                 .contains("line 2")
         );
+        for (name, text) in [("e.tsv", ""), ("e.csv", ""), ("b.tsv", "\n\n")] {
+            let empty = dir.path().join(name);
+            std::fs::write(&empty, text).unwrap();
+            let err = read_examples(&empty, &cols).unwrap_err().to_string();
+            let expected = if text.is_empty() {
+                format!("{} is empty", empty.display())
+            } else {
+                format!("{}: no header line", empty.display())
+            };
+            assert!(err.starts_with(&expected), "{err}");
+        }
         std::fs::write(&p, "text\tlabel\n").unwrap();
         assert!(
             read_examples(&p, &cols)

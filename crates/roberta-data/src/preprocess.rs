@@ -5,10 +5,14 @@
 //! worker threads tokenize chunks; the calling thread writes them back in chunk order, so
 //! the output does not depend on the number of workers. Queues are bounded, so memory
 //! is too. Everything is written into a temporary sibling directory that is renamed into
-//! place after `meta.json`, so a killed run leaves nothing that looks complete.
+//! place after `meta.json`, so a killed run leaves nothing that looks complete; the next
+//! run removes what it left. The output path is owned: it may be absent, empty, or a
+//! previous output of `preprocess` (its `meta.json` says so); anything else is the
+//! user's and is refused, `force` or not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +29,7 @@ use crate::tokenizer::{RobertaTokenizer, TOKENIZER_FILE};
 /// Text bytes per chunk handed to a worker.
 const CHUNK_BYTES: usize = 256 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreprocessOptions {
     pub inputs: Vec<PathBuf>,
     /// Held-out files; when empty, `valid_fraction` of the documents are held out.
@@ -38,6 +42,19 @@ pub struct PreprocessOptions {
     pub seed: u64,
     #[serde(skip)]
     pub workers: usize,
+    /// Set (by a signal handler) to stop early: the reader, the workers and the writer
+    /// look at it between documents and chunks, the temporary output is removed and
+    /// `preprocess` returns [`DataError::Interrupted`].
+    #[serde(skip)]
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl PreprocessOptions {
+    fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
 }
 
 impl Default for PreprocessOptions {
@@ -50,6 +67,7 @@ impl Default for PreprocessOptions {
             shard_tokens: 1 << 28,
             seed: 0,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            stop: None,
         }
     }
 }
@@ -122,29 +140,47 @@ pub fn preprocess(
     let hash = tokenizer_sha256(tokenizer);
     let options_json = serde_json::to_value(options).expect("options serialise");
 
-    if !force
-        && let Ok(existing) = Meta::read(out)
-        && existing.sources == all_sources
-        && existing.tokenizer_sha256 == hash
-        && existing.options == options_json
-    {
-        return Ok(Outcome::UpToDate(existing));
-    }
-
-    let parent = out
+    let target = resolve_output(out)?;
+    let parent = target
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| DataError::ForeignOutput {
+            path: out.to_path_buf(),
+            why: "names no directory".into(),
+        })?;
+    remove_stale_temporaries(parent, &name, &target);
+    let existing = existing_output(&target, out)?;
+    if let Existing::Ours { meta, foreign } = &existing {
+        if !force && meta.tokenizer_sha256 != hash {
+            return Err(DataError::TokenizerChanged {
+                path: out.to_path_buf(),
+                shards: short_hash(&meta.tokenizer_sha256),
+                tokenizer: short_hash(&hash),
+            });
+        }
+        if !force && meta.sources == all_sources && meta.options == options_json {
+            return Ok(Outcome::UpToDate(meta.clone()));
+        }
+        if !foreign.is_empty() {
+            return Err(DataError::ForeignOutput {
+                path: out.to_path_buf(),
+                why: format!(
+                    "holds files that preprocess did not write ({})",
+                    listing(foreign)
+                ),
+            });
+        }
+    }
+
     std::fs::create_dir_all(parent).map_err(|source| DataError::Io {
         path: parent.to_path_buf(),
         source,
     })?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data-bin".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = sibling(&target, "tmp");
     std::fs::create_dir(&tmp).map_err(|source| DataError::Io {
         path: tmp.clone(),
         source,
@@ -189,26 +225,197 @@ pub fn preprocess(
         })?;
         Ok(meta)
     });
-    let meta = match result {
-        Ok(meta) => meta,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
+    let result = if options.stopped() {
+        Err(DataError::Interrupted {
+            path: out.to_path_buf(),
+        })
+    } else {
+        result
     };
+    let meta = result
+        .and_then(|meta| {
+            put_in_place(&tmp, &target, &existing).map_err(|source| DataError::Io {
+                path: out.to_path_buf(),
+                source,
+            })?;
+            Ok(meta)
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&tmp);
+        })?;
+    Ok(Outcome::Written(meta))
+}
+
+/// What the output path holds before a run.
+enum Existing {
+    Absent,
+    Empty,
+    /// A previous output of `preprocess`, with the names of any files it did not write.
+    Ours {
+        meta: Meta,
+        foreign: Vec<String>,
+    },
+}
+
+/// `out` with symbolic links resolved, so that a link to a data directory still points
+/// at it once it is replaced; a link to nothing is refused rather than replaced.
+fn resolve_output(out: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(out) {
+        Err(_) => Ok(out.to_path_buf()),
+        Ok(m) if m.file_type().is_symlink() && !out.exists() => Err(DataError::ForeignOutput {
+            path: out.to_path_buf(),
+            why: "is a symbolic link to nothing".into(),
+        }),
+        Ok(_) => std::fs::canonicalize(out).map_err(|source| DataError::Io {
+            path: out.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// What `target` (`out` as the user named it, resolved) holds. Only a directory that
+/// `preprocess` wrote itself, recognised by its `meta.json`, may be replaced: anything
+/// else is the user's.
+fn existing_output(target: &Path, out: &Path) -> Result<Existing> {
     let io = |source| DataError::Io {
         path: out.to_path_buf(),
         source,
     };
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old).map_err(io)?;
-        std::fs::rename(&tmp, out).map_err(io)?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, out).map_err(io)?;
+    let foreign = |why: String| DataError::ForeignOutput {
+        path: out.to_path_buf(),
+        why,
+    };
+    let kind = match std::fs::symlink_metadata(target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Absent),
+        Err(e) => return Err(io(e)),
+    };
+    if !kind.is_dir() {
+        return Err(foreign("is a file, not a directory".into()));
     }
-    Ok(Outcome::Written(meta))
+    let mut names = std::fs::read_dir(target)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io)?;
+    if names.is_empty() {
+        return Ok(Existing::Empty);
+    }
+    names.sort();
+    if !names.iter().any(|n| n == META_FILE) {
+        return Err(foreign(format!(
+            "holds files that preprocess did not write ({})",
+            listing(&names)
+        )));
+    }
+    let meta = Meta::read(target).map_err(|e| {
+        foreign(format!(
+            "holds a {META_FILE} that this build of preprocess did not write ({e})"
+        ))
+    })?;
+    let written: BTreeSet<String> = [META_FILE.to_string(), TOKENIZER_FILE.to_string()]
+        .into_iter()
+        .chain(
+            meta.splits
+                .values()
+                .flat_map(|s| &s.shards)
+                .flat_map(|base| [format!("{base}.bin"), format!("{base}.idx")]),
+        )
+        .collect();
+    names.retain(|n| !written.contains(n));
+    Ok(Existing::Ours {
+        meta,
+        foreign: names,
+    })
+}
+
+/// The first few names, for a one-line message.
+fn listing(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut list = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        list.push_str(", …");
+    }
+    list
+}
+
+/// Enough of a sha256 to tell two tokenizers apart in a message.
+fn short_hash(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
+/// Moves the finished `tmp` to `target` with renames only, so readers see the old
+/// output or the new one, never a mix. Our own previous output is first moved aside and
+/// removed once the new one is in place.
+fn put_in_place(tmp: &Path, target: &Path, existing: &Existing) -> std::io::Result<()> {
+    if !matches!(existing, Existing::Ours { .. }) {
+        // POSIX rename replaces an empty directory.
+        return std::fs::rename(tmp, target);
+    }
+    let old = sibling(target, "old");
+    std::fs::rename(target, &old)?;
+    if let Err(e) = std::fs::rename(tmp, target) {
+        let _ = std::fs::rename(&old, target);
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// `.NAME.KIND-PID` next to `target`: this program's name for its temporaries.
+fn sibling(target: &Path, kind: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.{kind}-{}", std::process::id()))
+}
+
+/// Removes the `.NAME.tmp-PID` and `.NAME.old-PID` directories next to the output that
+/// runs killed before they finished left behind: names only this program gives, of
+/// processes that are gone. An old output moved aside by a run killed just before its
+/// new output took its place goes back instead.
+fn remove_stale_temporaries(parent: &Path, name: &str, target: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    let mut stale: Vec<(bool, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            let rest = file.strip_prefix(&prefix)?;
+            let (old, pid) = match rest.strip_prefix("tmp-") {
+                Some(pid) => (false, pid),
+                None => (true, rest.strip_prefix("old-")?),
+            };
+            if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let pid: u32 = pid.parse().ok()?;
+            (!process_alive(pid)).then(|| (old, e.path()))
+        })
+        .collect();
+    stale.sort();
+    for (old, path) in stale {
+        if old && std::fs::symlink_metadata(target).is_err() {
+            let _ = std::fs::rename(&path, target);
+        } else {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Whether `pid` may be a live process other than this one (which runs one
+/// preprocessing per output at a time). Without `/proc` nobody can tell, so every
+/// process counts as alive and its temporaries are left alone.
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return false;
+    }
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 /// A chunk of documents, tagged with its split.
@@ -233,17 +440,19 @@ fn write_all(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(BTreeMap<String, SplitMeta>, u64)> {
     let workers = options.workers.max(1);
-    let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(workers * 2);
-    let (done_tx, done_rx) = sync_channel::<Result<Tokenized>>(workers * 2);
-    let chunk_rx = Arc::new(Mutex::new(chunk_rx));
     let total_bytes = sources(train_files)?
         .iter()
         .chain(sources(valid_files)?.iter())
         .map(|s| s.bytes)
         .sum();
     let width = TokenWidth::for_vocab(tokenizer.vocab_size());
+    let interrupted = || DataError::Interrupted {
+        path: dir.to_path_buf(),
+    };
 
     std::thread::scope(|scope| {
+        let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(workers * 2);
+        let (done_tx, done_rx) = sync_channel::<Result<Tokenized>>(workers * 2);
         let reader = scope.spawn(move || -> Result<u64> {
             let mut chunk = Chunk {
                 index: 0,
@@ -254,29 +463,32 @@ fn write_all(
             let mut skipped = 0;
             for (files, held_out) in [(train_files, false), (valid_files, true)] {
                 for file in files {
-                    skipped +=
-                        read_documents(file, &options.read, &mut |doc| {
-                            let bytes: usize = doc.iter().map(|s| s.len() + 1).sum();
-                            let valid = held_out
-                                || (valid_files.is_empty()
-                                    && options.valid_fraction > 0.0
-                                    && KeyedRng::new(&[options.seed, doc_index]).next_f64()
-                                        < options.valid_fraction);
-                            doc_index += 1;
-                            chunk.docs.push((valid, doc));
-                            chunk.bytes += bytes as u64;
-                            if chunk.bytes as usize >= CHUNK_BYTES {
-                                let next = Chunk {
-                                    index: chunk.index + 1,
-                                    docs: Vec::new(),
-                                    bytes: 0,
-                                };
-                                chunk_tx.send(std::mem::replace(&mut chunk, next)).map_err(
-                                    |_| DataError::Invalid("tokenizer workers stopped".into()),
-                                )?;
-                            }
-                            Ok(())
-                        })?;
+                    skipped += read_documents(file, &options.read, &mut |doc| {
+                        if options.stopped() {
+                            return Err(interrupted());
+                        }
+                        let bytes: usize = doc.iter().map(|s| s.len() + 1).sum();
+                        let valid = held_out
+                            || (valid_files.is_empty()
+                                && options.valid_fraction > 0.0
+                                && KeyedRng::new(&[options.seed, doc_index]).next_f64()
+                                    < options.valid_fraction);
+                        doc_index += 1;
+                        chunk.docs.push((valid, doc));
+                        chunk.bytes += bytes as u64;
+                        if chunk.bytes as usize >= CHUNK_BYTES {
+                            let next = Chunk {
+                                index: chunk.index + 1,
+                                docs: Vec::new(),
+                                bytes: 0,
+                            };
+                            // Fails only once the writer has stopped, which says why.
+                            chunk_tx
+                                .send(std::mem::replace(&mut chunk, next))
+                                .map_err(|_| interrupted())?;
+                        }
+                        Ok(())
+                    })?;
                 }
             }
             if !chunk.docs.is_empty() {
@@ -284,6 +496,9 @@ fn write_all(
             }
             Ok(skipped)
         });
+        // Only the workers hold the receiving end: once they have all stopped, the
+        // reader's next send fails instead of waiting forever on a full queue.
+        let chunk_rx = Arc::new(Mutex::new(chunk_rx));
         for _ in 0..workers {
             let chunk_rx = chunk_rx.clone();
             let done_tx = done_tx.clone();
@@ -291,6 +506,9 @@ fn write_all(
                 loop {
                     let next = chunk_rx.lock().expect("queue lock").recv();
                     let Ok(chunk) = next else { return };
+                    if options.stopped() {
+                        return;
+                    }
                     let result = tokenize_chunk(tokenizer, chunk);
                     if done_tx.send(result).is_err() {
                         return;
@@ -298,18 +516,24 @@ fn write_all(
                 }
             });
         }
-        drop(done_tx);
+        drop((chunk_rx, done_tx));
         let written = write_in_order(
             done_rx,
             dir,
             width,
             options.shard_tokens,
             total_bytes,
+            &|| options.stopped(),
             progress,
         );
-        let skipped = reader.join().expect("reader thread")?;
-        let splits = written?;
-        Ok((splits, skipped))
+        let read = reader.join().expect("reader thread");
+        if options.stopped() {
+            return Err(interrupted());
+        }
+        match (read, written) {
+            (Ok(skipped), Ok(splits)) => Ok((splits, skipped)),
+            (Ok(_) | Err(DataError::Interrupted { .. }), Err(e)) | (Err(e), _) => Err(e),
+        }
     })
 }
 
@@ -389,6 +613,7 @@ fn write_in_order(
     width: TokenWidth,
     shard_tokens: u64,
     total_bytes: u64,
+    stopped: &dyn Fn() -> bool,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<BTreeMap<String, SplitMeta>> {
     let empty = SplitMeta {
@@ -414,6 +639,11 @@ fn write_in_order(
         ..Default::default()
     };
     for result in done {
+        if stopped() {
+            return Err(DataError::Interrupted {
+                path: dir.to_path_buf(),
+            });
+        }
         let chunk = result?;
         pending.insert(chunk.index, chunk);
         while let Some(chunk) = pending.remove(&next) {
@@ -440,4 +670,243 @@ fn write_in_order(
         splits.insert("valid".to_string(), valid.meta);
     }
     Ok(splits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::train_bpe;
+
+    fn repo_tokenizer() -> RobertaTokenizer {
+        RobertaTokenizer::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tokenizer"))
+            .unwrap()
+    }
+
+    /// The first `lines` lines of the embedded corpus, as `dir/name`.
+    fn corpus(dir: &Path, name: &str, lines: usize) -> PathBuf {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/default-corpus/train.txt"),
+        )
+        .unwrap();
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let part: Vec<&str> = text.lines().take(lines).collect();
+        std::fs::write(&path, part.join("\n") + "\n").unwrap();
+        path
+    }
+
+    fn options(input: &Path) -> PreprocessOptions {
+        PreprocessOptions {
+            inputs: vec![input.to_path_buf()],
+            workers: 2,
+            ..Default::default()
+        }
+    }
+
+    fn run(tok: &RobertaTokenizer, options: &PreprocessOptions, out: &Path) -> Result<Outcome> {
+        preprocess(tok, options, out, false, &|_| {})
+    }
+
+    /// Names in `dir` other than `keep`, sorted.
+    fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !keep.contains(&n.as_str()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_output_holding_user_files_is_refused_and_left_alone() {
+        let tok = repo_tokenizer();
+        let dir = tempfile::tempdir().unwrap();
+        // The corpus's own directory as the output.
+        let c = dir.path().join("c");
+        let input = corpus(&c, "train.txt", 50);
+        let before = std::fs::read(&input).unwrap();
+        let err = run(&tok, &options(&input), &c).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} holds files that preprocess did not write (train.txt): choose another --out (data.data_dir when pretraining)",
+                c.display()
+            )
+        );
+        assert_eq!(std::fs::read(&input).unwrap(), before);
+        assert_eq!(others(dir.path(), &[]), ["c"]);
+        // A regular file as the output: neither replaced nor moved aside.
+        let file = dir.path().join("notes");
+        std::fs::write(&file, "mine").unwrap();
+        let err = run(&tok, &options(&input), &file)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("is a file, not a directory"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+        assert_eq!(others(dir.path(), &[]), ["c", "notes"]);
+        // A directory with a meta.json that is not ours.
+        let odd = dir.path().join("odd");
+        std::fs::create_dir(&odd).unwrap();
+        std::fs::write(odd.join(META_FILE), "{\"name\": \"mine\"}").unwrap();
+        let err = run(&tok, &options(&input), &odd).err().unwrap().to_string();
+        assert!(
+            err.contains("did not write") && err.contains("odd"),
+            "{err}"
+        );
+        assert_eq!(others(&odd, &[]), [META_FILE]);
+    }
+
+    #[test]
+    fn an_empty_directory_is_filled_and_its_own_output_replaced() {
+        let tok = repo_tokenizer();
+        let dir = tempfile::tempdir().unwrap();
+        let input = corpus(dir.path(), "train.txt", 200);
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        assert!(matches!(
+            run(&tok, &options(&input), &out).unwrap(),
+            Outcome::Written(_)
+        ));
+        assert!(matches!(
+            run(&tok, &options(&input), &out).unwrap(),
+            Outcome::UpToDate(_)
+        ));
+        let mut changed = options(&input);
+        changed.shard_tokens = 500;
+        let Outcome::Written(meta) = run(&tok, &changed, &out).unwrap() else {
+            panic!("changed options rebuild");
+        };
+        assert!(meta.splits["train"].shards.len() > 1);
+        assert_eq!(Meta::read(&out).unwrap(), meta);
+        assert_eq!(others(dir.path(), &[]), ["out", "train.txt"]);
+        // A user's file inside our output: still up to date, but never deleted.
+        std::fs::write(out.join("NOTES.md"), "mine").unwrap();
+        assert!(matches!(
+            run(&tok, &changed, &out).unwrap(),
+            Outcome::UpToDate(_)
+        ));
+        let err = run(&tok, &options(&input), &out).err().unwrap().to_string();
+        assert!(err.contains("did not write (NOTES.md)"), "{err}");
+        assert_eq!(Meta::read(&out).unwrap(), meta);
+        assert_eq!(
+            std::fs::read_to_string(out.join("NOTES.md")).unwrap(),
+            "mine"
+        );
+    }
+
+    #[test]
+    fn another_tokenizer_is_refused_unless_forced() {
+        let tok = repo_tokenizer();
+        let dir = tempfile::tempdir().unwrap();
+        let input = corpus(dir.path(), "train.txt", 200);
+        let other = train_bpe(std::slice::from_ref(&input), 300, 2).unwrap();
+        let out = dir.path().join("out");
+        run(&tok, &options(&input), &out).unwrap();
+        let before = Meta::read(&out).unwrap();
+        let err = run(&other, &options(&input), &out)
+            .err()
+            .unwrap()
+            .to_string();
+        let (a, b) = (tokenizer_sha256(&tok), tokenizer_sha256(&other));
+        assert!(
+            err.starts_with(&out.display().to_string())
+                && err.contains(&a[..12])
+                && err.contains(&b[..12])
+                && err.contains("--force"),
+            "{err}"
+        );
+        assert_eq!(Meta::read(&out).unwrap(), before);
+        let Outcome::Written(meta) =
+            preprocess(&other, &options(&input), &out, true, &|_| {}).unwrap()
+        else {
+            panic!("--force rebuilds");
+        };
+        assert_eq!(meta.tokenizer_sha256, b);
+    }
+
+    #[test]
+    fn a_stop_request_leaves_the_output_as_it_was() {
+        let tok = repo_tokenizer();
+        let dir = tempfile::tempdir().unwrap();
+        // About ten chunks, so that the stop lands in the middle.
+        let input = corpus(dir.path(), "train.txt", usize::MAX);
+        let out = dir.path().join("out");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut stoppable = options(&input);
+        stoppable.stop = Some(stop.clone());
+        let chunks = std::sync::atomic::AtomicUsize::new(0);
+        let stop_after_one = |_: Progress| {
+            chunks.fetch_add(1, Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
+        };
+        let err = preprocess(&tok, &stoppable, &out, false, &stop_after_one)
+            .err()
+            .unwrap();
+        assert!(matches!(err, DataError::Interrupted { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("interrupted: nothing written to {}", out.display())
+        );
+        assert!(chunks.load(Ordering::Relaxed) < 4, "stopped promptly");
+        assert_eq!(others(dir.path(), &[]), ["train.txt"]);
+
+        // Interrupting a rebuild keeps the previous output.
+        let small = corpus(dir.path(), "small.txt", 100);
+        run(&tok, &options(&small), &out).unwrap();
+        let before = Meta::read(&out).unwrap();
+        stop.store(false, Ordering::Relaxed);
+        stoppable.inputs = vec![input];
+        let err = preprocess(&tok, &stoppable, &out, false, &stop_after_one)
+            .err()
+            .unwrap();
+        assert!(matches!(err, DataError::Interrupted { .. }), "{err}");
+        assert_eq!(Meta::read(&out).unwrap(), before);
+        assert_eq!(others(dir.path(), &[]), ["out", "small.txt", "train.txt"]);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn temporaries_of_dead_runs_are_removed_and_others_kept() {
+        // Above any pid_max Linux allows (2^22), so never a live process.
+        const DEAD: u32 = (1 << 22) + 1;
+        let tok = repo_tokenizer();
+        let dir = tempfile::tempdir().unwrap();
+        let input = corpus(dir.path(), "train.txt", 100);
+        let out = dir.path().join("out");
+        let make = |name: &str| {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("x.bin"), "x").unwrap();
+        };
+        let dead = format!(".out.tmp-{DEAD}");
+        let kept = [
+            ".out.tmp-1".to_string(),
+            ".out.tmp-12x".into(),
+            ".other.tmp-{DEAD}".replace("{DEAD}", &DEAD.to_string()),
+            ".outer.tmp-{DEAD}".replace("{DEAD}", &DEAD.to_string()),
+        ];
+        for name in kept.iter().chain([&dead]) {
+            make(name);
+        }
+        std::fs::write(dir.path().join(format!(".out.old-{DEAD}")), "a file").unwrap();
+        run(&tok, &options(&input), &out).unwrap();
+        let mut expected: Vec<String> = kept.to_vec();
+        expected.extend([format!(".out.old-{DEAD}"), "out".into(), "train.txt".into()]);
+        expected.sort();
+        assert_eq!(others(dir.path(), &[]), expected);
+
+        // A run killed between moving its old output aside and renaming the new one
+        // into place: the old output goes back.
+        let before = Meta::read(&out).unwrap();
+        let aside = dir.path().join(format!(".out.old-{DEAD}0"));
+        std::fs::rename(&out, &aside).unwrap();
+        make(&dead);
+        assert!(matches!(
+            run(&tok, &options(&input), &out).unwrap(),
+            Outcome::UpToDate(_)
+        ));
+        assert_eq!(Meta::read(&out).unwrap(), before);
+        assert!(!aside.exists() && !dir.path().join(&dead).exists());
+    }
 }

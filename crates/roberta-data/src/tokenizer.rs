@@ -57,7 +57,19 @@ impl std::fmt::Debug for RobertaTokenizer {
 
 impl RobertaTokenizer {
     /// Loads `tokenizer.json`, or a directory holding it or `vocab.json` + `merges.txt`.
+    /// One of the two GPT-2 files alone is named as such rather than parsed as JSON.
     pub fn load(path: &Path) -> Result<Self> {
+        if let Some(file) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| [VOCAB_FILE, MERGES_FILE].contains(n))
+            .filter(|_| path.is_file())
+        {
+            return Err(DataError::PartialTokenizer {
+                path: path.to_path_buf(),
+                file: file.to_string(),
+            });
+        }
         if path.is_dir() {
             let json = path.join(TOKENIZER_FILE);
             if json.exists() {
@@ -241,6 +253,20 @@ pub fn train_bpe(
             });
         }
     }
+    if !any_text(files)? {
+        const SHOWN: usize = 3;
+        let mut names: Vec<String> = files
+            .iter()
+            .take(SHOWN)
+            .map(|f| f.display().to_string())
+            .collect();
+        if files.len() > SHOWN {
+            names.push(format!("and {} more", files.len() - SHOWN));
+        }
+        return Err(DataError::NoText {
+            files: names.join(", "),
+        });
+    }
     tokenizer
         .train_from_files(&mut trainer, inner_files)
         .map_err(|e| DataError::Tokenizer {
@@ -263,6 +289,31 @@ pub fn train_bpe(
             .first()
             .map_or(Path::new("<trained>"), PathBuf::as_path),
     )
+}
+
+/// Whether any of `files` holds a byte that is not ASCII whitespace: without one, BPE
+/// learns nothing and the tokenizer is only its byte alphabet. Reads up to the first such
+/// byte, so a real corpus costs one buffer.
+fn any_text(files: &[PathBuf]) -> Result<bool> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 16];
+    for f in files {
+        let io = |source| DataError::Io {
+            path: f.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(f).map_err(io)?;
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().any(|b| !b.is_ascii_whitespace()) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 impl RobertaTokenizer {
@@ -371,6 +422,47 @@ mod tests {
             files.encode("the cat sat", true).unwrap(),
             back.encode("the cat sat", true).unwrap()
         );
+    }
+
+    #[test]
+    fn training_on_files_without_text_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.txt");
+        let blank = dir.path().join("blank.txt");
+        std::fs::write(&empty, "").unwrap();
+        std::fs::write(&blank, " \n\n\t\r\n").unwrap();
+        let err = train_bpe(&[empty.clone(), blank.clone()], 320, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("empty.txt") && err.contains("blank.txt") && err.contains("no text"),
+            "{err}"
+        );
+        train_bpe(&[empty, write_text(dir.path())], 300, 2).unwrap();
+    }
+
+    #[test]
+    fn a_vocab_or_merges_file_alone_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = train_bpe(&[write_text(dir.path())], 300, 2).unwrap();
+        tok.save_dir(dir.path()).unwrap();
+        for file in [VOCAB_FILE, MERGES_FILE] {
+            let err = RobertaTokenizer::load(&dir.path().join(file))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(file) && err.contains("pass the directory that holds vocab.json"),
+                "{err}"
+            );
+        }
+        RobertaTokenizer::load(&dir.path().join(TOKENIZER_FILE)).unwrap();
+        RobertaTokenizer::load(dir.path()).unwrap();
+    }
+
+    fn write_text(dir: &Path) -> PathBuf {
+        let text = dir.join("t.txt");
+        std::fs::write(&text, "the cat sat on the mat.\n".repeat(20)).unwrap();
+        text
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::Backend;
-use burn::record::{BinFileRecorder, FullPrecisionSettings};
+use burn::record::{BinFileRecorder, FullPrecisionSettings, RecorderError};
 use roberta_data::{LoaderState, RobertaTokenizer};
 use roberta_model::hf::{CONFIG_FILE, write_atomic};
 use roberta_model::save_pretrained;
@@ -34,6 +34,25 @@ pub const EVAL_RESULTS: &str = "eval_results.json";
 
 /// How models and optimizer states are stored in checkpoints: full precision.
 pub type Recorder32 = BinFileRecorder<FullPrecisionSettings>;
+
+/// burn's recorder errors print as Rust values (`Unknown("Io { … }")`). A failed write
+/// keeps the OS's message inside (disk full), for a one-line error whose context names
+/// the file.
+pub fn write_error(e: RecorderError) -> anyhow::Error {
+    match e {
+        RecorderError::FileNotFound(m)
+        | RecorderError::DeserializeError(m)
+        | RecorderError::Unknown(m) => anyhow::anyhow!("{m}"),
+    }
+}
+
+/// A failed read says what is wrong with the file rather than the decoder's state.
+pub fn read_error(e: RecorderError) -> anyhow::Error {
+    match e {
+        RecorderError::FileNotFound(_) => anyhow::anyhow!("file not found"),
+        _ => anyhow::anyhow!("unreadable: truncated, or not written by roberta-train"),
+    }
+}
 
 /// Everything besides tensors that a resumed run needs to continue exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +213,7 @@ pub fn write_model<B: Backend, M: Pretrained<B> + Module<B>>(
     model
         .clone()
         .save_file(dir.join(MODEL), &Recorder32::new())
+        .map_err(write_error)
         .with_context(|| format!("writing {}", dir.join(MODEL).display()))?;
     let mut config = config.clone();
     config.architectures = vec![M::ARCHITECTURE.to_string()];
@@ -304,6 +324,7 @@ pub fn read_model<B: Backend, M: Pretrained<B> + Module<B>>(
     let num_labels = config.num_labels().unwrap_or(2);
     let model = M::init(&config, num_labels, device)
         .load_file(dir.join(MODEL), &Recorder32::new(), device)
+        .map_err(read_error)
         .with_context(|| format!("{}: model weights", dir.display()))?;
     Ok((model, config))
 }
@@ -434,6 +455,27 @@ mod tests {
             skipped[0].contains("step-0000020") && skipped[0].contains("checksum"),
             "{skipped:?}"
         );
+    }
+
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn an_unreadable_model_is_reported_without_burns_debug_text() {
+        type B = burn::backend::Flex;
+        let dir = tempfile::tempdir().unwrap();
+        let config = RobertaConfig::tiny(100);
+        write_atomic(
+            &dir.path().join(CONFIG_FILE),
+            &serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("model.bin"), b"not a model").unwrap();
+        let err =
+            read_model::<B, roberta_model::RobertaForMaskedLM<B>>(dir.path(), &Default::default())
+                .err()
+                .unwrap();
+        let text = format!("{err:#}");
+        assert!(text.contains("model weights: unreadable"), "{text}");
+        assert!(!text.contains("Io {"), "{text}");
     }
 
     #[test]

@@ -262,7 +262,8 @@ pub struct PreprocessCli {
     /// Seed of the train/valid draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Rebuild even when the output is up to date.
+    /// Rebuild even when the output is up to date or was made with another tokenizer (a
+    /// directory holding files preprocess did not write is refused all the same).
     #[arg(long)]
     pub force: bool,
 }

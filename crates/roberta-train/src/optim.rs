@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::record::Recorder;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::checkpoint::Recorder32;
+use crate::checkpoint::{Recorder32, read_error, write_error};
 use crate::config::OptimSection;
 
 /// Linear warmup from 0 to `peak` over `warmup` updates, then linear decay to 0 at
@@ -152,6 +152,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> AdamWGroups<B, M> {
             let path = dir.join(name);
             Recorder32::new()
                 .record(optim.to_record(), path.clone())
+                .map_err(write_error)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
@@ -166,6 +167,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> AdamWGroups<B, M> {
         let load = |name: &str| {
             recorder
                 .load(dir.join(name), device)
+                .map_err(read_error)
                 .with_context(|| format!("{}: optimizer state {name}", dir.display()))
         };
         self.decay = self.decay.load_record(load(OPTIM_DECAY)?);

@@ -113,7 +113,8 @@ struct Interval {
 }
 
 /// Trains `model` on `task` over `devices` (one replica each), from a checkpoint when
-/// `resume` names one; writes checkpoints, `best/` and, unless stopped, `final/`.
+/// `resume` names one; writes checkpoints, `best/` and, unless `stop` is raised (a
+/// signal: see [`stop_flag`]), `final/`.
 pub fn train<B: AutodiffBackend, T: Task<B>>(
     task: &T,
     devices: &[B::Device],
@@ -121,6 +122,7 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
     resume: Option<&checkpoint::Found>,
     settings: &Settings,
     files: &RunFiles,
+    stop: Arc<AtomicBool>,
 ) -> Result<Outcome> {
     let world = devices.len();
     let mut state = TrainerState {
@@ -135,6 +137,7 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
                 &Recorder32::new(),
                 &devices[0],
             )
+            .map_err(checkpoint::read_error)
             .with_context(|| format!("{}: model", path.display()))?;
         state = TrainerState {
             devices: world,
@@ -180,7 +183,7 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
         let leader = Leader {
             files,
             metrics: MetricsFile::open(&files.run_dir, state.step)?,
-            stop: stop_flag()?,
+            stop,
             bar: crate::progress::steps_bar(settings.total, state.step),
             saved_step: state.step,
             early_stop: false,

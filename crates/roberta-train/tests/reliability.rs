@@ -288,3 +288,49 @@ fn inference_errors_stay_one_line_and_name_the_mismatch() {
         "{err}"
     );
 }
+
+/// SIGINT while pretraining tokenizes its corpus: it stops there, exits non-zero, and
+/// leaves neither shards nor a run that looks started.
+#[cfg(unix)]
+#[test]
+fn sigint_during_pretrainings_preprocessing_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let text =
+        std::fs::read_to_string(common::repo().join("data/default-corpus/train.txt")).unwrap();
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, text.repeat(8)).unwrap();
+    let data_dir = dir.path().join("shards");
+    let run = dir.path().join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+        .args(["pretrain", "--config", s(&config), "--run-dir", s(&run)])
+        .args(["--set", &format!("data.train={}", s(&big))])
+        .args(["--set", &format!("data.data_dir={}", s(&data_dir))])
+        .current_dir(common::repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp = dir.path().join(format!(".shards.tmp-{}", child.id()));
+    let start = std::time::Instant::now();
+    while !tmp.exists() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "preprocessing never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args(["-s", "INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted: nothing written"), "{stderr}");
+    assert!(!data_dir.exists() && !tmp.exists());
+    for started in ["metrics.jsonl", "checkpoints", "config.toml", "final"] {
+        assert!(!run.join(started).exists(), "{started}");
+    }
+}

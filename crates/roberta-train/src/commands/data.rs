@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use roberta_data::corpus::{ReadOptions, expand_inputs};
 use roberta_data::loader::{PermutationCache, batch_at};
 use roberta_data::masking::IGNORE_INDEX;
@@ -37,8 +37,8 @@ pub fn tokenizer_encode(
     output: &Path,
     special_tokens: bool,
 ) -> Result<()> {
-    let tokenizer = RobertaTokenizer::load(tokenizer)
-        .with_context(|| format!("loading {}", tokenizer.display()))?;
+    // The error names the path already.
+    let tokenizer = RobertaTokenizer::load(tokenizer)?;
     let file =
         std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let tmp = output.with_extension("jsonl.tmp");
@@ -75,8 +75,7 @@ pub struct PreprocessArgs {
 }
 
 pub fn run_preprocess(args: PreprocessArgs) -> Result<()> {
-    let tokenizer = RobertaTokenizer::load(&args.tokenizer)
-        .with_context(|| format!("loading {}", args.tokenizer.display()))?;
+    let tokenizer = RobertaTokenizer::load(&args.tokenizer)?;
     let mut options = PreprocessOptions {
         inputs: args.inputs,
         valid: args.valid,
@@ -90,12 +89,15 @@ pub fn run_preprocess(args: PreprocessArgs) -> Result<()> {
         ensure!(w > 0, "--workers must be at least 1");
         options.workers = w;
     }
+    // SIGINT/SIGTERM stop the workers; the error says nothing was written.
+    options.stop = Some(crate::trainer::stop_flag()?);
     let bar = crate::progress::bytes_bar("preprocessing");
     let start = std::time::Instant::now();
     let outcome = preprocess(&tokenizer, &options, &args.out, args.force, &|p| {
         crate::progress::update_bytes(&bar, p)
-    })?;
+    });
     bar.finish_and_clear();
+    let outcome = outcome?;
     match outcome {
         Outcome::UpToDate(_) => println!(
             "{} is up to date (pass --force to rebuild)",
@@ -153,6 +155,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         &args.split,
         Some(&roberta_data::preprocess::tokenizer_sha256(&tokenizer)),
     )?;
+    split.check_vocab(tokenizer.vocab_size())?;
     let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
         tokenizer.id_to_token(id)
     });
@@ -190,6 +193,9 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let (mut maskable, mut chosen, mut as_mask, mut as_random, mut kept) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut original = Vec::new();
+    // Ids the tokenizer does not have: how many, and the first (batch, row, id).
+    let vocab_size = tokenizer.vocab_size();
+    let (mut out_of_vocab, mut first_out_of_vocab) = (0usize, None);
     for b in 0..args.batches {
         let batch = batch_at(&corpus, &config, state, &mut cache);
         for row in 0..batch.batch_size {
@@ -206,6 +212,10 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
                     .zip(labels)
                     .map(|(&i, &l)| if l == IGNORE_INDEX { i } else { l as u32 }),
             );
+            for &id in original.iter().filter(|&&id| id as usize >= vocab_size) {
+                out_of_vocab += 1;
+                first_out_of_vocab.get_or_insert((b, row, id));
+            }
             maskable += original
                 .iter()
                 .filter(|&&t| !tokenizer.specials().contains(t))
@@ -262,5 +272,11 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         args.block_size,
         corpus.len()
     );
+    if let Some((batch, row, id)) = first_out_of_vocab {
+        bail!(
+            "{}: {out_of_vocab} token id(s) outside the tokenizer's {vocab_size} (first: {id}, batch {batch} row {row}): the shards do not match their tokenizer; preprocess again",
+            args.data.display()
+        );
+    }
     Ok(())
 }

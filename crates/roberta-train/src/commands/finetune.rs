@@ -13,7 +13,7 @@ use crate::checkpoint;
 use crate::config::{FinetuneConfig, RunConfig, TaskKind};
 use crate::models::{init_dir, load_model, load_tokenizer};
 use crate::tasks::{Finetuning, LabeledTask, TASK_KEY, TaskModel, WithTask, with_task};
-use crate::trainer::{self, BestPolicy, RunFiles, Settings, check_precision, start_run};
+use crate::trainer::{self, BestPolicy, RunFiles, Settings, check_precision, start_run, stop_flag};
 
 pub struct FinetuneArgs {
     pub config: FinetuneConfig,
@@ -155,6 +155,7 @@ where
         resume.as_ref(),
         &settings,
         &files,
+        stop_flag()?,
     )?;
     if outcome.stopped {
         return Ok(());

@@ -3,19 +3,20 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::backend::AutodiffBackend;
 use roberta_data::loader::validation_batches;
 use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha256};
-use roberta_data::{Corpus, MaskVocab, Meta, RobertaTokenizer, Split};
+use roberta_data::{Corpus, DataError, MaskVocab, Meta, RobertaTokenizer, Split};
 use roberta_model::{LoadOptions, RobertaForMaskedLM};
 
 use crate::checkpoint;
 use crate::config::{PretrainConfig, RunConfig};
 use crate::models::load_model;
 use crate::tasks::mlm::Mlm;
-use crate::trainer::{self, RunFiles, Settings, check_precision, start_run};
+use crate::trainer::{self, RunFiles, Settings, check_precision, start_run, stop_flag};
 
 pub struct PretrainArgs {
     pub config: PretrainConfig,
@@ -30,7 +31,13 @@ pub fn default_run_dir(config: &Path) -> PathBuf {
 }
 
 /// Makes sure `data_dir` holds shards of the configured inputs, made with `tokenizer`.
-pub fn prepare_data(config: &PretrainConfig, tokenizer: &RobertaTokenizer) -> Result<PathBuf> {
+/// A signal (`stop`) ends preprocessing with nothing written, and the command with an
+/// error saying so.
+pub fn prepare_data(
+    config: &PretrainConfig,
+    tokenizer: &RobertaTokenizer,
+    stop: &Arc<AtomicBool>,
+) -> Result<PathBuf> {
     let data = &config.data;
     if let [single] = data.train.as_slice()
         && Meta::read(single).is_ok()
@@ -51,13 +58,19 @@ pub fn prepare_data(config: &PretrainConfig, tokenizer: &RobertaTokenizer) -> Re
             ..Default::default()
         },
         seed: config.train.seed,
+        stop: Some(stop.clone()),
         ..Default::default()
     };
     let bar = crate::progress::bytes_bar("preprocessing");
     let outcome = preprocess::preprocess(tokenizer, &options, &data.data_dir, false, &|p| {
         crate::progress::update_bytes(&bar, p)
     })
-    .with_context(|| format!("preprocessing into {}", data.data_dir.display()))?;
+    .map_err(|e| match e {
+        DataError::Interrupted { .. } => anyhow::Error::new(e),
+        e => {
+            anyhow::Error::new(e).context(format!("preprocessing into {}", data.data_dir.display()))
+        }
+    })?;
     bar.finish_and_clear();
     match outcome {
         Outcome::Written(meta) => tracing::info!(
@@ -105,7 +118,8 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
 
     let tokenizer = RobertaTokenizer::load(&config.data.tokenizer)
         .with_context(|| format!("loading the tokenizer {}", config.data.tokenizer.display()))?;
-    let data_dir = prepare_data(&config, &tokenizer)?;
+    let stop = stop_flag()?;
+    let data_dir = prepare_data(&config, &tokenizer, &stop)?;
     let hash = tokenizer_sha256(&tokenizer);
     let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
         tokenizer.id_to_token(id)
@@ -190,6 +204,7 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         resume.as_ref(),
         &settings(&config),
         &files,
+        stop,
     )?;
     if !outcome.stopped {
         let final_dir = run_dir.join(checkpoint::FINAL);

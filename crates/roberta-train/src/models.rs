@@ -52,12 +52,9 @@ pub fn init_dir<B: Backend>(dir: &Path, scratch: &Path, device: &B::Device) -> R
     if dir.join(roberta_model::hf::WEIGHTS_FILE).exists() {
         return Ok(dir.to_path_buf());
     }
-    if dir
-        .join("final")
-        .join(roberta_model::hf::WEIGHTS_FILE)
-        .exists()
-    {
-        return Ok(dir.join("final"));
+    let last = dir.join(checkpoint::FINAL);
+    if last.join(roberta_model::hf::WEIGHTS_FILE).exists() {
+        return Ok(last);
     }
     let checkpoint = if dir.join(checkpoint::MANIFEST).exists() {
         checkpoint::verify(dir)?;
@@ -65,6 +62,11 @@ pub fn init_dir<B: Backend>(dir: &Path, scratch: &Path, device: &B::Device) -> R
     } else {
         match checkpoint::latest_valid(dir)? {
             (Some((found, _)), _) => found,
+            _ if dir.join("pytorch_model.bin").exists() => bail!(
+                "{}: has pytorch_model.bin, which this tool does not read: convert it with `python scripts/convert_to_safetensors.py {}`",
+                dir.display(),
+                dir.display()
+            ),
             _ => bail!(
                 "{}: neither an HF model directory (config.json + model.safetensors), nor a run directory, nor a checkpoint",
                 dir.display()

@@ -672,3 +672,32 @@ fn finetune_on_two_replicas_equals_one_device_with_twice_the_batch() {
     let accuracy = |lines: &[Value]| lines.last().unwrap()["valid_accuracy"].as_f64().unwrap();
     assert_eq!(accuracy(&two), accuracy(&one));
 }
+
+/// A resume that would change the head (2 labels → 3) is refused, --force or not,
+/// rather than training a 2-output head that the log calls 3.
+#[test]
+fn a_forced_resume_cannot_change_the_labels() {
+    let Some(sst2) = shared("sst2") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let train = head(&sst2.join("train.tsv"), 33, &dir.path().join("train.tsv"));
+    let cfg = config(dir.path(), "type = \"classification\"", &train, &train, "");
+    let run_dir = dir.path().join("run");
+    ok(&finetune(&cfg, &run_dir, &["--set", "train.max_steps=2"]));
+    let err = common::fails(&finetune(
+        &cfg,
+        &run_dir,
+        &[
+            "--resume",
+            "auto",
+            "--force",
+            "--set",
+            "task.labels=[\"0\", \"1\", \"2\"]",
+            "--set",
+            "train.max_steps=4",
+        ],
+    ));
+    assert!(
+        err.contains("labels 2 → 3") && err.contains("cannot change"),
+        "{err}"
+    );
+}

@@ -334,3 +334,27 @@ fn sigint_during_pretrainings_preprocessing_stops_it() {
         assert!(!run.join(started).exists(), "{started}");
     }
 }
+
+#[test]
+fn a_pytorch_only_model_directory_gets_the_conversion_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("torch");
+    common::copy_dir(Path::new(&mlm_fixture()), &model);
+    std::fs::rename(
+        model.join("model.safetensors"),
+        model.join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let data = dir.path().join("data.tsv");
+    std::fs::write(&data, "sentence\tlabel\nhello\t0\n").unwrap();
+    let err = fails(&common::run(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--task",
+        "classification",
+    ]));
+    assert!(err.contains("convert_to_safetensors.py"), "{err}");
+}

@@ -16,9 +16,12 @@ use roberta_model::{
 
 const TOLERANCE: f32 = 1e-4;
 
+/// The fixtures beside this file, or under `ROBERTA_FIXTURES` for a test binary run away
+/// from its source tree (on a GPU machine).
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+    std::env::var_os("ROBERTA_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
         .join(name)
 }
 
@@ -342,5 +345,7 @@ macro_rules! parity_tests {
 parity_tests!(flex, burn::backend::Flex);
 #[cfg(feature = "wgpu")]
 parity_tests!(wgpu, burn::backend::Wgpu);
+#[cfg(feature = "cuda")]
+parity_tests!(cuda, burn::backend::Cuda);
 #[cfg(feature = "tch")]
 parity_tests!(tch, burn::backend::LibTorch);

@@ -129,15 +129,20 @@ macro_rules! dispatch {
             $crate::backend::DeviceSpec::Wgpu(index) => {
                 use burn::backend::wgpu::WgpuDevice;
                 let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+                $crate::backend::probe::<burn::backend::Wgpu>(&[(spec, device.clone())])?;
                 $run::<Autodiff<burn::backend::Wgpu>>(device, $($arg),*)
             }
             #[cfg(feature = "wgpu")]
             $crate::backend::DeviceSpec::WgpuCpu => {
-                $run::<Autodiff<burn::backend::Wgpu>>(burn::backend::wgpu::WgpuDevice::Cpu, $($arg),*)
+                let device = burn::backend::wgpu::WgpuDevice::Cpu;
+                $crate::backend::probe::<burn::backend::Wgpu>(&[(spec, device.clone())])?;
+                $run::<Autodiff<burn::backend::Wgpu>>(device, $($arg),*)
             }
             #[cfg(feature = "cuda")]
             $crate::backend::DeviceSpec::Cuda(index) => {
-                $run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(index), $($arg),*)
+                let device = burn::backend::cuda::CudaDevice::new(index);
+                $crate::backend::probe::<burn::backend::Cuda>(&[(spec, device.clone())])?;
+                $run::<Autodiff<burn::backend::Cuda>>(device, $($arg),*)
             }
             #[cfg(feature = "tch")]
             $crate::backend::DeviceSpec::TchCpu => {
@@ -145,7 +150,9 @@ macro_rules! dispatch {
             }
             #[cfg(feature = "tch")]
             $crate::backend::DeviceSpec::TchCuda(index) => {
-                $run::<Autodiff<burn::backend::LibTorch>>(burn::backend::libtorch::LibTorchDevice::Cuda(index), $($arg),*)
+                let device = burn::backend::libtorch::LibTorchDevice::Cuda(index);
+                $crate::backend::probe::<burn::backend::LibTorch>(&[(spec, device.clone())])?;
+                $run::<Autodiff<burn::backend::LibTorch>>(device, $($arg),*)
             }
             #[allow(unreachable_patterns)]
             other => Err(anyhow::anyhow!(
@@ -155,6 +162,57 @@ macro_rules! dispatch {
             )),
         }
     }};
+}
+
+/// Runs one small operation on each device, on a thread of its own, before any work.
+/// A backend that cannot reach its device (no NVIDIA driver, no Vulkan adapter) panics
+/// deep inside (cudarc's loader, then cubecl's channel); here that becomes one line
+/// naming the device, the cause and what to do.
+pub fn probe<B: burn::prelude::Backend>(devices: &[(DeviceSpec, B::Device)]) -> anyhow::Result<()> {
+    use burn::prelude::Tensor;
+    use std::sync::{Arc, Mutex};
+    let causes = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = causes.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| info.to_string());
+        if let Ok(mut causes) = sink.lock() {
+            causes.push(text);
+        }
+    }));
+    let failed = devices.iter().find_map(|(spec, device)| {
+        let device = device.clone();
+        let run = std::thread::spawn(move || {
+            Tensor::<B, 1>::ones([2], &device).sum().into_data();
+        });
+        run.join().is_err().then_some(*spec)
+    });
+    std::panic::set_hook(previous);
+    let Some(spec) = failed else {
+        return Ok(());
+    };
+    let cause = causes
+        .lock()
+        .ok()
+        .and_then(|c| c.first().cloned())
+        .unwrap_or_default();
+    // cudarc's message goes on to list every library name it tried.
+    let cause = cause.split(" - ").next().unwrap_or_default().trim();
+    let advice = match spec {
+        DeviceSpec::Cuda(_) | DeviceSpec::TchCuda(_) => {
+            "install the NVIDIA driver (libcuda.so), or pick another --device"
+        }
+        DeviceSpec::Wgpu(_) | DeviceSpec::WgpuCpu => {
+            "install a Vulkan driver (mesa-vulkan-drivers gives lavapipe on the CPU), or pick another --device"
+        }
+        _ => "pick another --device",
+    };
+    anyhow::bail!("device {spec} cannot be used ({cause}): {advice}")
 }
 
 /// Replicas must sit on distinct devices, except on the CPU backend. Two peers of burn's
@@ -209,7 +267,10 @@ macro_rules! dispatch_devices {
                         }
                         _ => WgpuDevice::Cpu,
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                $crate::backend::probe::<burn::backend::Wgpu>(
+                    &specs.iter().copied().zip(devices.iter().cloned()).collect::<Vec<_>>(),
+                )?;
                 $run::<Autodiff<burn::backend::Wgpu>>(devices, $($arg),*)
             }
             #[cfg(feature = "cuda")]
@@ -221,7 +282,10 @@ macro_rules! dispatch_devices {
                         DeviceSpec::Cuda(i) => burn::backend::cuda::CudaDevice::new(*i),
                         _ => unreachable!("checked"),
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                $crate::backend::probe::<burn::backend::Cuda>(
+                    &specs.iter().copied().zip(devices.iter().cloned()).collect::<Vec<_>>(),
+                )?;
                 $run::<Autodiff<burn::backend::Cuda>>(devices, $($arg),*)
             }
             #[cfg(feature = "tch")]
@@ -234,7 +298,10 @@ macro_rules! dispatch_devices {
                         DeviceSpec::TchCuda(i) => LibTorchDevice::Cuda(*i),
                         _ => LibTorchDevice::Cpu,
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                $crate::backend::probe::<burn::backend::LibTorch>(
+                    &specs.iter().copied().zip(devices.iter().cloned()).collect::<Vec<_>>(),
+                )?;
                 $run::<Autodiff<burn::backend::LibTorch>>(devices, $($arg),*)
             }
             #[allow(unreachable_patterns)]

@@ -63,9 +63,13 @@ impl Default for ReadOptions {
 /// Files named by `inputs`: files as given, directories walked recursively (sorted, hidden
 /// entries skipped), and `*`/`?` globs. The result is sorted and de-duplicated, so the
 /// same inputs always give the same order.
+/// Names that are not UTF-8 are refused: `meta.json` records the sources as strings and
+/// the tokenizer trainer opens files by string, so such a file could not be recorded or
+/// would be looked for under a mangled name.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
+        require_utf8(input)?;
         let text = input.to_string_lossy();
         if text.contains('*') || text.contains('?') {
             let matches: Vec<PathBuf> = glob::glob(&text)
@@ -101,9 +105,21 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             });
         }
     }
+    for file in &files {
+        require_utf8(file)?;
+    }
     files.sort();
     files.dedup();
     Ok(files)
+}
+
+fn require_utf8(path: &Path) -> Result<()> {
+    match path.to_str() {
+        Some(_) => Ok(()),
+        None => Err(DataError::NonUtf8Path {
+            path: path.to_path_buf(),
+        }),
+    }
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -551,5 +567,29 @@ mod tests {
         std::fs::create_dir(dir.path().join("empty")).unwrap();
         assert!(expand_inputs(&[dir.path().join("empty")]).is_err());
         assert!(expand_inputs(&[dir.path().join("*.none")]).is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn names_that_are_not_utf8_are_refused_whether_given_or_found() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+        std::fs::write(&bad, "text\n").unwrap();
+        std::fs::write(dir.path().join("good.txt"), "text\n").unwrap();
+        for input in [dir.path().to_path_buf(), bad.clone()] {
+            let err = expand_inputs(&[input]).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "{}: the name is not valid UTF-8, which meta.json and the tokenizer trainer cannot hold: rename it",
+                    dir.path().join("caf\u{fffd}.txt").display()
+                )
+            );
+        }
+        assert_eq!(
+            expand_inputs(&[dir.path().join("good.txt")]).unwrap().len(),
+            1
+        );
     }
 }

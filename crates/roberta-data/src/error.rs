@@ -72,6 +72,24 @@ pub enum DataError {
         shards: String,
         tokenizer: String,
     },
+    /// A new output (a tokenizer directory) whose path is taken.
+    #[error(
+        "{path} already exists; this command writes a new directory and replaces nothing: choose another --out or move that one away"
+    )]
+    OutputExists { path: PathBuf },
+    /// Paths are recorded in `meta.json` and handed to the tokenizers crate as strings.
+    #[error(
+        "{path}: the name is not valid UTF-8, which meta.json and the tokenizer trainer cannot hold: rename it"
+    )]
+    NonUtf8Path { path: PathBuf },
+    #[error(
+        "{path} lies inside the input directory {input}: a later run would read its shards back as corpus text; choose another --out (data.data_dir when pretraining), outside every input"
+    )]
+    OutputInInput { path: PathBuf, input: PathBuf },
+    #[error(
+        "the input {input} lies inside the output {path}: preprocess would read its own output as corpus text; choose another --out (data.data_dir when pretraining), outside every input"
+    )]
+    InputInOutput { path: PathBuf, input: PathBuf },
     #[error("interrupted: nothing written to {path}")]
     Interrupted { path: PathBuf },
     #[error("{0}")]

@@ -129,6 +129,11 @@ pub fn preprocess(
             options.valid_fraction
         )));
     }
+    if options.shard_tokens == 0 {
+        return Err(DataError::Invalid(
+            "--shard-tokens 0: a shard holds at least 1 token; give at least 1".into(),
+        ));
+    }
     let train_files = expand_inputs(&options.inputs)?;
     let valid_files = if options.valid.is_empty() {
         Vec::new()
@@ -138,7 +143,8 @@ pub fn preprocess(
     let mut all_sources = sources(&train_files)?;
     all_sources.extend(sources(&valid_files)?);
     let hash = tokenizer_sha256(tokenizer);
-    let options_json = serde_json::to_value(options).expect("options serialise");
+    let options_json = serde_json::to_value(options)
+        .map_err(|e| DataError::Invalid(format!("recording the options: {e}")))?;
 
     let target = resolve_output(out)?;
     let parent = target
@@ -154,6 +160,12 @@ pub fn preprocess(
         })?;
     remove_stale_temporaries(parent, &name, &target);
     let existing = existing_output(&target, out)?;
+    refuse_overlap(
+        &target,
+        out,
+        options.inputs.iter().chain(&options.valid),
+        train_files.iter().chain(&valid_files),
+    )?;
     if let Existing::Ours { meta, foreign } = &existing {
         if !force && meta.tokenizer_sha256 != hash {
             return Err(DataError::TokenizerChanged {
@@ -214,15 +226,16 @@ pub fn preprocess(
                 message: e.to_string(),
             })?;
         let meta_path = tmp.join(META_FILE);
-        std::fs::write(
-            &meta_path,
-            serde_json::to_vec_pretty(&meta).expect("meta serialises"),
-        )
-        .and_then(|_| std::fs::File::open(&meta_path)?.sync_all())
-        .map_err(|source| DataError::Io {
-            path: meta_path,
-            source,
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| DataError::BadMeta {
+            path: out.join(META_FILE),
+            message: e.to_string(),
         })?;
+        std::fs::write(&meta_path, json)
+            .and_then(|_| std::fs::File::open(&meta_path)?.sync_all())
+            .map_err(|source| DataError::Io {
+                path: meta_path,
+                source,
+            })?;
         Ok(meta)
     });
     let result = if options.stopped() {
@@ -244,6 +257,76 @@ pub fn preprocess(
             let _ = std::fs::remove_dir_all(&tmp);
         })?;
     Ok(Outcome::Written(meta))
+}
+
+/// Refuses an output inside a directory the corpus is read from, and a corpus file inside
+/// the output: either way a run reads `meta.json` and the shards back as text. `target`
+/// is the output resolved; inputs are compared resolved too, so links do not hide it.
+fn refuse_overlap<'a>(
+    target: &Path,
+    out: &Path,
+    inputs: impl Iterator<Item = &'a PathBuf>,
+    files: impl Iterator<Item = &'a PathBuf>,
+) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataError::Io { path, source }
+    };
+    let target = resolved(target).map_err(io(out))?;
+    for input in inputs.filter(|i| i.is_dir()) {
+        if target.starts_with(std::fs::canonicalize(input).map_err(io(input))?) {
+            return Err(DataError::OutputInInput {
+                path: out.to_path_buf(),
+                input: input.clone(),
+            });
+        }
+    }
+    for file in files {
+        if std::fs::canonicalize(file)
+            .map_err(io(file))?
+            .starts_with(&target)
+        {
+            return Err(DataError::InputInOutput {
+                path: out.to_path_buf(),
+                input: file.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `path` absolute, with symbolic links resolved as far as it exists; the part that does
+/// not exist yet holds no links, so `.` and `..` there are applied as written.
+fn resolved(path: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let absolute = std::path::absolute(path)?;
+    let mut base = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match std::fs::canonicalize(base) {
+            Ok(mut resolved) => {
+                for component in rest.iter().rev() {
+                    match component {
+                        Component::ParentDir => {
+                            resolved.pop();
+                        }
+                        Component::Normal(name) => resolved.push(name),
+                        _ => {}
+                    }
+                }
+                return Ok(resolved);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(parent), Some(last)) = (base.parent(), base.components().next_back())
+                else {
+                    return Err(e);
+                };
+                rest.push(last);
+                base = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What the output path holds before a run.
@@ -373,8 +456,10 @@ fn sibling(target: &Path, kind: &str) -> PathBuf {
 
 /// Removes the `.NAME.tmp-PID` and `.NAME.old-PID` directories next to the output that
 /// runs killed before they finished left behind: names only this program gives, of
-/// processes that are gone. An old output moved aside by a run killed just before its
-/// new output took its place goes back instead.
+/// processes that are gone, holding only files it writes. An old output moved aside by a
+/// run killed just before its new output took its place goes back instead. A directory
+/// with such a name but anything else in it is not ours: it is left alone, unreported,
+/// since it is in nobody's way.
 fn remove_stale_temporaries(parent: &Path, name: &str, target: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -394,7 +479,7 @@ fn remove_stale_temporaries(parent: &Path, name: &str, target: &Path) {
                 return None;
             }
             let pid: u32 = pid.parse().ok()?;
-            (!process_alive(pid)).then(|| (old, e.path()))
+            (!process_alive(pid) && holds_only_our_files(&e.path())).then(|| (old, e.path()))
         })
         .collect();
     stale.sort();
@@ -405,6 +490,36 @@ fn remove_stale_temporaries(parent: &Path, name: &str, target: &Path) {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
+}
+
+/// Whether `dir` holds nothing but plain files with the names `preprocess` gives:
+/// `meta.json`, `tokenizer.json`, and the shards `train-NNNNN.bin`/`.idx` (and `valid-…`)
+/// with the `.idx` side files a shard writer leaves before it finishes.
+fn holds_only_our_files(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|e| {
+        e.is_ok_and(|e| {
+            e.file_type().is_ok_and(|t| t.is_file())
+                && e.file_name().to_str().is_some_and(is_our_file_name)
+        })
+    })
+}
+
+fn is_our_file_name(name: &str) -> bool {
+    if name == META_FILE || name == TOKENIZER_FILE {
+        return true;
+    }
+    let stem = [".bin", ".idx", ".idx.sentences.tmp", ".idx.documents.tmp"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext));
+    let Some((split, number)) = stem.and_then(|s| s.split_once('-')) else {
+        return false;
+    };
+    matches!(split, "train" | "valid")
+        && number.len() >= 5
+        && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Whether `pid` may be a live process other than this one (which runs one
@@ -866,6 +981,84 @@ mod tests {
         assert_eq!(others(dir.path(), &[]), ["out", "small.txt", "train.txt"]);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn an_output_inside_an_input_directory_is_refused() {
+        let tok = repo_tokenizer();
+        let dir = tempfile::tempdir().unwrap();
+        let cin = dir.path().join("cin");
+        corpus(&cin, "train.txt", 100);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&cin, &link).unwrap();
+        for out in [
+            cin.join("bin"),
+            cin.join("new/deeper/bin"),
+            cin.join("new/../bin"),
+            link.join("bin"),
+            dir.path().join("elsewhere/../cin/bin"),
+        ] {
+            let err = run(&tok, &options(&cin), &out).err().unwrap();
+            assert!(matches!(err, DataError::OutputInInput { .. }), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{} lies inside the input directory {}: a later run would read its shards back as corpus text; choose another --out (data.data_dir when pretraining), outside every input",
+                    out.display(),
+                    cin.display()
+                )
+            );
+        }
+        // Held-out directories count too.
+        let mut with_valid = options(&cin.join("train.txt"));
+        let held = dir.path().join("held");
+        corpus(&held, "valid.txt", 20);
+        with_valid.valid = vec![held.clone()];
+        let err = run(&tok, &with_valid, &held.join("bin")).err().unwrap();
+        assert!(matches!(err, DataError::OutputInInput { .. }), "{err}");
+        assert_eq!(others(&cin, &[]), ["train.txt"]);
+        assert_eq!(others(&held, &[]), ["valid.txt"]);
+        assert_eq!(others(dir.path(), &[]), ["cin", "held", "link"]);
+
+        // A file of the output as an input: its own meta.json read as text.
+        let out = dir.path().join("out");
+        run(&tok, &options(&cin), &out).unwrap();
+        let before = Meta::read(&out).unwrap();
+        let mut again = options(&cin);
+        again.inputs.push(out.join(META_FILE));
+        let err = run(&tok, &again, &out).err().unwrap();
+        assert!(matches!(err, DataError::InputInOutput { .. }), "{err}");
+        assert!(
+            err.to_string().contains("meta.json lies inside the output"),
+            "{err}"
+        );
+        assert_eq!(Meta::read(&out).unwrap(), before);
+        // Beside the inputs is fine, and so is a name that merely starts like one.
+        run(&tok, &options(&cin), &dir.path().join("cin-bin")).unwrap();
+    }
+
+    #[test]
+    fn zero_tokens_per_shard_is_refused() {
+        let tok = repo_tokenizer();
+        let dir = tempfile::tempdir().unwrap();
+        let input = corpus(dir.path(), "train.txt", 50);
+        let mut zero = options(&input);
+        zero.shard_tokens = 0;
+        let err = run(&tok, &zero, &dir.path().join("out")).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "--shard-tokens 0: a shard holds at least 1 token; give at least 1"
+        );
+        assert_eq!(others(dir.path(), &[]), ["train.txt"]);
+        zero.shard_tokens = 1;
+        let Outcome::Written(meta) = run(&tok, &zero, &dir.path().join("out")).unwrap() else {
+            panic!("written");
+        };
+        assert_eq!(
+            meta.splits["train"].shards.len() as u64,
+            meta.splits["train"].documents
+        );
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn temporaries_of_dead_runs_are_removed_and_others_kept() {
@@ -877,24 +1070,47 @@ mod tests {
         let out = dir.path().join("out");
         let make = |name: &str| {
             std::fs::create_dir(dir.path().join(name)).unwrap();
-            std::fs::write(dir.path().join(name).join("x.bin"), "x").unwrap();
+            for file in [
+                "train-00000.bin",
+                "train-00001.idx.sentences.tmp",
+                META_FILE,
+            ] {
+                std::fs::write(dir.path().join(name).join(file), "x").unwrap();
+            }
         };
         let dead = format!(".out.tmp-{DEAD}");
         let kept = [
             ".out.tmp-1".to_string(),
             ".out.tmp-12x".into(),
-            ".other.tmp-{DEAD}".replace("{DEAD}", &DEAD.to_string()),
-            ".outer.tmp-{DEAD}".replace("{DEAD}", &DEAD.to_string()),
+            format!(".other.tmp-{DEAD}"),
+            format!(".outer.tmp-{DEAD}"),
+            // Our names, of dead runs, but holding what preprocess never writes.
+            format!(".out.tmp-{}", DEAD + 1),
+            format!(".out.tmp-{}", DEAD + 2),
+            format!(".out.old-{}", DEAD + 3),
         ];
         for name in kept.iter().chain([&dead]) {
             make(name);
         }
+        let foreign = [
+            (format!(".out.tmp-{}", DEAD + 1), "thesis.tex"),
+            (format!(".out.tmp-{}", DEAD + 2), "train-0.bin"),
+        ];
+        for (name, file) in &foreign {
+            std::fs::write(dir.path().join(name).join(file), "mine").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(format!(".out.old-{}/sub", DEAD + 3))).unwrap();
         std::fs::write(dir.path().join(format!(".out.old-{DEAD}")), "a file").unwrap();
         run(&tok, &options(&input), &out).unwrap();
         let mut expected: Vec<String> = kept.to_vec();
         expected.extend([format!(".out.old-{DEAD}"), "out".into(), "train.txt".into()]);
         expected.sort();
         assert_eq!(others(dir.path(), &[]), expected);
+        for (name, file) in &foreign {
+            let kept = dir.path().join(name);
+            assert_eq!(std::fs::read_to_string(kept.join(file)).unwrap(), "mine");
+            assert!(kept.join("train-00000.bin").exists());
+        }
 
         // A run killed between moving its old output aside and renaming the new one
         // into place: the old output goes back.

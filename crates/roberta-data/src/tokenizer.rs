@@ -211,6 +211,16 @@ impl RobertaTokenizer {
     }
 }
 
+/// The smallest vocabulary `train_bpe` makes: the 256 byte symbols of the byte-level
+/// alphabet and RoBERTa's 5 special tokens, without a single merge.
+pub const MIN_VOCAB_SIZE: usize = 256 + 5;
+
+/// The largest vocabulary `train_bpe` accepts. The trainer sizes its tables by the
+/// request up front, so an absurd one overflows or exhausts memory before it reads a
+/// byte; 2^24 is 300 times RoBERTa's, far beyond any useful BPE, and its ids fit the u32
+/// shards and an embedding table.
+pub const MAX_VOCAB_SIZE: usize = 1 << 24;
+
 /// Trains a byte-level BPE as RoBERTa's: `<s> <pad> </s> <unk>` at ids 0–3, the learned
 /// merges, and `<mask>` as the last id.
 pub fn train_bpe(
@@ -221,9 +231,14 @@ pub fn train_bpe(
     use tokenizers::models::TrainerWrapper;
     use tokenizers::models::bpe::BpeTrainer;
 
-    if vocab_size < 300 {
+    if vocab_size < MIN_VOCAB_SIZE {
         return Err(DataError::Invalid(format!(
-            "--vocab-size {vocab_size} is too small: the 256 byte symbols and 5 special tokens alone need 261"
+            "--vocab-size {vocab_size} is too small: the 256 byte symbols and 5 special tokens alone take {MIN_VOCAB_SIZE}; give at least {MIN_VOCAB_SIZE}"
+        )));
+    }
+    if vocab_size > MAX_VOCAB_SIZE {
+        return Err(DataError::Invalid(format!(
+            "--vocab-size {vocab_size} is too large: give at most {MAX_VOCAB_SIZE} (2^24; RoBERTa's is 50265)"
         )));
     }
     let specials: Vec<AddedToken> = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -317,24 +332,103 @@ fn any_text(files: &[PathBuf]) -> Result<bool> {
 }
 
 impl RobertaTokenizer {
-    /// Writes `tokenizer.json`, `vocab.json` and `merges.txt` into `dir`.
+    /// Writes `tokenizer.json`, `vocab.json` and `merges.txt` into `dir`, each synced to
+    /// disk, so that a directory renamed into place afterwards holds complete files.
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
-        let err = |path: PathBuf| {
-            move |e: tokenizers::Error| DataError::Tokenizer {
-                path,
-                message: e.to_string(),
-            }
+        self.write_files(dir, dir)
+    }
+
+    /// Writes the three files of [`save_dir`](Self::save_dir) as the new directory `dir`:
+    /// into a temporary `.NAME.tmp-PID` beside it, renamed into place once complete, so
+    /// that a full disk or a kill leaves no directory that looks like a tokenizer. An
+    /// existing `dir` is refused, never replaced; on error the temporary is removed.
+    pub fn save_new_dir(&self, dir: &Path) -> Result<()> {
+        let exists = || {
+            std::fs::symlink_metadata(dir)
+                .is_ok()
+                .then(|| DataError::OutputExists {
+                    path: dir.to_path_buf(),
+                })
         };
-        self.inner
-            .save(dir.join(TOKENIZER_FILE), true)
-            .map_err(err(dir.join(TOKENIZER_FILE)))?;
-        tokenizers::Model::save(self.inner.get_model(), dir, None)
-            .map_err(err(dir.to_path_buf()))?;
-        Ok(())
+        if let Some(e) = exists() {
+            return Err(e);
+        }
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|source| DataError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        // `create_dir`, not `create_dir_all`: a directory of that name is not ours.
+        std::fs::create_dir(&tmp).map_err(|source| DataError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        let result = self.write_files(&tmp, dir).and_then(|()| {
+            // A directory made there meanwhile would be replaced by the rename if empty.
+            if let Some(e) = exists() {
+                return Err(e);
+            }
+            std::fs::rename(&tmp, dir).map_err(|source| DataError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Writes the three files into `dir` and syncs them; errors name them as in `shown`,
+    /// the directory the user asked for.
+    fn write_files(&self, dir: &Path, shown: &Path) -> Result<()> {
+        let io = |file: &str| {
+            let path = shown.join(file);
+            move |source| DataError::Io { path, source }
+        };
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| DataError::Tokenizer {
+                path: shown.join(TOKENIZER_FILE),
+                message: e.to_string(),
+            })?;
+        std::fs::write(dir.join(TOKENIZER_FILE), json).map_err(io(TOKENIZER_FILE))?;
+        tokenizers::Model::save(self.inner.get_model(), dir, None).map_err(|e| match e
+            .downcast::<std::io::Error>(
+        ) {
+            Ok(source) => DataError::Io {
+                path: shown.to_path_buf(),
+                source: *source,
+            },
+            Err(e) => DataError::Tokenizer {
+                path: shown.to_path_buf(),
+                message: e.to_string(),
+            },
+        })?;
+        for file in [TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE] {
+            std::fs::File::open(dir.join(file))
+                .and_then(|f| f.sync_all())
+                .map_err(io(file))?;
+        }
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| DataError::Io {
+                path: shown.to_path_buf(),
+                source,
+            })
     }
 }
 
@@ -457,6 +551,71 @@ mod tests {
         }
         RobertaTokenizer::load(&dir.path().join(TOKENIZER_FILE)).unwrap();
         RobertaTokenizer::load(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn vocabulary_sizes_outside_the_trainable_range_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = write_text(dir.path());
+        // The minimum the message states is one that trains: bytes and specials only.
+        let tok = train_bpe(std::slice::from_ref(&text), MIN_VOCAB_SIZE, 2).unwrap();
+        assert_eq!(tok.vocab_size(), MIN_VOCAB_SIZE);
+        assert_eq!(tok.specials().mask, MIN_VOCAB_SIZE as u32 - 1);
+        let err = train_bpe(std::slice::from_ref(&text), MIN_VOCAB_SIZE - 1, 2)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--vocab-size 260 is too small: the 256 byte symbols and 5 special tokens alone take 261; give at least 261"
+        );
+        for huge in [MAX_VOCAB_SIZE + 1, 1 << 40, usize::MAX] {
+            let err = train_bpe(std::slice::from_ref(&text), huge, 2)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "--vocab-size {huge} is too large: give at most 16777216 (2^24; RoBERTa's is 50265)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_directory_is_complete_or_absent_and_never_replaces_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = train_bpe(&[write_text(dir.path())], 300, 2).unwrap();
+        let out = dir.path().join("a/b/tok");
+        tok.save_new_dir(&out).unwrap();
+        assert_eq!(
+            RobertaTokenizer::load(&out).unwrap().vocab_size(),
+            tok.vocab_size()
+        );
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("a/b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["tok"], "no temporary left");
+        // Existing paths, even an empty directory, are refused and left as they were.
+        let mine = dir.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::write(mine.join(VOCAB_FILE), "my notes").unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        for taken in [&mine, &empty, &dir.path().join("t.txt")] {
+            let err = tok.save_new_dir(taken).unwrap_err();
+            assert!(matches!(err, DataError::OutputExists { .. }), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("{} already exists", taken.display()))
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(mine.join(VOCAB_FILE)).unwrap(),
+            "my notes"
+        );
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     }
 
     fn write_text(dir: &Path) -> PathBuf {

@@ -185,8 +185,15 @@ impl RobertaConfig {
         }) {
             return Err(format!("architecture {other} is not a RoBERTa model"));
         }
-        if self.hidden_size == 0 || self.num_attention_heads == 0 {
-            return Err("hidden_size and num_attention_heads must be positive".into());
+        for (name, value) in [
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
@@ -336,6 +343,9 @@ mod tests {
         let mut c = RobertaConfig::tiny(100);
         c.position_embedding_type = "relative_key".into();
         assert!(c.validate().is_err());
+        let mut c = RobertaConfig::tiny(100);
+        c.num_hidden_layers = 0;
+        assert!(c.validate().unwrap_err().contains("num_hidden_layers"));
         let mut c = RobertaConfig::tiny(100);
         c.model_type = "gpt2".into();
         assert!(c.validate().unwrap_err().contains("gpt2"));

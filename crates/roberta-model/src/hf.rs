@@ -43,6 +43,7 @@ const OPTIONAL_KEYS: [&str; 4] = [
 pub struct HfWeights {
     pub path: PathBuf,
     tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    integers: BTreeSet<String>,
 }
 
 impl HfWeights {
@@ -56,18 +57,29 @@ impl HfWeights {
             message: e.to_string(),
         })?;
         let mut tensors = BTreeMap::new();
+        let mut integers = BTreeSet::new();
         for (key, view) in file.tensors() {
             let data = to_f32(&view).ok_or_else(|| ModelError::UnsupportedDtype {
                 path: path.to_path_buf(),
                 key: key.clone(),
                 dtype: format!("{:?}", view.dtype()),
             })?;
+            if matches!(view.dtype(), Dtype::I64 | Dtype::I32) {
+                integers.insert(key.clone());
+            }
             tensors.insert(key, (view.shape().to_vec(), data));
         }
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
+            integers,
         })
+    }
+
+    /// Whether `key` was stored as integers (an index buffer such as `position_ids`; a
+    /// model parameter never is).
+    pub fn is_integer(&self, key: &str) -> bool {
+        self.integers.contains(key)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -194,6 +206,11 @@ impl<'a, B: Backend> Loader<'a, B> {
             return None;
         };
         self.used.insert(key.to_string());
+        if self.weights.is_integer(key) {
+            self.mismatched
+                .push(format!("{key}: stored as integers, expected a float type"));
+            return None;
+        }
         if found != shape {
             self.mismatched
                 .push(format!("{key}: shape {found:?}, expected {shape:?}"));
@@ -676,4 +693,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::remove_file(&tmp).ok();
     }
     result.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(dir: &Path, tensors: &[(&str, Dtype, Vec<u8>)]) -> PathBuf {
+        let views = tensors.iter().map(|(key, dtype, bytes)| {
+            let width = match dtype {
+                Dtype::I64 => 8,
+                _ => 4,
+            };
+            let view = TensorView::new(*dtype, vec![bytes.len() / width], bytes).unwrap();
+            (key.to_string(), view)
+        });
+        let path = dir.join(WEIGHTS_FILE);
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn integer_tensors_are_known_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = ("embeddings.position_ids", Dtype::I64, vec![0u8; 16]);
+        let weight = (
+            "embeddings.word_embeddings.weight",
+            Dtype::I32,
+            vec![0u8; 8],
+        );
+        let floats = ("embeddings.LayerNorm.weight", Dtype::F32, vec![0u8; 8]);
+        let weights = HfWeights::read(&file_with(dir.path(), &[buffer, weight, floats])).unwrap();
+        assert!(weights.is_integer("embeddings.position_ids"));
+        assert!(weights.is_integer("embeddings.word_embeddings.weight"));
+        assert!(!weights.is_integer("embeddings.LayerNorm.weight"));
+    }
 }

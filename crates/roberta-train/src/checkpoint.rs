@@ -39,10 +39,17 @@ pub type Recorder32 = BinFileRecorder<FullPrecisionSettings>;
 /// keeps the OS's message inside (disk full), for a one-line error whose context names
 /// the file.
 pub fn write_error(e: RecorderError) -> anyhow::Error {
-    match e {
-        RecorderError::FileNotFound(m)
-        | RecorderError::DeserializeError(m)
-        | RecorderError::Unknown(m) => anyhow::anyhow!("{m}"),
+    let (RecorderError::FileNotFound(m)
+    | RecorderError::DeserializeError(m)
+    | RecorderError::Unknown(m)) = e;
+    // The encoder's error arrives as its Debug text, `Io { inner: Os { code: 28, … } }`.
+    let os_code = m
+        .split_once("code: ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse::<i32>().ok());
+    match os_code {
+        Some(code) => anyhow::Error::new(std::io::Error::from_raw_os_error(code)),
+        None => anyhow::anyhow!("{m}"),
     }
 }
 
@@ -133,6 +140,12 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
 
 fn step_dir_name(step: u64) -> String {
     format!("step-{step:07}")
+}
+
+/// `step-NNNNNNN`, a checkpoint's directory name.
+pub fn is_step_dir_name(name: &str) -> bool {
+    name.strip_prefix("step-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -257,12 +270,14 @@ pub fn save_hf_dir<B: Backend, M: Pretrained<B>>(
 
 /// The HF config a checkpoint's model was written with.
 pub fn model_config(dir: &Path) -> Result<RobertaConfig> {
-    RobertaConfig::load(&dir.join(CONFIG_FILE)).with_context(|| {
-        format!(
+    let path = dir.join(CONFIG_FILE);
+    if !path.exists() {
+        bail!(
             "{}: a checkpoint without {CONFIG_FILE} (written by an older roberta-train?)",
             dir.display()
-        )
-    })
+        );
+    }
+    Ok(RobertaConfig::load(&path)?)
 }
 
 /// Refuses a checkpoint whose model has another shape than `config` describes: its
@@ -373,8 +388,11 @@ pub fn verify(checkpoint: &Path) -> Result<TrainerState> {
             );
         }
     }
-    let state: TrainerState =
-        serde_json::from_str(&std::fs::read_to_string(checkpoint.join(TRAINER_STATE))?)?;
+    let state_path = checkpoint.join(TRAINER_STATE);
+    let state: TrainerState = std::fs::read_to_string(&state_path)
+        .map_err(anyhow::Error::new)
+        .and_then(|text| serde_json::from_str(&text).map_err(anyhow::Error::new))
+        .with_context(|| format!("{}: unreadable trainer state", state_path.display()))?;
     if state.step != manifest.step {
         bail!(
             "{}: manifest step {} but trainer state step {}",
@@ -454,6 +472,18 @@ mod tests {
         assert!(
             skipped[0].contains("step-0000020") && skipped[0].contains("checksum"),
             "{skipped:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_reads_as_the_os_says_it() {
+        let debug = RecorderError::Unknown(
+            "Io { inner: Os { code: 28, kind: StorageFull, message: \"No space left on device\" }, index: 149 }"
+                .into(),
+        );
+        assert_eq!(
+            write_error(debug).to_string(),
+            "No space left on device (os error 28)"
         );
     }
 

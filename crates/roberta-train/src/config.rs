@@ -157,7 +157,7 @@ impl OptimSection {
                 self.weight_decay
             );
         }
-        if self.clip_norm < 0.0 {
+        if self.clip_norm.is_nan() || self.clip_norm < 0.0 {
             bail!(
                 "optim.clip_norm = {} must be 0 (off) or positive",
                 self.clip_norm
@@ -271,9 +271,7 @@ impl PretrainConfig {
     pub fn load(path: &Path, sets: &[String]) -> Result<(Self, Vec<String>)> {
         let (table, warnings) = read_table(path, sets, PRETRAIN_RENAMED)?;
         let config: Self = deserialize(path, table, sets)?;
-        config
-            .validate()
-            .with_context(|| format!("{}: invalid config", path.display()))?;
+        config.validate().map_err(|e| blame(path, sets, e))?;
         Ok((config, warnings))
     }
 
@@ -693,9 +691,7 @@ impl FinetuneConfig {
             }
         }
         let config: Self = deserialize(path, value, sets)?;
-        config
-            .validate()
-            .with_context(|| format!("{}: invalid config", path.display()))?;
+        config.validate().map_err(|e| blame(path, sets, e))?;
         Ok((config, warnings))
     }
 
@@ -818,7 +814,7 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut table: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+            toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
         rename_deprecated(&mut table, Self::RENAMED)
             .with_context(|| format!("{}: saved config", path.display()))?;
         deserialize(path, table, &[])
@@ -888,6 +884,33 @@ fn rename_deprecated(table: &mut toml::Table, renamed: &[(&str, &str)]) -> Resul
     Ok(warnings)
 }
 
+/// A refused value, blamed on the `--set` that gave its key (the last one, as it wins)
+/// or else on the file.
+fn blame(path: &Path, sets: &[String], e: anyhow::Error) -> anyhow::Error {
+    let message = format!("{e:#}");
+    let set = sets.iter().rev().find(|set| {
+        set.split_once('=')
+            .is_some_and(|(key, _)| message.starts_with(&format!("{} ", key.trim())))
+    });
+    match set {
+        Some(set) => anyhow::anyhow!("--set {set}: {message}"),
+        None => e.context(format!("{}: invalid config", path.display())),
+    }
+}
+
+/// A TOML syntax error in one line: where, and what (toml's own message draws the
+/// line with a caret over several).
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+    let message = e.message().trim();
+    match line {
+        Some(line) => anyhow::anyhow!("{}:{line}: invalid TOML: {message}", path.display()),
+        None => anyhow::anyhow!("{}: invalid TOML: {message}", path.display()),
+    }
+}
+
 /// A config file as a TOML table, with deprecated keys renamed and then the `--set`
 /// overrides applied (which may use either name).
 fn read_table(
@@ -898,7 +921,7 @@ fn read_table(
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+        toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
     let mut warnings = rename_deprecated(&mut table, renamed)
         .with_context(|| format!("{}: invalid config", path.display()))?;
     for set in sets {
@@ -927,6 +950,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(
         let message = e.inner().message().to_string();
         let set = sets
             .iter()
+            .rev()
             .find(|set| set.split_once('=').is_some_and(|(k, _)| k.trim() == key));
         match set {
             Some(set) => anyhow::anyhow!("--set {set}: {message}"),
@@ -1182,6 +1206,31 @@ batch_size = 4
         let err = format!("{:#}", load(&typo, &[]).unwrap_err());
         assert!(
             err.contains(":14: train.batchsize: unknown field `batchsize`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn range_and_syntax_errors_are_one_line_and_blame_their_source() {
+        let err = format!("{:#}", load(MINIMAL, &["optim.lr=nan"]).unwrap_err());
+        assert!(err.starts_with("--set optim.lr=nan: optim.lr"), "{err}");
+        let err = format!("{:#}", load(MINIMAL, &["optim.clip_norm=nan"]).unwrap_err());
+        assert!(err.contains("optim.clip_norm"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(
+                MINIMAL,
+                &["schedule.total_steps=2", "schedule.total_steps=-1"]
+            )
+            .unwrap_err()
+        );
+        assert!(err.starts_with("--set schedule.total_steps=-1"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(&MINIMAL.replace("= 4", "= [4"), &[]).unwrap_err()
+        );
+        assert!(
+            err.contains(":13: invalid TOML") && !err.contains('\n'),
             "{err}"
         );
     }

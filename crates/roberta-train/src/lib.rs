@@ -10,6 +10,7 @@ pub mod config;
 pub mod metrics;
 pub mod models;
 pub mod optim;
+pub mod outputs;
 pub mod parallel;
 pub mod plot;
 pub mod progress;

@@ -50,7 +50,7 @@ fn main() {
     let (run_dir, configs, warnings) = match loaded {
         Some(Ok((dir, configs, warnings))) => (Some(dir), configs, warnings),
         Some(Err(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             std::process::exit(1);
         }
         None => (None, Configs::None, Vec::new()),
@@ -59,7 +59,7 @@ fn main() {
     let _lock = match run_dir.as_deref().map(RunLock::acquire).transpose() {
         Ok(lock) => lock,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             std::process::exit(1);
         }
     };
@@ -71,9 +71,25 @@ fn main() {
         tracing::warn!("{warning}");
     }
     if let Err(e) = run(cli, run_dir, configs) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each cause once: a library error that already
+/// quotes its OS error would otherwise print it twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// A training command's config, loaded and checked before logging starts.
@@ -87,7 +103,8 @@ fn init_logging(log_file: Option<&Path>) -> Result<()> {
     use tracing_subscriber::prelude::*;
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+            // burn-collective logs each replica's whole config at info.
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,burn_collective=warn"))
     };
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -192,6 +209,10 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             )
         }
         Command::Plot { run, output } => {
+            // The run's own curves.png is replaced; any other path must be new.
+            if let Some(output) = &output {
+                roberta_train::outputs::refuse_existing(output, "--output")?;
+            }
             let output = output.unwrap_or_else(|| run.join(roberta_train::plot::PLOT_FILE));
             roberta_train::plot::plot_run(&run, &output)?;
             println!("wrote {}", output.display());

@@ -7,8 +7,9 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use roberta_data::RobertaTokenizer;
 use roberta_model::{
-    LoadOptions, Loaded, Pretrained, RobertaForMaskedLM, RobertaForQuestionAnswering,
-    RobertaForSequenceClassification, RobertaForTokenClassification, load_pretrained,
+    LoadOptions, Loaded, Pretrained, RobertaConfig, RobertaForMaskedLM,
+    RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification,
+    load_pretrained,
 };
 
 use crate::checkpoint;
@@ -44,6 +45,33 @@ pub fn load_tokenizer(dir: &Path) -> Result<RobertaTokenizer> {
             dir.display()
         )
     })
+}
+
+/// `dir`'s tokenizer, refused when it has more tokens than the model (`config`) can
+/// embed: the backend would fail on the first id past the model's vocabulary.
+pub fn load_tokenizer_for(dir: &Path, config: &RobertaConfig) -> Result<RobertaTokenizer> {
+    let tokenizer = load_tokenizer(dir)?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        bail!(
+            "{}: the tokenizer has {} tokens but the model's vocabulary only {}: the directory holds another model's tokenizer",
+            dir.display(),
+            tokenizer.vocab_size(),
+            config.vocab_size
+        );
+    }
+    Ok(tokenizer)
+}
+
+/// The HF model directory behind `dir`: itself, or a run directory's `final/`.
+pub fn model_dir(dir: &Path) -> PathBuf {
+    let last = dir.join(checkpoint::FINAL);
+    if !dir.join(roberta_model::hf::CONFIG_FILE).exists()
+        && last.join(roberta_model::hf::CONFIG_FILE).exists()
+    {
+        last
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// An HF model directory to start from: `dir` itself, a run's `final/` (or its newest

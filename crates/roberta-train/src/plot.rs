@@ -24,6 +24,10 @@ fn is_score(key: &str) -> bool {
         || (key.starts_with("valid_") && !matches!(key, "valid_loss" | "valid_ppl" | "valid_mse"))
 }
 
+/// Values beyond this (a diverged loss) are left off the chart: an axis spanning
+/// ±1e308 overflows the tick computation.
+const PLOTTABLE: f64 = 1e15;
+
 fn read(metrics: &Path) -> Result<Curves> {
     let text = std::fs::read_to_string(metrics)
         .with_context(|| format!("reading {}", metrics.display()))?;
@@ -38,7 +42,7 @@ fn read(metrics: &Path) -> Result<Curves> {
             if let Some(y) = v
                 .get(key)
                 .and_then(serde_json::Value::as_f64)
-                .filter(|y| y.is_finite())
+                .filter(|y| y.abs() < PLOTTABLE)
             {
                 into.push((step, y));
             }
@@ -87,6 +91,20 @@ pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {
     let _ =
         plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     let last = curves.loss.last().map_or(1.0, |p| p.0).max(1.0);
+    // Drawn beside the output and renamed into place: a failed write leaves no PNG that
+    // looks complete.
+    let name = output.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = output.with_file_name(format!(".{name}.tmp-{}.png", std::process::id()));
+    let drawn = draw_into(&curves, last, &tmp).and_then(|()| {
+        std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))
+    });
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drawn
+}
+
+fn draw_into(curves: &Curves, last: f64, output: &Path) -> Result<()> {
     let root = BitMapBackend::new(output, (900, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(draw)?;
     let panels = root.split_evenly((3, 1));
@@ -150,8 +168,8 @@ pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-fn draw<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("drawing the plot: {e:?}")
+fn draw<E: std::error::Error>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing the plot: {e}")
 }
 
 #[cfg(test)]

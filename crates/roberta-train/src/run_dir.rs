@@ -22,6 +22,10 @@ pub const INIT: &str = "init";
 
 /// What a run writes at the top of its directory.
 fn owned(name: &str) -> bool {
+    owned_name(name) || temporary_of(name).is_some_and(|(stem, _)| owned_name(stem))
+}
+
+fn owned_name(name: &str) -> bool {
     [
         checkpoint::CONFIG,
         METRICS,
@@ -34,7 +38,6 @@ fn owned(name: &str) -> bool {
         LOCK,
     ]
     .contains(&name)
-        || temporary_of(name).is_some()
 }
 
 /// `.NAME.tmp-PID`, the temporary this program writes NAME through, and its PID.
@@ -50,8 +53,26 @@ pub struct RunLock {
 
 impl RunLock {
     /// Creates the run directory if needed and takes its lock, or says which process
-    /// holds it.
+    /// holds it. A directory that holds anything but was never a run (no lock file, no
+    /// checkpoints) is the user's: it is refused before anything is written into it.
     pub fn acquire(run_dir: &Path) -> Result<Self> {
+        if let Ok(entries) = std::fs::read_dir(run_dir) {
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            let ours = names
+                .iter()
+                .any(|n| n == LOCK || n == checkpoint::CHECKPOINTS);
+            if !ours && !names.is_empty() {
+                names.sort();
+                bail!(
+                    "{} holds files that roberta-train did not write ({}): choose another --run-dir",
+                    run_dir.display(),
+                    names.join(", ")
+                );
+            }
+        }
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
         let path = run_dir.join(LOCK);
@@ -135,16 +156,23 @@ pub fn check_contents(run_dir: &Path, resuming: bool, has_checkpoint: bool) -> R
 }
 
 /// Removes the temporaries (`.NAME.tmp-PID`) that an interrupted run left in the run
-/// directory and in its checkpoints. Called with the lock held, so none is in use.
+/// directory (of the names it writes there) and in its checkpoints (`step-N`). Called
+/// with the lock held, so none is in use.
 pub fn remove_stale_temporaries(run_dir: &Path) -> Result<()> {
-    for dir in [run_dir.to_path_buf(), checkpoint::checkpoints_dir(run_dir)] {
+    let checkpoints = checkpoint::checkpoints_dir(run_dir);
+    for dir in [run_dir.to_path_buf(), checkpoints.clone()] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if temporary_of(&name).is_none() {
+            let ours = match temporary_of(&name) {
+                Some((stem, _)) if dir == checkpoints => checkpoint::is_step_dir_name(stem),
+                Some((stem, _)) => owned_name(stem),
+                None => false,
+            };
+            if !ours {
                 continue;
             }
             let removed = if path.is_dir() {
@@ -171,6 +199,7 @@ mod tests {
         );
         assert_eq!(temporary_of(".final.tmp-9"), Some(("final", 9)));
         assert_eq!(temporary_of("final.tmp-9"), None);
+        assert!(owned(".final.tmp-9") && !owned(".notes.tmp-9"));
         assert_eq!(temporary_of(".notes.tmp-x"), None);
     }
 
@@ -183,6 +212,15 @@ mod tests {
             err.contains(&format!("PID {}", std::process::id())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_directory_that_was_never_a_run_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "mine").unwrap();
+        let err = RunLock::acquire(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("config.toml"), "{err}");
+        assert!(!dir.path().join(LOCK).exists(), "nothing written");
     }
 
     #[test]

@@ -587,6 +587,9 @@ pub fn resume_point(run_dir: &Path, resume: Option<&str>) -> Result<Option<check
         }
         Some(path) => {
             let path = PathBuf::from(path);
+            if !path.exists() {
+                bail!("--resume {}: no such directory", path.display());
+            }
             if !path.join(checkpoint::MANIFEST).is_file() {
                 bail!(
                     "--resume {}: not a checkpoint (no {}); pass a checkpoints/step-N directory, or --resume auto",

@@ -190,7 +190,8 @@ fn sst2_trains_keeps_the_best_evaluates_predicts_and_exports() {
         s(&exported),
     ]));
     let scores = |model: &Path| -> Value {
-        let out = dir.path().join("scores.json");
+        let name = model.file_name().unwrap().to_string_lossy();
+        let out = dir.path().join(format!("scores-{name}.json"));
         serde_json::from_str(&ok(&eval(model, &valid, &out))).unwrap()
     };
     assert_eq!(scores(&exported), scores(&run_dir.join("final")));

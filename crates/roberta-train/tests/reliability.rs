@@ -57,11 +57,7 @@ fn a_run_directory_with_user_files_or_a_finished_run_is_not_trained_over() {
         );
         assert_no_panic(&err);
     }
-    let after: Vec<_> = snapshot(&mine)
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with(".roberta-train.lock") && n != "train.log")
-        .collect();
-    assert_eq!(after, before, "the user's files are untouched");
+    assert_eq!(snapshot(&mine), before, "nothing written, nothing changed");
 
     // A finished run whose checkpoints are gone: neither a new run nor a resume writes
     // over its final/, config.toml and metrics.
@@ -168,9 +164,16 @@ fn a_missing_checkpoint_is_named() {
         &["--resume", s(&missing)],
     ));
     assert!(
-        err.contains("not a checkpoint") && err.contains("nowhere"),
+        err.contains("no such directory") && err.contains("nowhere"),
         "{err}"
     );
+    // A directory that is not a checkpoint.
+    let err = fails(&pretrain(
+        &config,
+        &dir.path().join("run"),
+        &["--resume", s(dir.path())],
+    ));
+    assert!(err.contains("not a checkpoint"), "{err}");
 }
 
 #[test]
@@ -214,6 +217,91 @@ fn export_does_not_write_into_a_directory_it_did_not_create() {
     );
     ok(&export(&dir.path().join("new")));
     assert!(dir.path().join("new/model.safetensors").exists());
+    // fill-mask takes a run directory for its final/.
+    ok(&common::run(&[
+        "fill-mask",
+        "--model",
+        s(&run),
+        "The <mask> sat.",
+    ]));
+}
+
+#[test]
+fn outputs_that_exist_are_refused_the_input_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"text\": \"The cat sat.\"}\n").unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let embed = |output: &Path| {
+        common::run(&[
+            "embed",
+            "--model",
+            &mlm_fixture(),
+            "--input",
+            s(&input),
+            "--output",
+            s(output),
+        ])
+    };
+    let err = fails(&embed(&input));
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+    let model_file = Path::new(&mlm_fixture()).join("model.safetensors");
+    let weights = std::fs::read(&model_file).unwrap();
+    fails(&embed(&model_file));
+    assert_eq!(std::fs::read(&model_file).unwrap(), weights);
+    ok(&embed(&dir.path().join("new.safetensors")));
+}
+
+#[test]
+fn a_tokenizer_larger_than_the_model_and_a_classifier_in_fill_mask_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    common::copy_dir(Path::new(&mlm_fixture()), &model);
+    std::fs::copy(
+        common::repo().join("data/tokenizer/tokenizer.json"),
+        model.join("tokenizer.json"),
+    )
+    .unwrap();
+    let err = fails(&common::run(&[
+        "fill-mask",
+        "--model",
+        s(&model),
+        "a <mask> b",
+    ]));
+    assert!(err.contains("vocabulary only 320"), "{err}");
+    assert_no_panic(&err);
+    let classifier = common::repo().join("crates/roberta-model/tests/fixtures/seqcls");
+    let err = fails(&common::run(&[
+        "fill-mask",
+        "--model",
+        s(&classifier),
+        "a <mask> b",
+    ]));
+    assert!(
+        err.contains("holds a RobertaForSequenceClassification"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plot_draws_a_diverged_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("metrics.jsonl"),
+        "{\"step\":1,\"epoch\":0,\"loss\":1e308,\"lr\":0.1}\n{\"step\":2,\"epoch\":0,\"loss\":-1e308,\"lr\":0.1}\n{\"step\":3,\"epoch\":0,\"loss\":2.5,\"lr\":0.1}\n",
+    )
+    .unwrap();
+    ok(&common::run(&["plot", "--run", s(dir.path())]));
+    assert!(dir.path().join("curves.png").exists());
+    let err = fails(&common::run(&[
+        "plot",
+        "--run",
+        s(dir.path()),
+        "--output",
+        s(&dir.path().join("metrics.jsonl")),
+    ]));
+    assert!(err.contains("already exists"), "{err}");
 }
 
 #[test]
@@ -357,4 +445,45 @@ fn a_pytorch_only_model_directory_gets_the_conversion_hint() {
         "classification",
     ]));
     assert!(err.contains("convert_to_safetensors.py"), "{err}");
+}
+
+#[test]
+fn integer_weights_are_refused_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    common::copy_dir(Path::new(&mlm_fixture()), &model);
+    let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(key, view)| {
+            let weight = key.ends_with("word_embeddings.weight");
+            let dtype = if weight {
+                safetensors::Dtype::I32
+            } else {
+                view.dtype()
+            };
+            (key, dtype, view.shape().to_vec(), view.data().to_vec())
+        })
+        .collect();
+    let views = tensors.iter().map(|(key, dtype, shape, data)| {
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
+        (key.clone(), view)
+    });
+    std::fs::write(
+        model.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let err = fails(&common::run(&[
+        "fill-mask",
+        "--model",
+        s(&model),
+        "a <mask> b",
+    ]));
+    assert!(
+        err.contains("word_embeddings.weight: stored as integers"),
+        "{err}"
+    );
 }

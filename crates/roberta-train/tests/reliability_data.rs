@@ -179,12 +179,15 @@ fn preprocess_stops_on_sigint_and_sigterm_and_writes_nothing() {
 fn preprocess_removes_temporaries_of_dead_runs_only() {
     // Above any pid_max Linux allows (2^22): never a live process. Pid 1 always is.
     let dead = format!(".out.tmp-{}", (1 << 22) + 1);
+    // A dead run's name, but holding a file preprocess never writes: the user's.
+    let theirs = format!(".out.tmp-{}", (1 << 22) + 2);
     let dir = tempfile::tempdir().unwrap();
     let input = corpus(&dir.path().join("train.txt"), 100);
-    for name in [dead.as_str(), ".out.tmp-1", ".outer.tmp-99999999"] {
+    for name in [dead.as_str(), &theirs, ".out.tmp-1", ".outer.tmp-99999999"] {
         std::fs::create_dir(dir.path().join(name)).unwrap();
         std::fs::write(dir.path().join(name).join("train-00000.bin"), "x").unwrap();
     }
+    std::fs::write(dir.path().join(&theirs).join("thesis.tex"), "mine").unwrap();
     ok(&preprocess(
         &input,
         &tokenizer(),
@@ -193,7 +196,17 @@ fn preprocess_removes_temporaries_of_dead_runs_only() {
     ));
     assert_eq!(
         names(dir.path()),
-        [".out.tmp-1", ".outer.tmp-99999999", "out", "train.txt"]
+        [
+            ".out.tmp-1",
+            theirs.as_str(),
+            ".outer.tmp-99999999",
+            "out",
+            "train.txt"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(&theirs).join("thesis.tex")).unwrap(),
+        "mine"
     );
 }
 
@@ -332,4 +345,376 @@ fn data_inspect_reports_ids_outside_the_vocabulary() {
             && err.contains("first: 65535"),
         "{err}"
     );
+}
+
+/// Runs the binary with the files it writes limited to a block or two and SIGXFSZ
+/// ignored, so that a write past the limit fails (EFBIG) as it would on a full disk.
+#[cfg(unix)]
+fn run_on_a_full_disk(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 1 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_roberta-train"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run roberta-train under sh")
+}
+
+fn train_tokenizer(input: &Path, vocab_size: &str, out: &Path) -> std::process::Output {
+    run(&[
+        "tokenizer",
+        "train",
+        "--input",
+        s(input),
+        "--vocab-size",
+        vocab_size,
+        "--out",
+        s(out),
+    ])
+}
+
+/// Every file under `dir`, relative, with its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn tokenizer_train_writes_a_new_directory_and_replaces_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let cin = dir.path().join("cin");
+    corpus(&cin.join("train.txt"), 300);
+    // A directory of the user's, even one holding a tokenizer's file names.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("tokenizer.json"), "my tokenizer").unwrap();
+    std::fs::write(mine.join("notes.txt"), "my notes").unwrap();
+    let before = snapshot(&mine);
+    let err = fails(&train_tokenizer(&cin, "300", &mine));
+    assert!(
+        err.contains(&format!("--out {}: already exists", mine.display())),
+        "{err}"
+    );
+    assert_eq!(snapshot(&mine), before);
+
+    // Inside the input directory: the first run reads only the corpus, the second is
+    // refused rather than reading the first one's files as text or replacing them.
+    let out = cin.join("tok");
+    ok(&train_tokenizer(&cin, "300", &out));
+    assert_eq!(names(&cin), ["tok", "train.txt"]);
+    assert_eq!(names(&out), ["merges.txt", "tokenizer.json", "vocab.json"]);
+    let other = dir.path().join("other");
+    ok(&train_tokenizer(&cin.join("train.txt"), "300", &other));
+    assert_eq!(
+        std::fs::read(out.join("tokenizer.json")).unwrap(),
+        std::fs::read(other.join("tokenizer.json")).unwrap(),
+        "trained on the corpus alone"
+    );
+    let written = snapshot(&out);
+    let err = fails(&train_tokenizer(&cin, "300", &out));
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(snapshot(&out), written);
+}
+
+#[cfg(unix)]
+#[test]
+fn tokenizer_train_on_a_full_disk_leaves_no_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = corpus(&dir.path().join("train.txt"), 300);
+    let out = dir.path().join("tok");
+    let err = fails(&run_on_a_full_disk(&[
+        "tokenizer",
+        "train",
+        "--input",
+        s(&input),
+        "--vocab-size",
+        "300",
+        "--out",
+        s(&out),
+    ]));
+    assert!(
+        err.contains(&format!(
+            "{}: File too large",
+            out.join("tokenizer.json").display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        names(dir.path()),
+        ["train.txt"],
+        "nothing that looks complete"
+    );
+}
+
+#[test]
+fn tokenizer_train_bounds_the_vocabulary_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = corpus(&dir.path().join("train.txt"), 50);
+    let out = dir.path().join("tok");
+    for huge in ["18446744073709551615", "1099511627776", "16777217"] {
+        let err = fails(&train_tokenizer(&input, huge, &out));
+        assert!(
+            err.contains(&format!(
+                "--vocab-size {huge} is too large: give at most 16777216"
+            )),
+            "{err}"
+        );
+    }
+    let err = fails(&train_tokenizer(&input, "260", &out));
+    assert!(
+        err.contains("--vocab-size 260 is too small") && err.contains("give at least 261"),
+        "{err}"
+    );
+    assert_eq!(names(dir.path()), ["train.txt"]);
+    ok(&train_tokenizer(&input, "261", &out));
+}
+
+fn encode(input: &Path, output: &Path) -> std::process::Output {
+    run(&[
+        "tokenizer",
+        "encode",
+        "--tokenizer",
+        s(&tokenizer()),
+        "--input",
+        s(input),
+        "--output",
+        s(output),
+    ])
+}
+
+#[test]
+fn encode_and_inspect_write_new_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir(dir.path());
+    let input = dir.path().join("train.txt");
+    let text = std::fs::read(&input).unwrap();
+    // The input as its own output.
+    let err = fails(&encode(&input, &input));
+    assert!(
+        err.contains(&format!("--output {}: already exists", input.display())),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&input).unwrap(), text);
+    // A user's file named like the old fixed temporary is neither used nor moved.
+    for (name, command) in [("e.jsonl", "encode"), ("i.jsonl", "inspect")] {
+        let output = dir.path().join(name);
+        let theirs = dir.path().join(format!("{name}.tmp"));
+        std::fs::write(&theirs, "my notes").unwrap();
+        let write = || match command {
+            "encode" => encode(&input, &output),
+            _ => inspect(&data, &output),
+        };
+        ok(&write());
+        assert!(std::fs::read_to_string(&output).unwrap().starts_with('{'));
+        assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "my notes");
+        let written = std::fs::read(&output).unwrap();
+        let err = fails(&write());
+        assert!(
+            err.contains(&format!("--output {}: already exists", output.display())),
+            "{command}: {err}"
+        );
+        assert_eq!(std::fs::read(&output).unwrap(), written);
+    }
+    assert_eq!(
+        names(dir.path()),
+        [
+            "data",
+            "e.jsonl",
+            "e.jsonl.tmp",
+            "i.jsonl",
+            "i.jsonl.tmp",
+            "train.txt"
+        ]
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn encode_and_inspect_on_a_full_disk_name_the_output_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir(dir.path());
+    let input = dir.path().join("train.txt");
+    let output = dir.path().join("out.jsonl");
+    let tokenizer = tokenizer();
+    let encode = [
+        "tokenizer",
+        "encode",
+        "--tokenizer",
+        s(&tokenizer),
+        "--input",
+        s(&input),
+        "--output",
+        s(&output),
+    ];
+    let inspect = [
+        "data",
+        "inspect",
+        "--data",
+        s(&data),
+        "--batches",
+        "2",
+        "--block-size",
+        "64",
+        "--output",
+        s(&output),
+    ];
+    for args in [&encode[..], &inspect[..]] {
+        let err = fails(&run_on_a_full_disk(args));
+        assert!(
+            err.contains(&format!("writing {}: File too large", output.display())),
+            "{err}"
+        );
+        assert_eq!(names(dir.path()), ["data", "train.txt"], "{}", args[1]);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn encode_stops_on_sigint_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("data/default-corpus/train.txt")).unwrap();
+    let input = dir.path().join("big.txt");
+    std::fs::write(&input, text.repeat(4)).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+        .args([
+            "tokenizer",
+            "encode",
+            "--tokenizer",
+            s(&tokenizer()),
+            "--input",
+            s(&input),
+            "--output",
+            s(&output),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp = dir.path().join(format!(".out.jsonl.tmp-{}", child.id()));
+    let start = Instant::now();
+    let mut child = child;
+    while !tmp.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "encode ended before it was signalled"
+        );
+        assert!(start.elapsed() < Duration::from_secs(60), "no {tmp:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-s", "INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output_of = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output_of.stderr);
+    assert!(!output_of.status.success(), "exit 0 after SIGINT");
+    assert!(
+        stderr.contains(&format!(
+            "interrupted: nothing written to {}",
+            output.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(names(dir.path()), ["big.txt"]);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn file_names_that_are_not_utf8_are_refused_up_front() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cin = dir.path().join("cin");
+    corpus(&cin.join("good.txt"), 100);
+    let bad = cin.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+    std::fs::copy(cin.join("good.txt"), &bad).unwrap();
+    let expected = format!(
+        "{}: the name is not valid UTF-8, which meta.json and the tokenizer trainer cannot hold: rename it",
+        cin.join("caf\u{fffd}.txt").display()
+    );
+    let err = fails(&preprocess(
+        &cin,
+        &tokenizer(),
+        &dir.path().join("out"),
+        &[],
+    ));
+    assert!(
+        err.contains(&expected) && !err.contains("panicked"),
+        "{err}"
+    );
+    let err = fails(&train_tokenizer(&cin, "300", &dir.path().join("tok")));
+    assert!(err.contains(&expected), "{err}");
+    assert_eq!(names(dir.path()), ["cin"]);
+}
+
+#[test]
+fn preprocess_refuses_an_output_inside_an_input_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cin = dir.path().join("cin");
+    corpus(&cin.join("train.txt"), 100);
+    let out = cin.join("bin");
+    let err = fails(&preprocess(&cin, &tokenizer(), &out, &[]));
+    assert!(
+        err.contains(&format!(
+            "{} lies inside the input directory {}",
+            out.display(),
+            cin.display()
+        )) && err.contains("choose another --out"),
+        "{err}"
+    );
+    assert_eq!(names(&cin), ["train.txt"]);
+    assert_eq!(names(dir.path()), ["cin"]);
+
+    // Pretraining preprocesses through the same function.
+    let setup = dir.path().join("setup");
+    std::fs::create_dir(&setup).unwrap();
+    let config = common::tiny_config(&setup, "");
+    let train = format!("data.train={}", cin.display());
+    let data_dir = format!("data.data_dir={}", out.display());
+    let err = fails(&common::pretrain(
+        &config,
+        &dir.path().join("run"),
+        &["--set", &train, "--set", &data_dir],
+    ));
+    assert!(
+        err.contains(&format!(
+            "{} lies inside the input directory {}",
+            out.display(),
+            cin.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(names(&cin), ["train.txt"]);
+}
+
+#[test]
+fn preprocess_refuses_zero_tokens_per_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = corpus(&dir.path().join("train.txt"), 100);
+    let err = fails(&preprocess(
+        &input,
+        &tokenizer(),
+        &dir.path().join("out"),
+        &["--shard-tokens", "0"],
+    ));
+    assert!(
+        err.contains("--shard-tokens 0") && err.contains("at least 1"),
+        "{err}"
+    );
+    assert_eq!(names(dir.path()), ["train.txt"]);
 }

@@ -12,7 +12,8 @@ use roberta_model::{LoadOptions, Pretrained, RobertaConfig};
 
 use crate::checkpoint::{BEST, EVAL_RESULTS};
 use crate::config::{TaskKind, TaskSection};
-use crate::models::{ScratchDir, init_dir, load_model, load_tokenizer};
+use crate::models::{ScratchDir, init_dir, load_model, load_tokenizer_for};
+use crate::outputs::refuse_existing;
 use crate::tasks::{LabeledTask, WithTask, infer, task_of, with_task};
 
 /// What `eval` and `predict` read: the model directory, the data, and how to read it.
@@ -70,7 +71,15 @@ fn resolve_task(config: &RobertaConfig, dir: &Path, o: &TaskOverrides) -> Result
 
 /// `eval` and `predict` open a model directory (an HF one, a run's `best/`, or a
 /// checkpoint exported on the fly) and pick the head its task needs.
-pub fn apply<B: AutodiffBackend>(device: B::Device, args: ApplyArgs, predict: bool) -> Result<()> {
+pub fn apply<B: AutodiffBackend>(
+    device: B::Device,
+    mut args: ApplyArgs,
+    predict: bool,
+) -> Result<()> {
+    let output = args
+        .output
+        .get_or_insert_with(|| PathBuf::from(EVAL_RESULTS));
+    refuse_existing(output, "--output")?;
     let scratch = ScratchDir::for_this_process();
     let dir = if args
         .model
@@ -130,13 +139,13 @@ fn apply_with<AB: AutodiffBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
         );
     }
     a.section.validate()?;
-    let tokenizer = load_tokenizer(dir)?;
     let loaded = load_model::<AB::InnerBackend, T::Model<AB::InnerBackend>>(
         dir,
         LoadOptions::default(),
         &a.device,
     )?;
     let (model, config) = (loaded.model, loaded.config);
+    let tokenizer = load_tokenizer_for(dir, &config)?;
     let labels = T::model_labels(&a.section, &config, model.num_labels());
     let max_length = a.section.max_length.min(config.max_sequence_length());
     let task = T::new(a.section, labels);
@@ -161,7 +170,7 @@ fn apply_with<AB: AutodiffBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
         &a.device,
     )?;
     if a.predict {
-        let output = args.output.clone().expect("predict has --output");
+        let output = args.output.clone().expect("set in apply");
         let lines = task.predictions(&data, &outputs)?;
         let mut text = Vec::new();
         for line in &lines {
@@ -172,10 +181,7 @@ fn apply_with<AB: AutodiffBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
     } else {
         let scores = task.score(&data, &outputs)?;
         let json = serde_json::to_string_pretty(&scores)?;
-        let output = args
-            .output
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(EVAL_RESULTS));
+        let output = args.output.clone().expect("set in apply");
         write_atomic(&output, json.as_bytes())
             .with_context(|| format!("writing {}", output.display()))?;
         // Written first, so a closed pipe on stdout (`| head`) loses nothing.

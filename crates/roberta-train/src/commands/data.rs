@@ -1,7 +1,11 @@
 //! Data commands: `tokenizer train`, `tokenizer encode`, `preprocess`, `data inspect`.
 
+use std::fmt::Display;
+use std::fs::File;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail, ensure};
 use roberta_data::corpus::{ReadOptions, expand_inputs};
@@ -13,15 +17,20 @@ use roberta_data::{
     BreakMode, Corpus, LoaderConfig, LoaderState, MaskVocab, MaskingConfig, RobertaTokenizer, Split,
 };
 
+use crate::outputs::refuse_existing;
+
 pub fn tokenizer_train(
     inputs: &[PathBuf],
     vocab_size: usize,
     min_frequency: u64,
     out: &Path,
 ) -> Result<()> {
+    refuse_existing(out, "--out")?;
+    // Everything is read before anything is written, and the output is new, so a
+    // tokenizer written inside an input directory is never read back as training text.
     let files = expand_inputs(inputs)?;
     let tokenizer = train_bpe(&files, vocab_size, min_frequency)?;
-    tokenizer.save_dir(out)?;
+    tokenizer.save_new_dir(out)?;
     println!(
         "trained a byte-level BPE of {} tokens on {} file(s): {}",
         tokenizer.vocab_size(),
@@ -31,34 +40,114 @@ pub fn tokenizer_train(
     Ok(())
 }
 
+/// A new `--output` file, written through `.NAME.tmp-PID` beside it and linked into place
+/// once complete and synced: a signal, a crash or a full disk leaves nothing under the
+/// user's name, two runs never share a temporary, and no existing file is replaced. The
+/// temporary goes whenever this is dropped (after `finish` it is a second name of the
+/// output; on an error, a panic or a stop request it is the incomplete file).
+struct NewOutput {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+    /// Set by SIGINT/SIGTERM; checked before every line.
+    stop: Arc<AtomicBool>,
+}
+
+impl NewOutput {
+    fn create(path: &Path) -> Result<Self> {
+        refuse_existing(path, "--output")?;
+        let Some(name) = path.file_name() else {
+            bail!("--output {}: names no file", path.display());
+        };
+        let tmp = path.with_file_name(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let stop = crate::trainer::stop_flag()?;
+        // `create_new`: a file of that name is not ours to truncate.
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| {
+                format!(
+                    "creating {}, the temporary of {}",
+                    tmp.display(),
+                    path.display()
+                )
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(BufWriter::new(file)),
+            stop,
+        })
+    }
+
+    fn check_stop(&self) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            bail!("interrupted: nothing written to {}", self.path.display());
+        }
+        Ok(())
+    }
+
+    fn write_line(&mut self, line: impl Display) -> Result<()> {
+        self.check_stop()?;
+        let file = self.file.as_mut().expect("open until finished");
+        writeln!(file, "{line}").with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        let writing = || format!("writing {}", self.path.display());
+        let file = self.file.take().expect("open until finished");
+        let file = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(writing)?;
+        file.sync_all().with_context(writing)?;
+        self.check_stop()?;
+        // A hard link, unlike a rename, fails on a file that appeared meanwhile.
+        match std::fs::hard_link(&self.tmp, &self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                refuse_existing(&self.path, "--output")?;
+                Err(e).with_context(writing)
+            }
+            // A file system without hard links.
+            Err(_) => {
+                refuse_existing(&self.path, "--output")?;
+                std::fs::rename(&self.tmp, &self.path).with_context(writing)
+            }
+        }
+    }
+}
+
+impl Drop for NewOutput {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 pub fn tokenizer_encode(
     tokenizer: &Path,
     input: &Path,
     output: &Path,
     special_tokens: bool,
 ) -> Result<()> {
+    refuse_existing(output, "--output")?;
     // The error names the path already.
     let tokenizer = RobertaTokenizer::load(tokenizer)?;
-    let file =
-        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
-    let tmp = output.with_extension("jsonl.tmp");
-    let mut out = BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-    );
+    let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let mut out = NewOutput::create(output)?;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line =
             line.with_context(|| format!("{}:{}: not UTF-8 text", input.display(), n + 1))?;
         let e = tokenizer.encode(&line, special_tokens)?;
         let offsets: Vec<[usize; 2]> = e.offsets.iter().map(|&(a, b)| [a, b]).collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "ids": e.ids, "offsets": offsets })
-        )?;
+        out.write_line(serde_json::json!({ "ids": e.ids, "offsets": offsets }))?;
     }
-    out.into_inner()?.sync_all()?;
-    std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
-    Ok(())
+    out.finish()
 }
 
 pub struct PreprocessArgs {
@@ -143,6 +232,7 @@ pub struct InspectArgs {
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
+    refuse_existing(&args.output, "--output")?;
     args.masking.validate().map_err(|e| anyhow::anyhow!(e))?;
     ensure!(
         args.batch_size > 0 && args.batches > 0,
@@ -185,10 +275,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         cursor: 0,
     };
     let mut cache = PermutationCache::default();
-    let tmp = args.output.with_extension("jsonl.tmp");
-    let mut out = BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-    );
+    let mut out = NewOutput::create(&args.output)?;
     let mask = tokenizer.specials().mask;
     let (mut maskable, mut chosen, mut as_mask, mut as_random, mut kept) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
@@ -235,21 +322,15 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
                 .iter()
                 .map(|&i| tokenizer.id_to_token(i).unwrap_or_default())
                 .collect();
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({
-                    "batch": b, "row": row, "epoch": batch.epoch,
-                    "input_ids": ids, "tokens": tokens,
-                    "masked_positions": positions, "labels": labels,
-                })
-            )?;
+            out.write_line(serde_json::json!({
+                "batch": b, "row": row, "epoch": batch.epoch,
+                "input_ids": ids, "tokens": tokens,
+                "masked_positions": positions, "labels": labels,
+            }))?;
         }
         state = batch.next;
     }
-    out.into_inner()?.sync_all()?;
-    std::fs::rename(&tmp, &args.output)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    out.finish()?;
     let pct = |x: usize, of: usize| 100.0 * x as f64 / of.max(1) as f64;
     println!(
         "wrote {} batches to {}",

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint;
@@ -15,6 +15,7 @@ pub fn export<B: AutodiffBackend>(
     checkpoint: PathBuf,
     out: PathBuf,
 ) -> Result<()> {
+    crate::outputs::refuse_existing(&out, "--out")?;
     let dir = if checkpoint.join(checkpoint::MANIFEST).exists() {
         checkpoint::verify(&checkpoint)?;
         checkpoint
@@ -27,14 +28,6 @@ pub fn export<B: AutodiffBackend>(
             .map(|(p, _)| p)
             .with_context(|| format!("{}: no checkpoint that verifies", checkpoint.display()))?
     };
-    let occupied =
-        out.is_file() || std::fs::read_dir(&out).is_ok_and(|mut entries| entries.next().is_some());
-    if occupied {
-        bail!(
-            "{} already exists: export writes a new directory (choose another --out)",
-            out.display()
-        );
-    }
     export_checkpoint::<B::InnerBackend>(&dir, &out, &device)?;
     println!("exported {} to {}", dir.display(), out.display());
     Ok(())

@@ -10,9 +10,11 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use roberta_data::RobertaTokenizer;
 use roberta_model::hf::write_atomic;
-use roberta_model::{LoadOptions, RobertaForMaskedLM, RobertaInput, RobertaModel};
+use roberta_model::{
+    LoadOptions, Pretrained, RobertaConfig, RobertaForMaskedLM, RobertaInput, RobertaModel,
+};
 
-use crate::models::{load_model, load_tokenizer};
+use crate::models::{load_model, load_tokenizer_for, model_dir};
 use safetensors::{Dtype, tensor::TensorView};
 use serde::Deserialize;
 
@@ -32,12 +34,22 @@ pub struct Candidate {
 }
 
 pub fn fill_mask<B: AutodiffBackend>(device: B::Device, args: FillMaskArgs) -> Result<()> {
-    let tokenizer = load_tokenizer(&args.model)?;
+    let dir = model_dir(&args.model);
+    let config = RobertaConfig::load(&dir.join(roberta_model::hf::CONFIG_FILE))?;
+    let masked_lm =
+        <RobertaForMaskedLM<B::InnerBackend> as Pretrained<B::InnerBackend>>::ARCHITECTURE;
+    if let Some(other) = config.architectures.first().filter(|a| *a != masked_lm) {
+        bail!(
+            "{} holds a {other}; fill-mask needs a {masked_lm} (such as a pretraining run's final/)",
+            dir.display()
+        );
+    }
     let model = load_model::<B::InnerBackend, RobertaForMaskedLM<B::InnerBackend>>(
-        &args.model,
+        &dir,
         LoadOptions::default(),
         &device,
     )?;
+    let tokenizer = load_tokenizer_for(&dir, &model.config)?;
     for text in &args.texts {
         let per_mask = predict_masks(
             &model.model,
@@ -155,14 +167,16 @@ struct EmbedLine {
 }
 
 pub fn embed<B: AutodiffBackend>(device: B::Device, args: EmbedArgs) -> Result<()> {
+    crate::outputs::refuse_existing(&args.output, "--output")?;
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let dir = model_dir(&args.model);
     let loaded = load_model::<B::InnerBackend, RobertaModel<B::InnerBackend>>(
-        &args.model,
+        &dir,
         LoadOptions::default(),
         &device,
     )?;
     let (model, config) = (loaded.model, loaded.config);
-    let rows = read_embed_input(&args.input, &args.model, &config, args.truncate)?;
+    let rows = read_embed_input(&args.input, &dir, &config, args.truncate)?;
     ensure!(!rows.is_empty(), "{}: no input lines", args.input.display());
 
     let mut out: BTreeMap<String, (Vec<usize>, Vec<u8>, Dtype)> = BTreeMap::new();
@@ -254,7 +268,7 @@ fn read_embed_input(
         let mut ids = match (parsed.text, parsed.input_ids) {
             (Some(text), None) => {
                 if tokenizer.is_none() {
-                    tokenizer = Some(load_tokenizer(model_dir)?);
+                    tokenizer = Some(load_tokenizer_for(model_dir, config)?);
                 }
                 tokenizer.as_ref().expect("loaded").encode(&text, true)?.ids
             }

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use roberta_data::BreakMode;
 use roberta_data::corpus::{CorpusFormat, ReadOptions};
+use roberta_data::{BreakMode, MaskingConfig};
 
 use crate::backend::DeviceSpec;
-use crate::commands::apply::TaskOverrides;
+use crate::commands::apply::{ApplyArgs, TaskOverrides};
+use crate::commands::data::{InspectArgs, PreprocessArgs};
 use crate::config::TaskKind;
 
 #[derive(Parser)]
@@ -222,7 +223,18 @@ pub struct TaskCli {
 }
 
 impl TaskCli {
-    pub fn overrides(&self) -> TaskOverrides {
+    /// What `eval` (no `output`: the default file) and `predict` run with.
+    pub fn apply_args(self, model: PathBuf, data: PathBuf, output: Option<PathBuf>) -> ApplyArgs {
+        ApplyArgs {
+            model,
+            data,
+            output,
+            batch_size: self.batch_size,
+            overrides: self.overrides(),
+        }
+    }
+
+    fn overrides(&self) -> TaskOverrides {
         TaskOverrides {
             task: self.task,
             text_a: self.text_a.clone(),
@@ -383,30 +395,103 @@ pub enum TokenizerCommand {
 pub enum DataCommand {
     /// Write masked batches as JSONL and print the mask rate, the 80/10/10 split and
     /// the block fill rate.
-    Inspect {
-        /// A preprocessed data directory.
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, value_enum, default_value = "train")]
-        split: SplitArg,
-        #[arg(long, default_value_t = 4)]
-        batches: usize,
-        /// The epoch whose permutation and masks to show.
-        #[arg(long, default_value_t = 0)]
-        epoch: u64,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 512)]
-        block_size: usize,
-        #[arg(long, value_enum, default_value = "full-sentences")]
-        break_mode: BreakModeArg,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long, default_value_t = 0.15)]
-        mask_prob: f64,
-        #[arg(long)]
-        whole_word: bool,
-        #[arg(long, default_value = "inspect.jsonl")]
-        output: PathBuf,
-    },
+    Inspect(InspectCli),
+}
+
+#[derive(Args)]
+pub struct InspectCli {
+    /// A preprocessed data directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value = "train")]
+    pub split: SplitArg,
+    #[arg(long, default_value_t = 4)]
+    pub batches: usize,
+    /// The epoch whose permutation and masks to show.
+    #[arg(long, default_value_t = 0)]
+    pub epoch: u64,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 512)]
+    pub block_size: usize,
+    #[arg(long, value_enum, default_value = "full-sentences")]
+    pub break_mode: BreakModeArg,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0.15)]
+    pub mask_prob: f64,
+    #[arg(long)]
+    pub whole_word: bool,
+    #[arg(long, default_value = "inspect.jsonl")]
+    pub output: PathBuf,
+}
+
+impl InspectCli {
+    pub fn into_args(self) -> InspectArgs {
+        InspectArgs {
+            data: self.data,
+            split: self.split.name().to_string(),
+            batches: self.batches,
+            epoch: self.epoch,
+            batch_size: self.batch_size,
+            block_size: self.block_size,
+            break_mode: self.break_mode.into(),
+            seed: self.seed,
+            masking: MaskingConfig {
+                mask_prob: self.mask_prob,
+                whole_word: self.whole_word,
+                ..Default::default()
+            },
+            output: self.output,
+        }
+    }
+}
+
+impl PreprocessCli {
+    pub fn into_args(self) -> PreprocessArgs {
+        PreprocessArgs {
+            inputs: self.input,
+            valid: self.valid,
+            valid_fraction: self.valid_fraction,
+            tokenizer: self.tokenizer,
+            out: self.out,
+            read: self.read.into(),
+            workers: self.workers,
+            shard_tokens: self.shard_tokens,
+            seed: self.seed,
+            force: self.force,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "roberta-train",
+            "data",
+            "inspect",
+            "--data",
+            "d",
+            "--split",
+            "valid",
+            "--break-mode",
+            "doc-sentences",
+        ])
+        .unwrap();
+        let Command::Data(DataCommand::Inspect(inspect)) = cli.command else {
+            panic!("parsed as another command")
+        };
+        let args = inspect.into_args();
+        assert_eq!(
+            (args.split.as_str(), args.break_mode),
+            ("valid", BreakMode::DocSentences)
+        );
+        assert!(Cli::try_parse_from(["roberta-train", "preprocess", "--format", "csv"]).is_err());
+    }
 }

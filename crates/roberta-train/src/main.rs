@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use roberta_data::MaskingConfig;
 use roberta_train::cli::{Cli, Command, DataCommand, TokenizerCommand};
 use roberta_train::commands::{
     self, apply::apply, export::export, finetune::finetune, infer::embed, infer::fill_mask,
@@ -161,19 +160,7 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             data,
             output,
             task,
-        } => dispatch!(
-            device,
-            apply(
-                commands::apply::ApplyArgs {
-                    model,
-                    data,
-                    output,
-                    overrides: task.overrides(),
-                    batch_size: task.batch_size,
-                },
-                false
-            )
-        ),
+        } => dispatch!(device, apply(task.apply_args(model, data, output), false)),
         Command::Predict {
             model,
             input,
@@ -181,16 +168,7 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             task,
         } => dispatch!(
             device,
-            apply(
-                commands::apply::ApplyArgs {
-                    model,
-                    data: input,
-                    output: Some(output),
-                    overrides: task.overrides(),
-                    batch_size: task.batch_size,
-                },
-                true
-            )
+            apply(task.apply_args(model, input, Some(output)), true)
         ),
         Command::Export { checkpoint, out } => dispatch!(device, export(checkpoint, out)),
         Command::Pretrain { run } => {
@@ -218,18 +196,7 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             println!("wrote {}", output.display());
             Ok(())
         }
-        Command::Preprocess(p) => commands::data::run_preprocess(commands::data::PreprocessArgs {
-            inputs: p.input,
-            valid: p.valid,
-            valid_fraction: p.valid_fraction,
-            tokenizer: p.tokenizer,
-            out: p.out,
-            read: p.read.into(),
-            workers: p.workers,
-            shard_tokens: p.shard_tokens,
-            seed: p.seed,
-            force: p.force,
-        }),
+        Command::Preprocess(p) => commands::data::run_preprocess(p.into_args()),
         Command::Tokenizer(TokenizerCommand::Train {
             input,
             vocab_size,
@@ -242,34 +209,9 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             output,
             no_special_tokens,
         }) => commands::data::tokenizer_encode(&tokenizer, &input, &output, !no_special_tokens),
-        Command::Data(DataCommand::Inspect {
-            data,
-            split,
-            batches,
-            epoch,
-            batch_size,
-            block_size,
-            break_mode,
-            seed,
-            mask_prob,
-            whole_word,
-            output,
-        }) => commands::data::inspect(commands::data::InspectArgs {
-            data,
-            split: split.name().to_string(),
-            batches,
-            epoch,
-            batch_size,
-            block_size,
-            break_mode: break_mode.into(),
-            seed,
-            masking: MaskingConfig {
-                mask_prob,
-                whole_word,
-                ..Default::default()
-            },
-            output,
-        }),
+        Command::Data(DataCommand::Inspect(inspect)) => {
+            commands::data::inspect(inspect.into_args())
+        }
         Command::FillMask {
             model,
             top_k,

@@ -13,7 +13,7 @@ pub enum DeviceSpec {
     /// `wgpu-cpu` a software adapter such as lavapipe (feature `wgpu`).
     Wgpu(Option<usize>),
     WgpuCpu,
-    /// burn-cuda, device N (feature `cuda`).
+    /// burn-cuda, device N (feature `cuda`); `cuda` alone is [`local_gpu`].
     Cuda(usize),
     /// burn-tch on libtorch's CPU (feature `tch`).
     TchCpu,
@@ -64,6 +64,12 @@ impl DeviceSpec {
     }
 }
 
+/// The GPU that `cuda` without an index means: the node-local rank of this process
+/// under an MPI launcher (one GPU per rank), else the first.
+fn local_gpu() -> usize {
+    crate::processes::Processes::current().local_rank
+}
+
 impl FromStr for DeviceSpec {
     type Err = String;
 
@@ -76,9 +82,9 @@ impl FromStr for DeviceSpec {
             "cpu" => Self::Cpu,
             "wgpu" => Self::Wgpu(None),
             "wgpu-cpu" => Self::WgpuCpu,
-            "cuda" => Self::Cuda(0),
+            "cuda" => Self::Cuda(local_gpu()),
             "tch-cpu" => Self::TchCpu,
-            "tch-cuda" => Self::TchCuda(0),
+            "tch-cuda" => Self::TchCuda(local_gpu()),
             _ => {
                 if let Some(rest) = s.strip_prefix("wgpu:") {
                     Self::Wgpu(Some(index(rest)?))

@@ -19,7 +19,8 @@ use crate::config::TaskKind;
 )]
 pub struct Cli {
     /// Device to run on: cpu, wgpu, wgpu:N, wgpu-cpu, cuda:N, tch-cpu, tch-cuda:N
-    /// (each needs its backend compiled in; default: the first compiled-in one).
+    /// (each needs its backend compiled in; default: the first compiled-in one). `cuda`
+    /// alone is the GPU of the process's node-local rank under mpirun or srun, else 0.
     #[arg(long, global = true)]
     pub device: Option<DeviceSpec>,
     #[command(subcommand)]

@@ -13,6 +13,7 @@ pub mod optim;
 pub mod outputs;
 pub mod parallel;
 pub mod plot;
+pub mod processes;
 pub mod progress;
 pub mod run_dir;
 pub mod tasks;

@@ -11,6 +11,7 @@ use roberta_train::commands::{
     pretrain::pretrain,
 };
 use roberta_train::config::{FinetuneConfig, PretrainConfig};
+use roberta_train::processes::{self, Processes};
 use roberta_train::run_dir::{self, RunLock};
 use roberta_train::{backend::DeviceSpec, dispatch, dispatch_devices};
 
@@ -33,7 +34,24 @@ fn keep_freed_memory() {
 
 fn main() {
     keep_freed_memory();
+    // Before parsing: `--device cuda` means the GPU of this process's local rank.
+    // Held to the end of main, which finalises MPI.
+    let _launch = match processes::launch() {
+        Ok(launch) => launch,
+        Err(e) => fail(&e),
+    };
     let cli = Cli::parse();
+    let leader = Processes::current().is_leader();
+    if Processes::current().count > 1
+        && !matches!(
+            cli.command,
+            Command::Pretrain { .. } | Command::Finetune { .. }
+        )
+    {
+        fail(&anyhow::anyhow!(
+            "only pretrain and finetune run as several processes: start this command without mpirun"
+        ));
+    }
     // The config is checked before anything is created, the run directory included.
     let loaded = match &cli.command {
         Command::Pretrain { run, .. } => Some(
@@ -48,31 +66,42 @@ fn main() {
     };
     let (run_dir, configs, warnings) = match loaded {
         Some(Ok((dir, configs, warnings))) => (Some(dir), configs, warnings),
-        Some(Err(e)) => {
-            eprintln!("error: {}", one_line(&e));
-            std::process::exit(1);
-        }
+        Some(Err(e)) => fail(&e),
         None => (None, Configs::None, Vec::new()),
     };
-    // One process per run directory, before anything is written there (the log included).
-    let _lock = match run_dir.as_deref().map(RunLock::acquire).transpose() {
+    // One process per run directory, before anything is written there (the log included);
+    // under MPI, rank 0 holds it for the job and is the only one to write there.
+    let owned_dir = run_dir.as_deref().filter(|_| leader);
+    let _lock = match owned_dir.map(RunLock::acquire).transpose() {
         Ok(lock) => lock,
-        Err(e) => {
-            eprintln!("error: {}", one_line(&e));
-            std::process::exit(1);
-        }
+        Err(e) => fail(&e),
     };
-    if let Err(e) = init_logging(run_dir.as_ref().map(|d| d.join(run_dir::LOG)).as_deref()) {
-        eprintln!("error: setting up logging: {e:#}");
-        std::process::exit(1);
+    if let Err(e) = init_logging(owned_dir.map(|d| d.join(run_dir::LOG)).as_deref(), leader) {
+        fail(&e.context("setting up logging"));
     }
     for warning in warnings {
         tracing::warn!("{warning}");
     }
     if let Err(e) = run(cli, run_dir, configs) {
-        eprintln!("error: {}", one_line(&e));
-        std::process::exit(1);
+        fail(&e);
     }
+}
+
+/// Reports the error on one line and exits; under MPI the whole job ends with it.
+fn fail(e: &anyhow::Error) -> ! {
+    let rank = Processes::current();
+    if rank.count > 1 {
+        eprintln!(
+            "error (rank {} of {}): {}",
+            rank.rank,
+            rank.count,
+            one_line(e)
+        );
+    } else {
+        eprintln!("error: {}", one_line(e));
+    }
+    processes::abort_job(1);
+    std::process::exit(1)
 }
 
 /// The error and its causes on one line, each cause once: a library error that already
@@ -98,12 +127,19 @@ enum Configs {
     Finetune(FinetuneConfig),
 }
 
-fn init_logging(log_file: Option<&Path>) -> Result<()> {
+/// Logs to stderr and the run's log file. Ranks other than 0 of an MPI job say only
+/// what goes wrong: rank 0 reports the run.
+fn init_logging(log_file: Option<&Path>, leader: bool) -> Result<()> {
     use tracing_subscriber::prelude::*;
     let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env()
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             // burn-collective logs each replica's whole config at info.
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,burn_collective=warn"))
+            tracing_subscriber::EnvFilter::new(if leader {
+                "info,burn_collective=warn"
+            } else {
+                "warn"
+            })
+        })
     };
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

@@ -4,6 +4,8 @@
 //! `GradientsParams::all_reduce`, and the few numbers the loop needs from every replica
 //! (the window's masked-token count, logged sums, the stop signal) with `all_reduce` on
 //! a small tensor. With one replica nothing is registered and every sum is the value.
+//! Replicas in separate processes (an MPI launch, see [`crate::processes`]) sum the same
+//! numbers and gradients through MPI instead, as one flat host buffer per update.
 
 use anyhow::{Result, bail};
 use burn::collective::{
@@ -25,9 +27,18 @@ fn collective_error(what: &str, e: impl std::fmt::Debug) -> anyhow::Error {
 
 /// This replica's membership of the group of replicas.
 pub struct Group<B: Backend> {
-    peer: PeerId,
-    world: usize,
+    link: Link,
     device: B::Device,
+}
+
+/// How a replica reaches the others.
+enum Link {
+    Alone,
+    /// Another thread of this process holds each other replica (burn-collective).
+    Threads(PeerId),
+    /// Each other replica is another process (MPI).
+    #[cfg(feature = "mpi")]
+    Processes,
 }
 
 impl<B: Backend> Group<B> {
@@ -39,30 +50,42 @@ impl<B: Backend> Group<B> {
         device: &B::Device,
         config: &CollectiveConfig,
     ) -> Result<Self> {
-        let peer = PeerId::from(rank);
-        if world > 1 {
+        let link = if world == 1 {
+            Link::Alone
+        } else if crate::processes::Processes::current().count > 1 {
+            #[cfg(feature = "mpi")]
+            {
+                Link::Processes
+            }
+            #[cfg(not(feature = "mpi"))]
+            unreachable!("several processes need the mpi feature")
+        } else {
+            let peer = PeerId::from(rank);
             register::<B>(peer, device.clone(), config.clone())
                 .map_err(|e| collective_error("registration", e))?;
-        }
+            Link::Threads(peer)
+        };
         Ok(Self {
-            peer,
-            world,
+            link,
             device: device.clone(),
         })
     }
 
     /// Element-wise sums over the replicas.
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
-        if self.world == 1 {
-            return Ok(values.to_vec());
-        }
+        let peer = match self.link {
+            Link::Alone => return Ok(values.to_vec()),
+            #[cfg(feature = "mpi")]
+            Link::Processes => {
+                let mut values = values.to_vec();
+                crate::processes::sum_f64(&mut values);
+                return Ok(values);
+            }
+            Link::Threads(peer) => peer,
+        };
         let local = Tensor::<B, 1>::from_floats(values, &self.device);
-        let summed = all_reduce::<B>(
-            self.peer,
-            local.into_primitive().tensor(),
-            ReduceOperation::Sum,
-        )
-        .map_err(|e| collective_error("all-reduce", e))?;
+        let summed = all_reduce::<B>(peer, local.into_primitive().tensor(), ReduceOperation::Sum)
+            .map_err(|e| collective_error("all-reduce", e))?;
         let summed = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed));
         summed
             .into_data()
@@ -84,7 +107,7 @@ impl<B: Backend> Group<B> {
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
-        if self.world == 1 {
+        if matches!(self.link, Link::Alone) {
             return Ok(grads);
         }
         struct Zeros<'a, B: Backend> {
@@ -103,17 +126,147 @@ impl<B: Backend> Group<B> {
             grads: &mut grads,
             device: &self.device,
         });
-        grads
-            .all_reduce::<B>(self.peer, ReduceOperation::Sum)
-            .map_err(|e| collective_error("gradient all-reduce", e))
+        match self.link {
+            Link::Threads(peer) => grads
+                .all_reduce::<B>(peer, ReduceOperation::Sum)
+                .map_err(|e| collective_error("gradient all-reduce", e)),
+            #[cfg(feature = "mpi")]
+            Link::Processes => Ok(sum_over_processes::<B, AB, M>(grads, model, &self.device)),
+            Link::Alone => Ok(grads),
+        }
+    }
+
+    /// Rank 0's parameters on every replica, as DDP starts: a model built from the same
+    /// seed everywhere would already agree, but one that was not (another backend's
+    /// random numbers, a head initialised differently) must not train apart.
+    pub fn broadcast_model<M: Module<B2>, B2: Backend>(&self, model: M) -> M {
+        #[cfg(feature = "mpi")]
+        if matches!(self.link, Link::Processes) {
+            let mut host = to_host(model_values(&model));
+            crate::processes::broadcast_f32(&mut host);
+            return load_flat(model, &host);
+        }
+        model
     }
 
     pub fn leave(self) -> Result<()> {
-        if self.world > 1 {
-            finish_collective::<B>(self.peer).map_err(|e| collective_error("finish", e))?;
+        if let Link::Threads(peer) = self.link {
+            finish_collective::<B>(peer).map_err(|e| collective_error("finish", e))?;
         }
         Ok(())
     }
+}
+
+/// Every float parameter's value, flat, in the module tree's order (the same in every
+/// process).
+#[cfg(feature = "mpi")]
+fn model_values<B: Backend, M: Module<B>>(model: &M) -> Vec<Tensor<B, 1>> {
+    struct Values<B: Backend>(Vec<Tensor<B, 1>>);
+    impl<B: Backend> ModuleVisitor<B> for Values<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let value = param.val();
+            let n = value.shape().num_elements();
+            self.0.push(value.reshape([n]));
+        }
+    }
+    let mut values = Values(Vec::new());
+    model.visit(&mut values);
+    values.0
+}
+
+/// The pieces, end to end, on the host: one copy from the device, not one per tensor.
+#[cfg(feature = "mpi")]
+fn to_host<B: Backend>(pieces: Vec<Tensor<B, 1>>) -> Vec<f32> {
+    Tensor::cat(pieces, 0)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32")
+}
+
+/// The model with its float parameters replaced, in tree order, by slices of `host`.
+#[cfg(feature = "mpi")]
+fn load_flat<B: Backend, M: Module<B>>(model: M, host: &[f32]) -> M {
+    struct Load<'a> {
+        host: &'a [f32],
+        offset: usize,
+    }
+    impl<B: Backend> ModuleMapper<B> for Load<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, value, mapper) = param.consume();
+            let shape = value.shape();
+            let n = shape.num_elements();
+            let slice = &self.host[self.offset..self.offset + n];
+            self.offset += n;
+            let loaded =
+                Tensor::<B, D>::from_data(TensorData::new(slice.to_vec(), shape), &value.device())
+                    .set_require_grad(value.is_require_grad());
+            Param::from_mapped_value(id, loaded, mapper)
+        }
+    }
+    model.map(&mut Load { host, offset: 0 })
+}
+
+/// The gradients summed over the processes: every parameter's (zeros where this replica
+/// has none) in tree order, as one flat buffer on the host, summed by MPI, and back.
+#[cfg(feature = "mpi")]
+fn sum_over_processes<B, AB, M>(
+    mut grads: GradientsParams,
+    model: &M,
+    device: &B::Device,
+) -> GradientsParams
+where
+    B: Backend,
+    AB: AutodiffBackend<InnerBackend = B>,
+    M: AutodiffModule<AB>,
+{
+    struct Take<'a, B: Backend> {
+        grads: &'a mut GradientsParams,
+        pieces: Vec<Tensor<B, 1>>,
+    }
+    impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleVisitor<AB> for Take<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+            let grad = self
+                .grads
+                .remove::<B, D>(param.id)
+                .expect("zero-filled before");
+            let n = grad.shape().num_elements();
+            self.pieces.push(grad.reshape([n]));
+        }
+    }
+    let mut take = Take::<B> {
+        grads: &mut grads,
+        pieces: Vec::new(),
+    };
+    model.visit(&mut take);
+    let mut host = to_host(take.pieces);
+    crate::processes::sum_f32(&mut host);
+    let n = host.len();
+    let summed = Tensor::<B, 1>::from_data(TensorData::new(host, [n]), device);
+    struct Give<'a, B: Backend> {
+        grads: &'a mut GradientsParams,
+        summed: Tensor<B, 1>,
+        offset: usize,
+    }
+    impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleVisitor<AB> for Give<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+            let shape = param.val().shape();
+            let n = shape.num_elements();
+            let grad = self
+                .summed
+                .clone()
+                .slice(self.offset..self.offset + n)
+                .reshape(shape);
+            self.offset += n;
+            self.grads.register::<B, D>(param.id, grad);
+        }
+    }
+    model.visit(&mut Give::<B> {
+        grads: &mut grads,
+        summed,
+        offset: 0,
+    });
+    grads
 }
 
 /// The model ready to be replicated. Every parameter gets an id from its position in the

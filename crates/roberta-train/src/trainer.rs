@@ -26,6 +26,7 @@ use crate::config::{OptimSection, RunConfig};
 use crate::metrics::{Metrics, format_metrics};
 use crate::optim::{AdamWGroups, learning_rate};
 use crate::parallel::{self, Group};
+use crate::processes::{self, Processes};
 use crate::run_dir::{self, METRICS};
 use crate::tasks::{BatchPlan, Task};
 
@@ -97,6 +98,10 @@ struct MetricsLine {
     /// Masked LM: accuracy on the masked tokens since the last line.
     #[serde(skip_serializing_if = "Option::is_none")]
     masked_acc: Option<f64>,
+    /// Several replicas: seconds per update spent in the gradient all-reduce, waiting
+    /// for the slowest replica included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allreduce_s: Option<f64>,
     /// `valid_<metric>` of an evaluation at this step.
     #[serde(flatten)]
     valid: BTreeMap<String, f64>,
@@ -110,6 +115,8 @@ struct Interval {
     targets: f64,
     correct: Option<f64>,
     tokens: f64,
+    updates: u64,
+    allreduce_s: f64,
 }
 
 /// Trains `model` on `task` over `devices` (one replica each), from a checkpoint when
@@ -124,7 +131,14 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
     files: &RunFiles,
     stop: Arc<AtomicBool>,
 ) -> Result<Outcome> {
-    let world = devices.len();
+    let processes = Processes::current();
+    if processes.count > 1 && devices.len() > 1 {
+        bail!(
+            "under an MPI launcher each process drives one device: drop --devices and start one process per device"
+        );
+    }
+    // One of the two is 1: replicas are threads of this process, or processes.
+    let world = processes::world(devices.len());
     let mut state = TrainerState {
         devices: world,
         ..TrainerState::default()
@@ -145,11 +159,20 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
         };
         tracing::info!("resumed from {} at step {}", path.display(), state.step);
     }
-    roberta_model::hf::write_atomic(
-        &files.run_dir.join(checkpoint::CONFIG),
-        files.config_toml.as_bytes(),
-    )?;
+    if processes.is_leader() {
+        roberta_model::hf::write_atomic(
+            &files.run_dir.join(checkpoint::CONFIG),
+            files.config_toml.as_bytes(),
+        )?;
+    }
     let model = parallel::number_params(model);
+    if world > 1 {
+        let n = model.num_params();
+        tracing::info!(
+            "{world} replicas: every update all-reduces the gradients of {n} parameters ({:.1} MB in fp32)",
+            n as f64 * 4e-6
+        );
+    }
     let optimizer = |model: &T::Model, device: &B::Device| {
         let optim = AdamWGroups::<B, T::Model>::new(&settings.optim, model);
         match resume {
@@ -158,37 +181,42 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
         }
     };
     let collective = parallel::collective_config(world);
-    let replica = |rank: usize| -> Result<Replica<'_, B, T>> {
+    let replica = |local: usize| -> Result<Replica<'_, B, T>> {
+        let rank = processes.rank + local;
         Ok(Replica {
             task,
             settings,
             rank,
             world,
-            device: devices[rank].clone(),
-            group: Group::join(rank, world, &devices[rank], &collective)?,
+            device: devices[local].clone(),
+            group: Group::join(rank, world, &devices[local], &collective)?,
         })
     };
     let (model, state, stopped) = std::thread::scope(|scope| -> Result<_> {
         // Replicas 1…N-1 run on their own threads; replica 0, on this one, also logs,
-        // evaluates and checkpoints.
+        // evaluates and checkpoints (in rank 0's process).
         let mut others = Vec::new();
-        for (rank, device) in devices.iter().enumerate().skip(1) {
+        for (local, device) in devices.iter().enumerate().skip(1) {
             let copy = model.clone().fork(device);
             let optim = optimizer(&copy, device)?;
             let state = state.clone();
             let replica = &replica;
-            others.push(scope.spawn(move || replica(rank)?.run(copy, optim, state, None)));
+            others.push(scope.spawn(move || replica(local)?.run(copy, optim, state, None, None)));
         }
+        let first = replica(0)?;
+        let model = first.group.broadcast_model(model);
         let optim = optimizer(&model, &devices[0])?;
-        let leader = Leader {
-            files,
-            metrics: MetricsFile::open(&files.run_dir, state.step)?,
-            stop,
-            bar: crate::progress::steps_bar(settings.total, state.step),
-            saved_step: state.step,
-            early_stop: false,
+        let leader = match processes.is_leader() {
+            true => Some(Leader {
+                files,
+                metrics: MetricsFile::open(&files.run_dir, state.step)?,
+                bar: crate::progress::steps_bar(settings.total, state.step),
+                saved_step: state.step,
+                early_stop: false,
+            }),
+            false => None,
         };
-        let outcome = replica(0)?.run(model, optim, state, Some(leader));
+        let outcome = first.run(model, optim, state, Some(stop), leader);
         for other in others {
             other
                 .join()
@@ -196,6 +224,9 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
         }
         outcome
     })?;
+    if !processes.is_leader() {
+        return Ok(Outcome { state, stopped });
+    }
     if stopped {
         tracing::info!(
             "stopped by signal at step {}; continue with --resume auto --run-dir {}",
@@ -229,11 +260,10 @@ struct Replica<'a, B: AutodiffBackend, T: Task<B>> {
     group: Group<B::InnerBackend>,
 }
 
-/// What only replica 0 does: metrics, evaluation, `best/`, checkpoints, the stop signal.
+/// What only replica 0 does: metrics, evaluation, `best/`, checkpoints.
 struct Leader<'a> {
     files: &'a RunFiles,
     metrics: MetricsFile,
-    stop: Arc<AtomicBool>,
     bar: indicatif::ProgressBar,
     /// The step of the newest checkpoint.
     saved_step: u64,
@@ -243,16 +273,28 @@ struct Leader<'a> {
 impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
     /// The loop. Every replica takes its share of each micro-batch; the window's target
     /// count, the gradients, the logged sums and the decision to stop are all-reduced,
-    /// so every replica takes the same updates. Returns the model, the state, and
-    /// whether a signal stopped the run.
+    /// so every replica takes the same updates. The first replica of each process
+    /// watches the process's `stop` flag. Returns the model, the state, and whether a
+    /// signal stopped the run.
     fn run(
         self,
         mut model: T::Model,
         mut optim: AdamWGroups<B, T::Model>,
         mut state: TrainerState,
+        stop: Option<Arc<AtomicBool>>,
         mut leader: Option<Leader<'_>>,
     ) -> Result<(T::Model, TrainerState, bool)> {
         let s = self.settings;
+        // Replicas that resumed from different checkpoints (processes that do not see
+        // the same run directory) would train apart.
+        let step = state.step as f64;
+        let [steps, squares] = self.sum([step, step * step])?;
+        if squares * self.world as f64 != steps * steps {
+            bail!(
+                "the replicas start from different steps (this one from {}): every process must see the same run directory (a shared filesystem)",
+                state.step
+            );
+        }
         let mut batches = self.task.batches(BatchPlan {
             rank: self.rank,
             world: self.world,
@@ -267,9 +309,8 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             //    replicas, and whether replica 0 was asked to stop.
             let window = batches.next_window(s.accumulation);
             let local_targets: usize = window.batches.iter().map(|b| self.task.targets(b)).sum();
-            let (signal, early) = leader.as_ref().map_or((false, false), |l| {
-                (l.stop.load(Ordering::Relaxed), l.early_stop)
-            });
+            let signal = stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+            let early = leader.as_ref().is_some_and(|l| l.early_stop);
             let refused = window.batches.iter().find_map(|b| self.task.check(b).err());
             let [window_targets, signal, early, refusals] = self.sum([
                 local_targets as f64,
@@ -306,7 +347,9 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
                 let grads = (step.sum / window_targets.max(1.0)).backward();
                 accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
             }
+            let reduce = Instant::now();
             let grads = self.group.sum_gradients(accumulator.grads(), &model)?;
+            interval.allreduce_s += reduce.elapsed().as_secs_f64();
             let local_tokens: usize = window.batches.iter().map(|b| self.task.tokens(b)).sum();
             let [loss_sum, correct, tokens] = self.sum([loss_sum, correct, local_tokens as f64])?;
             let loss = loss_sum / window_targets.max(1.0);
@@ -327,6 +370,7 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             state.step += 1;
             interval.loss += loss_sum;
             interval.targets += window_targets;
+            interval.updates += 1;
             if counts_correct {
                 *interval.correct.get_or_insert(0.0) += correct;
             }
@@ -403,6 +447,7 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             grad_norm: update.norm,
             tokens_per_s: i.tokens / update.seconds.max(1e-9),
             masked_acc: i.correct.map(|c| c / i.targets.max(1.0)),
+            allreduce_s: (self.world > 1).then(|| i.allreduce_s / i.updates.max(1) as f64),
             valid: BTreeMap::new(),
             bad_steps: state.bad_steps,
         };
@@ -528,7 +573,7 @@ struct Update {
 /// The checkpoint a run starts from, after checking the run directory (see
 /// [`run_dir::check_contents`]) and the config against the checkpoint's. A resume on
 /// another number of devices keeps the sequences per update by rescaling the
-/// accumulation. The run directory must be locked ([`run_dir::RunLock`]).
+/// accumulation. The run directory must be locked ([`run_dir::RunLock`]) by rank 0.
 pub fn start_run<C: RunConfig>(
     run_dir: &Path,
     resume: Option<&str>,
@@ -536,9 +581,18 @@ pub fn start_run<C: RunConfig>(
     world: usize,
     force: bool,
 ) -> Result<Option<checkpoint::Found>> {
-    let found = resume_point(run_dir, resume)?;
-    run_dir::check_contents(run_dir, resume.is_some(), found.is_some())?;
-    run_dir::remove_stale_temporaries(run_dir)?;
+    // Rank 0 owns the run directory; the other ranks look once it has checked it.
+    let processes = Processes::current();
+    let found = if processes.is_leader() {
+        let found = resume_point(run_dir, resume)?;
+        run_dir::check_contents(run_dir, resume.is_some(), found.is_some())?;
+        run_dir::remove_stale_temporaries(run_dir)?;
+        processes.barrier();
+        found
+    } else {
+        processes.barrier();
+        resume_point(run_dir, resume)?
+    };
     if let Some((path, saved_state)) = &found {
         let mut saved = C::from_saved(&path.join(checkpoint::CONFIG))?;
         if saved_state.devices != world {

@@ -5,7 +5,10 @@ use std::process::Command;
 
 mod common;
 
-use common::{copy_dir, fails, mlm_fixture, ok, pretrain, repo, run, s, small_corpus, tiny_config};
+use common::{
+    assert_same_updates, fails, first_checkpoint_of, losses, mlm_fixture, ok, pretrain,
+    pretrain_no_dropout, pretrain_no_dropout_output, repo, run, s, small_corpus, tiny_config,
+};
 
 #[test]
 fn fill_mask_prints_top_k_per_mask() {
@@ -273,18 +276,6 @@ fn preprocess_is_deterministic_idempotent_and_inspectable() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// A tiny pretraining config over a small slice of the embedded corpus.
-fn losses(run_dir: &Path) -> Vec<(u64, String)> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn pretrain_runs_and_its_final_model_fills_masks() {
     let dir = tempfile::tempdir().unwrap();
@@ -441,26 +432,6 @@ fn a_corrupt_newest_checkpoint_is_named_and_the_previous_one_used() {
     );
 }
 
-fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k,
-                v.data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
 #[test]
 fn accumulation_equals_one_big_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -478,75 +449,6 @@ fn accumulation_equals_one_big_batch() {
     );
     pretrain_no_dropout(&config, &big, &["--set", "train.batch_size=8"]);
     assert_same_updates(&accumulated, &big);
-}
-
-/// Two runs took the same updates: per-step losses within 1e-5 relative, final weights
-/// within 1e-5 of each tensor's scale.
-fn assert_same_updates(a: &Path, b: &Path) {
-    let (la, lb) = (losses(a), losses(b));
-    assert_eq!(la.len(), lb.len());
-    for ((_, x), (_, y)) in la.iter().zip(&lb) {
-        let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
-        assert!((x - y).abs() <= 1e-5 * x.abs(), "loss {x} vs {y}");
-    }
-    for ((ka, wa), (kb, wb)) in weights(&a.join("final"))
-        .iter()
-        .zip(&weights(&b.join("final")))
-    {
-        assert_eq!(ka, kb);
-        let scale = wa.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let diff = wa
-            .iter()
-            .zip(wb)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        // The key bias adds a constant to every score of a query, which softmax ignores:
-        // its true gradient is zero and what it gets is rounding noise (~1e-10 here).
-        // Parameters that start at zero (biases, LayerNorm β) hold only a few lr-sized
-        // steps, and Adam's normalised step turns the rounding noise of their smallest
-        // gradients into differences of ~1e-8: below a scale of 0.01 they are compared
-        // at 1e-7 absolute.
-        if ka.ends_with("attention.self.key.bias") {
-            assert!(diff <= 1e-8, "{ka}: diff {diff}");
-        } else {
-            let tolerance = 1e-5 * scale.max(0.01);
-            assert!(diff <= tolerance, "{ka}: diff {diff}, scale {scale}");
-        }
-    }
-}
-
-/// Starts `to` as a run whose only checkpoint is `from`'s first.
-fn first_checkpoint_of(from: &Path, to: &Path) {
-    let step = "checkpoints/step-0000001";
-    copy_dir(&from.join(step), &to.join(step));
-}
-
-/// `pretrain` with dropout off and the given extra arguments, into `run_dir`; its log.
-fn pretrain_no_dropout(config: &Path, run_dir: &Path, extra: &[&str]) -> String {
-    let out = pretrain_no_dropout_output(config, run_dir, extra);
-    ok(&out);
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Three updates with dropout off, checkpointed after each.
-fn pretrain_no_dropout_output(
-    config: &Path,
-    run_dir: &Path,
-    extra: &[&str],
-) -> std::process::Output {
-    let mut args = vec![
-        "--set",
-        "model.hidden_dropout_prob=0.0",
-        "--set",
-        "model.attention_probs_dropout_prob=0.0",
-        "--set",
-        "schedule.total_steps=3",
-        "--set",
-        "checkpoint.every=1",
-        "--set",
-        "checkpoint.keep=5",
-    ];
-    args.extend(extra);
-    pretrain(config, run_dir, &args)
 }
 
 /// Two replicas (two burn-collective peers on the one CPU device, each on its own
@@ -785,4 +687,21 @@ fn wgpu_bf16_is_refused_before_any_work_or_trains() {
         assert!(err.contains("train.precision = \"bf16\""), "{err}");
         assert!(!run_dir.join("config.toml").exists() && !dir.path().join("data-bin").exists());
     }
+}
+
+/// A binary without the `mpi` feature, started by an MPI launcher as one of several
+/// ranks, refuses to run: each rank would train alone on the same run directory.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_binary_without_mpi_refuses_to_run_as_one_of_several_ranks() {
+    let out = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+        .args(["fill-mask", "--model", &mlm_fixture(), "a <mask>"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let err = fails(&out);
+    assert!(
+        err.contains("without the `mpi` feature") && err.contains("OMPI_COMM_WORLD_SIZE=2"),
+        "{err}"
+    );
 }

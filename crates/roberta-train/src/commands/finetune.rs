@@ -11,7 +11,9 @@ use roberta_model::{LoadOptions, Pretrained, RobertaConfig};
 
 use crate::checkpoint;
 use crate::config::{FinetuneConfig, RunConfig, TaskKind};
-use crate::models::{init_dir, load_model, load_tokenizer};
+use crate::models::{ScratchDir, init_dir, load_model, load_tokenizer};
+use crate::processes::Processes;
+use crate::run_dir::INIT;
 use crate::tasks::{Finetuning, LabeledTask, TASK_KEY, TaskModel, WithTask, with_task};
 use crate::trainer::{self, BestPolicy, RunFiles, Settings, check_precision, start_run, stop_flag};
 
@@ -82,11 +84,11 @@ where
         &run_dir,
         args.resume.as_deref(),
         &mut config,
-        devices.len(),
+        crate::processes::world(devices.len()),
         args.force,
     )?;
 
-    let (source, tokenizer) = model_source::<B>(&config, args.init, &run_dir, &device)?;
+    let (source, tokenizer, _scratch) = model_source::<B>(&config, args.init, &run_dir, &device)?;
     let section = config.task.clone();
     let task = T::new(
         section.clone(),
@@ -119,7 +121,7 @@ where
 
     // Schedule: whole epochs, or fewer updates.
     let t = &config.train;
-    let per_update = t.batch_size * t.accumulation * devices.len();
+    let per_update = t.batch_size * t.accumulation * crate::processes::world(devices.len());
     let steps_per_epoch = train.features.len().div_ceil(per_update) as u64;
     let mut total = t.epochs * steps_per_epoch;
     if t.max_steps > 0 {
@@ -186,14 +188,15 @@ fn model_source<B: AutodiffBackend>(
     init: Option<PathBuf>,
     run_dir: &Path,
     device: &B::Device,
-) -> Result<(Option<PathBuf>, RobertaTokenizer)> {
+) -> Result<(Option<PathBuf>, RobertaTokenizer, Option<ScratchDir>)> {
     let init = init.or_else(|| config.model.init.clone());
+    // Rank 0 exports a checkpoint into the run directory, other ranks into scratch space.
+    let scratch = (!Processes::current().is_leader()).then(ScratchDir::for_this_process);
+    let export_to = scratch
+        .as_ref()
+        .map_or_else(|| run_dir.join(INIT), |s| s.path().to_path_buf());
     let source = match &init {
-        Some(dir) => Some(init_dir::<B::InnerBackend>(
-            dir,
-            &run_dir.join("init"),
-            device,
-        )?),
+        Some(dir) => Some(init_dir::<B::InnerBackend>(dir, &export_to, device)?),
         None => None,
     };
     let tokenizer = match (&config.data.tokenizer, &source) {
@@ -204,7 +207,7 @@ fn model_source<B: AutodiffBackend>(
             "no tokenizer: set data.tokenizer, or start from a model directory that holds one (model.init / --init)"
         ),
     };
-    Ok((source, tokenizer))
+    Ok((source, tokenizer, scratch))
 }
 
 /// The task model: loaded from `source` with the task's head (new if absent), or random

@@ -15,6 +15,7 @@ use roberta_model::{LoadOptions, RobertaForMaskedLM};
 use crate::checkpoint;
 use crate::config::{PretrainConfig, RunConfig};
 use crate::models::load_model;
+use crate::processes::Processes;
 use crate::tasks::mlm::Mlm;
 use crate::trainer::{self, RunFiles, Settings, check_precision, start_run, stop_flag};
 
@@ -112,14 +113,22 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         &run_dir,
         args.resume.as_deref(),
         &mut config,
-        devices.len(),
+        crate::processes::world(devices.len()),
         args.force,
     )?;
 
     let tokenizer = RobertaTokenizer::load(&config.data.tokenizer)
         .with_context(|| format!("loading the tokenizer {}", config.data.tokenizer.display()))?;
     let stop = stop_flag()?;
+    // Rank 0 writes the shards; the other ranks find them up to date.
+    let processes = Processes::current();
+    if !processes.is_leader() {
+        processes.barrier();
+    }
     let data_dir = prepare_data(&config, &tokenizer, &stop)?;
+    if processes.is_leader() {
+        processes.barrier();
+    }
     let hash = tokenizer_sha256(&tokenizer);
     let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
         tokenizer.id_to_token(id)

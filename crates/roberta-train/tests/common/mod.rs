@@ -131,7 +131,123 @@ batches = 2
 
 /// `roberta-train pretrain --config CONFIG --run-dir RUN_DIR EXTRA…`.
 pub fn pretrain(config: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
+    run(&pretrain_args(config, run_dir, extra))
+}
+
+/// The arguments of [`pretrain`].
+pub fn pretrain_args<'a>(config: &'a Path, run_dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["pretrain", "--config", s(config), "--run-dir", s(run_dir)];
     args.extend(extra);
-    run(&args)
+    args
 }
+
+/// The (step, loss as written) of every metrics line.
+pub fn losses(run_dir: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].to_string())
+        })
+        .collect()
+}
+
+pub fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Two runs took the same updates: per-step losses within 1e-5 relative (`b` may have
+/// resumed from one of `a`'s checkpoints), final weights within 1e-5 of each tensor's
+/// scale.
+pub fn assert_same_updates(a: &Path, b: &Path) {
+    let (la, lb) = (losses(a), losses(b));
+    // `b` may have resumed from a checkpoint of `a`: it logs `a`'s last steps.
+    assert!(!lb.is_empty() && la.last().map(|l| l.0) == lb.last().map(|l| l.0));
+    let la = &la[la.len() - lb.len()..];
+    for ((sa, x), (sb, y)) in la.iter().zip(&lb) {
+        assert_eq!(sa, sb);
+        let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs(),
+            "step {sa}: loss {x} vs {y}"
+        );
+    }
+    for ((ka, wa), (kb, wb)) in weights(&a.join("final"))
+        .iter()
+        .zip(&weights(&b.join("final")))
+    {
+        assert_eq!(ka, kb);
+        let scale = wa.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let diff = wa
+            .iter()
+            .zip(wb)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        // The key bias adds a constant to every score of a query, which softmax ignores:
+        // its true gradient is zero and what it gets is rounding noise (~1e-10 here).
+        // Parameters that start at zero (biases, LayerNorm β) hold only a few lr-sized
+        // steps, and Adam's normalised step turns the rounding noise of their smallest
+        // gradients into differences of ~1e-8: below a scale of 0.01 they are compared
+        // at 1e-7 absolute.
+        if ka.ends_with("attention.self.key.bias") {
+            assert!(diff <= 1e-8, "{ka}: diff {diff}");
+        } else {
+            let tolerance = 1e-5 * scale.max(0.01);
+            assert!(diff <= tolerance, "{ka}: diff {diff}, scale {scale}");
+        }
+    }
+}
+
+/// Starts `to` as a run whose only checkpoint is `from`'s first.
+pub fn first_checkpoint_of(from: &Path, to: &Path) {
+    let step = "checkpoints/step-0000001";
+    copy_dir(&from.join(step), &to.join(step));
+}
+
+/// `pretrain` with dropout off and the given extra arguments, into `run_dir`; its log.
+pub fn pretrain_no_dropout(config: &Path, run_dir: &Path, extra: &[&str]) -> String {
+    let out = pretrain_no_dropout_output(config, run_dir, extra);
+    ok(&out);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Three updates with dropout off, checkpointed after each.
+pub fn pretrain_no_dropout_output(
+    config: &Path,
+    run_dir: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = NO_DROPOUT_THREE_UPDATES.to_vec();
+    args.extend(extra);
+    pretrain(config, run_dir, &args)
+}
+
+/// `--set`s for three updates with dropout off, checkpointed after each.
+pub const NO_DROPOUT_THREE_UPDATES: [&str; 10] = [
+    "--set",
+    "model.hidden_dropout_prob=0.0",
+    "--set",
+    "model.attention_probs_dropout_prob=0.0",
+    "--set",
+    "schedule.total_steps=3",
+    "--set",
+    "checkpoint.every=1",
+    "--set",
+    "checkpoint.keep=5",
+];

@@ -4,63 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{copy_dir, fails, head, mlm_fixture, ok, run, s, shared};
+use common::{
+    NO_DROPOUT, assert_finetune_on_two_equals_one, copy_dir, fails, finetune,
+    finetune_config as config, head, jsonl, mlm_fixture, ok, run, s, shared,
+};
 use serde_json::Value;
-
-/// A finetune config for `task` (a TOML `[task]` body) on `train`/`valid`.
-fn config(dir: &Path, task: &str, train: &Path, valid: &Path, extra: &str) -> PathBuf {
-    let text = format!(
-        r#"
-[task]
-{task}
-
-[data]
-train = "{}"
-valid = "{}"
-
-[optim]
-lr = 1e-3
-
-[train]
-epochs = 1
-batch_size = 8
-max_steps = 6
-seed = 3
-
-[log]
-every = 1
-
-[eval]
-every = 3
-batch_size = 16
-
-[checkpoint]
-keep = 5
-{extra}
-"#,
-        s(train),
-        s(valid)
-    );
-    let path = dir.join("task.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn finetune(config: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "finetune",
-        "--config",
-        s(config),
-        "--init",
-        "crates/roberta-model/tests/fixtures/mlm",
-        "--run-dir",
-        s(run_dir),
-    ];
-    args.extend(extra);
-    run(&args)
-}
 
 /// `roberta-train eval` of `model` on `data`, metrics written to `output`.
 fn eval(model: &Path, data: &Path, output: &Path) -> std::process::Output {
@@ -88,19 +38,8 @@ fn predict(model: &Path, input: &Path, output: &Path) -> std::process::Output {
     ])
 }
 
-/// A config section that turns every dropout off, for runs compared number by number.
-const NO_DROPOUT: &str = "[model]\nhidden_dropout_prob = 0.0\nattention_probs_dropout_prob = 0.0\nclassifier_dropout = 0.0";
-
 fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
@@ -627,51 +566,10 @@ fn finetune_accumulation_dropout_keys_and_label_order() {
     }
 }
 
-/// Two CPU replicas with micro-batch 4 take the updates of one device with micro-batch
-/// 8, the last update of the epoch included, where replica 1's share is empty (60
-/// examples: the eighth update holds 4).
+/// Two CPU replicas with micro-batch 4 take the updates of one device with micro-batch 8.
 #[test]
 fn finetune_on_two_replicas_equals_one_device_with_twice_the_batch() {
-    let Some(sst2) = shared("sst2") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let train = head(&sst2.join("train.tsv"), 61, &dir.path().join("train.tsv"));
-    let cfg = config(
-        dir.path(),
-        "type = \"classification\"",
-        &train,
-        &train,
-        NO_DROPOUT,
-    );
-    let run_on = |name: &str, batch: &str, devices: &str| {
-        let run_dir = dir.path().join(name);
-        ok(&finetune(
-            &cfg,
-            &run_dir,
-            &[
-                "--set",
-                &format!("train.batch_size={batch}"),
-                "--set",
-                "train.max_steps=0",
-                "--set",
-                "eval.every=0",
-                "--devices",
-                devices,
-            ],
-        ));
-        jsonl(&run_dir.join("metrics.jsonl"))
-    };
-    let (two, one) = (run_on("two", "4", "cpu,cpu"), run_on("one", "8", "cpu"));
-    assert_eq!(two.len(), 8, "60 examples in updates of 8");
-    for (a, b) in two.iter().zip(&one) {
-        let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
-        assert!(
-            (x - y).abs() <= 1e-5 * x.abs(),
-            "step {}: {x} vs {y}",
-            a["step"]
-        );
-    }
-    let accuracy = |lines: &[Value]| lines.last().unwrap()["valid_accuracy"].as_f64().unwrap();
-    assert_eq!(accuracy(&two), accuracy(&one));
+    assert_finetune_on_two_equals_one(|args| run(&[args, &["--devices", "cpu,cpu"]].concat()));
 }
 
 /// A resume that would change the head (2 labels → 3) is refused, --force or not,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{
-    NO_DROPOUT_THREE_UPDATES, assert_same_updates, fails, first_checkpoint_of, losses, ok,
-    pretrain_args, pretrain_no_dropout, repo, s, tiny_config,
+    NO_DROPOUT_THREE_UPDATES, assert_finetune_on_two_equals_one, assert_same_updates, fails,
+    first_checkpoint_of, losses, ok, pretrain_args, pretrain_no_dropout, repo, s, tiny_config,
 };
 
 /// `mpirun -np N roberta-train ARGS…`, as root and with more ranks than cores allowed.
@@ -230,4 +230,11 @@ fn mpi_ranks_refuse_devices_and_inference() {
         &["fill-mask", "--model", &common::mlm_fixture(), "a <mask>"],
     )));
     assert!(err.contains("only pretrain and finetune"), "{err}");
+}
+
+/// Fine-tuning on two ranks × micro-batch 4 takes the updates of one process × micro-batch
+/// 8.
+#[test]
+fn finetune_on_two_ranks_equals_one_process_with_twice_the_batch() {
+    assert_finetune_on_two_equals_one(|args| output(mpirun(2, args)));
 }

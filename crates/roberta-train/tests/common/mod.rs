@@ -251,3 +251,117 @@ pub const NO_DROPOUT_THREE_UPDATES: [&str; 10] = [
     "--set",
     "checkpoint.keep=5",
 ];
+
+/// A finetune config for `task` (a TOML `[task]` body) on `train`/`valid`.
+pub fn finetune_config(dir: &Path, task: &str, train: &Path, valid: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[task]
+{task}
+
+[data]
+train = "{}"
+valid = "{}"
+
+[optim]
+lr = 1e-3
+
+[train]
+epochs = 1
+batch_size = 8
+max_steps = 6
+seed = 3
+
+[log]
+every = 1
+
+[eval]
+every = 3
+batch_size = 16
+
+[checkpoint]
+keep = 5
+{extra}
+"#,
+        s(train),
+        s(valid)
+    );
+    let path = dir.join("task.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `roberta-train finetune` from the MLM fixture.
+pub fn finetune(config: &Path, run_dir: &Path, extra: &[&str]) -> std::process::Output {
+    run(&finetune_args(config, run_dir, extra))
+}
+
+/// The arguments of [`finetune`].
+pub fn finetune_args<'a>(config: &'a Path, run_dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "finetune",
+        "--config",
+        s(config),
+        "--init",
+        "crates/roberta-model/tests/fixtures/mlm",
+        "--run-dir",
+        s(run_dir),
+    ];
+    args.extend(extra);
+    args
+}
+
+/// Fine-tunes 60 SST-2 examples, every dropout off, in one process with micro-batch 8
+/// and through `two` (given the arguments) on two replicas with micro-batch 4: both take
+/// the same updates, the last of the epoch included, where the second replica's share is
+/// empty (the eighth update holds 4 examples).
+pub fn assert_finetune_on_two_equals_one(two: impl Fn(&[&str]) -> Output) {
+    let Some(sst2) = shared("sst2") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let train = head(&sst2.join("train.tsv"), 61, &dir.path().join("train.tsv"));
+    let cfg = finetune_config(
+        dir.path(),
+        "type = \"classification\"",
+        &train,
+        &train,
+        NO_DROPOUT,
+    );
+    let schedule = ["--set", "train.max_steps=0", "--set", "eval.every=0"];
+    let (one_dir, two_dir) = (dir.path().join("one"), dir.path().join("two"));
+    let batch = |b: &'static [&'static str; 2]| [&schedule[..], &b[..]].concat();
+    ok(&run(&finetune_args(
+        &cfg,
+        &one_dir,
+        &batch(&["--set", "train.batch_size=8"]),
+    )));
+    ok(&two(&finetune_args(
+        &cfg,
+        &two_dir,
+        &batch(&["--set", "train.batch_size=4"]),
+    )));
+    let one = jsonl(&one_dir.join("metrics.jsonl"));
+    let two = jsonl(&two_dir.join("metrics.jsonl"));
+    assert_eq!(two.len(), 8, "60 examples in updates of 8");
+    for (a, b) in two.iter().zip(&one) {
+        let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs(),
+            "step {}: {x} vs {y}",
+            a["step"]
+        );
+    }
+    let accuracy = |lines: &[serde_json::Value]| lines.last().unwrap()["valid_accuracy"].as_f64();
+    assert_eq!(accuracy(&two), accuracy(&one));
+}
+
+/// A config section that turns every dropout off, for runs compared number by number.
+pub const NO_DROPOUT: &str = "[model]\nhidden_dropout_prob = 0.0\nattention_probs_dropout_prob = 0.0\nclassifier_dropout = 0.0";
+
+/// The JSON objects of a JSON-lines file.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

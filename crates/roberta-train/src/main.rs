@@ -12,6 +12,7 @@ use roberta_train::commands::{
 };
 use roberta_train::config::{FinetuneConfig, PretrainConfig};
 use roberta_train::processes::{self, Processes};
+use roberta_train::progress;
 use roberta_train::run_dir::{self, RunLock};
 use roberta_train::{backend::DeviceSpec, dispatch, dispatch_devices};
 
@@ -141,9 +142,17 @@ fn init_logging(log_file: Option<&Path>, leader: bool) -> Result<()> {
             })
         })
     };
+    // On a terminal the progress bar shows the per-interval lines, in colour; piped or
+    // redirected, stderr gets them as plain text.
+    let terminal = progress::on_terminal();
+    let mut stderr_filter = filter();
+    if terminal {
+        stderr_filter = stderr_filter.add_directive("roberta_train::progress=off".parse()?);
+    }
     let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(terminal)
         .with_writer(std::io::stderr)
-        .with_filter(filter());
+        .with_filter(stderr_filter);
     let file = match log_file {
         Some(path) => {
             if let Some(dir) = path.parent() {

@@ -1,7 +1,29 @@
 //! indicatif bars, shared by every long-running command. They draw only on a terminal,
-//! so logs and CI output stay clean.
+//! so logs and CI output stay clean; what they show goes to the log as plain lines
+//! instead (this module's log target), which `main` keeps off a terminal's stderr.
+
+use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// Whether stderr is a terminal: bars and colours there, plain lines otherwise.
+pub fn on_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// A line the bar would show: into the log file always, onto stderr only when it is not a
+/// terminal (where the bar shows it).
+pub fn log_line(text: &str) {
+    tracing::info!("{text}");
+}
+
+/// A line that stays: above the bar on a terminal, and as [`log_line`].
+pub fn report(bar: &ProgressBar, text: &str) {
+    if on_terminal() {
+        bar.println(text);
+    }
+    log_line(text);
+}
 use roberta_data::preprocess::Progress;
 
 pub fn bytes_bar(what: &str) -> ProgressBar {

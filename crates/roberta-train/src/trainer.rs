@@ -451,10 +451,12 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             valid: BTreeMap::new(),
             bad_steps: state.bad_steps,
         };
-        leader.bar.set_message(format!(
+        let summary = format!(
             "loss {:.4} lr {:.2e} {:.0} tok/s",
             line.loss, line.lr, line.tokens_per_s
-        ));
+        );
+        crate::progress::log_line(&format!("step {step}/{} {summary}", s.total));
+        leader.bar.set_message(summary);
         if evaluate_now {
             let inner = model.valid();
             let scores = self.task.evaluate(&inner, &self.device)?;
@@ -462,12 +464,14 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
                 Some(policy) => self.keep_best(leader, &inner, state, policy, &scores)?,
                 None => false,
             };
-            leader.bar.println(format!(
-                "step {step:>7}  valid {}{}",
-                format_metrics(&scores),
-                if improved { "  (best)" } else { "" }
-            ));
-            tracing::info!("step {step} valid {}", format_metrics(&scores));
+            crate::progress::report(
+                &leader.bar,
+                &format!(
+                    "step {step} valid {}{}",
+                    format_metrics(&scores),
+                    if improved { "  (best)" } else { "" }
+                ),
+            );
             line.valid = scores
                 .into_iter()
                 .map(|(k, v)| (format!("valid_{k}"), v))

@@ -281,7 +281,14 @@ fn pretrain_runs_and_its_final_model_fills_masks() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
     let run_dir = dir.path().join("run");
-    ok(&pretrain(&config, &run_dir, &[]));
+    let out = pretrain(&config, &run_dir, &[]);
+    ok(&out);
+    // Piped stderr: plain lines, one per log interval, and no colour escapes.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("step 1/8 loss") && log.contains("step 8 valid") && !log.contains('\x1b'),
+        "{log}"
+    );
     let l = losses(&run_dir);
     assert_eq!(
         l.iter().map(|(s, _)| *s).collect::<Vec<_>>(),

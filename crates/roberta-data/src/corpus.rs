@@ -164,10 +164,9 @@ pub fn read_documents(
         .format
         .unwrap_or_else(|| CorpusFormat::from_path(path));
     match format {
-        CorpusFormat::Parquet => {
-            return columnar::read_parquet(path, file, &options.text_field, sink);
+        CorpusFormat::Parquet | CorpusFormat::Arrow => {
+            return read_columnar_documents(path, file, &options.text_field, sink);
         }
-        CorpusFormat::Arrow => return columnar::read_arrow(path, file, &options.text_field, sink),
         CorpusFormat::Text | CorpusFormat::Jsonl => {}
     }
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -271,136 +270,35 @@ pub fn read_documents(
     Ok(skipped)
 }
 
+/// Parquet and Arrow IPC rows, each a document: the text column's non-blank lines.
+fn read_columnar_documents(
+    path: &Path,
+    file: std::fs::File,
+    column: &str,
+    sink: &mut dyn FnMut(Vec<String>) -> Result<()>,
+) -> Result<u64> {
+    let columns = crate::columnar::Table::open(path, file)?;
+    columns.require_text(column, "; set --text-field")?;
+    columns.for_each_batch(&[column], &mut |batch| {
+        for row in 0..batch.rows() {
+            if let Some(text) = batch.text(column, row)? {
+                let sentences = split_lines(&text);
+                if !sentences.is_empty() {
+                    sink(sentences)?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}
+
 /// A record's text as sentences: its non-blank lines.
 fn split_lines(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect()
-}
-
-/// Parquet and Arrow IPC through arrow-rs, a record batch at a time, reading only the
-/// text column.
-mod columnar {
-    use std::fs::File;
-    use std::io::{BufReader, Read, Seek, SeekFrom};
-    use std::path::Path;
-
-    use arrow_array::cast::AsArray;
-    use arrow_array::{Array, RecordBatch};
-    use arrow_schema::{DataType, Schema};
-    use parquet::arrow::ProjectionMask;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-    use super::split_lines;
-    use crate::error::{DataError, Result};
-
-    const BATCH_ROWS: usize = 1024;
-
-    fn error(path: &Path, message: impl Into<String>) -> DataError {
-        DataError::Corpus {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
-    }
-
-    /// Index of `column` in `schema`, which must hold strings.
-    fn text_column(path: &Path, schema: &Schema, column: &str) -> Result<usize> {
-        let Some((index, field)) = schema.column_with_name(column) else {
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            return Err(error(
-                path,
-                format!(
-                    "no column \"{column}\" (columns: {}; set --text-field)",
-                    names.join(", ")
-                ),
-            ));
-        };
-        match field.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(index),
-            other => Err(error(
-                path,
-                format!("column \"{column}\" holds {other}, not text"),
-            )),
-        }
-    }
-
-    fn emit(
-        batch: &RecordBatch,
-        index: usize,
-        sink: &mut dyn FnMut(Vec<String>) -> Result<()>,
-    ) -> Result<()> {
-        let column = batch.column(index);
-        let mut each = |text: Option<&str>| -> Result<()> {
-            let sentences = text.map(split_lines).unwrap_or_default();
-            if sentences.is_empty() {
-                Ok(())
-            } else {
-                sink(sentences)
-            }
-        };
-        match column.data_type() {
-            DataType::Utf8 => column.as_string::<i32>().iter().try_for_each(&mut each),
-            DataType::LargeUtf8 => column.as_string::<i64>().iter().try_for_each(&mut each),
-            _ => column.as_string_view().iter().try_for_each(&mut each),
-        }
-    }
-
-    pub fn read_parquet(
-        path: &Path,
-        file: File,
-        column: &str,
-        sink: &mut dyn FnMut(Vec<String>) -> Result<()>,
-    ) -> Result<u64> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| error(path, format!("not a readable Parquet file: {e}")))?;
-        let index = text_column(path, builder.schema(), column)?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(|e| error(path, e.to_string()))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| error(path, e.to_string()))?;
-            emit(&batch, 0, sink)?;
-        }
-        Ok(0)
-    }
-
-    pub fn read_arrow(
-        path: &Path,
-        mut file: File,
-        column: &str,
-        sink: &mut dyn FnMut(Vec<String>) -> Result<()>,
-    ) -> Result<u64> {
-        let io = |source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut magic = [0u8; 6];
-        let is_file_format = file.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
-        file.seek(SeekFrom::Start(0)).map_err(io)?;
-        let bad = |e: arrow_schema::ArrowError| {
-            error(path, format!("not a readable Arrow IPC file: {e}"))
-        };
-        if is_file_format {
-            let reader =
-                arrow_ipc::reader::FileReader::try_new(BufReader::new(file), None).map_err(bad)?;
-            let index = text_column(path, &reader.schema(), column)?;
-            for batch in reader {
-                emit(&batch.map_err(bad)?, index, sink)?;
-            }
-        } else {
-            let reader = arrow_ipc::reader::StreamReader::try_new(BufReader::new(file), None)
-                .map_err(bad)?;
-            let index = text_column(path, &reader.schema(), column)?;
-            for batch in reader {
-                emit(&batch.map_err(bad)?, index, sink)?;
-            }
-        }
-        Ok(0)
-    }
 }
 
 #[cfg(test)]

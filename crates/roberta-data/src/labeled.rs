@@ -9,6 +9,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use arrow_array::cast::AsArray;
+
+use crate::columnar::{self, Table, cell_text};
 use crate::error::{DataError, Result};
 use crate::masking::IGNORE_INDEX;
 use crate::tokenizer::RobertaTokenizer;
@@ -52,8 +55,9 @@ pub struct Example {
     pub line: usize,
 }
 
-/// Reads a labeled file: `.jsonl` by field, anything else as TSV (`.csv`: comma with
-/// CSV quoting). TSV fields are taken verbatim: GLUE files hold unbalanced quotes.
+/// Reads a labeled file: `.jsonl` by field, Parquet and Arrow IPC (HF `datasets`
+/// files) by column, anything else as TSV (`.csv`: comma with CSV quoting). TSV fields
+/// are taken verbatim: GLUE files hold unbalanced quotes.
 pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
     let bytes = std::fs::metadata(path)
         .map_err(|source| DataError::Io {
@@ -67,6 +71,7 @@ pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
         });
     }
     let examples = match path.extension().and_then(|e| e.to_str()) {
+        _ if columnar::is_columnar(path) => read_columnar(path, columns)?,
         Some("jsonl" | "json") => read_jsonl(path, columns)?,
         Some("csv") => read_delimited(path, columns, b',', true)?,
         _ => read_delimited(path, columns, b'\t', false)?,
@@ -169,6 +174,52 @@ fn read_delimited(
             line,
         });
     }
+    Ok(examples)
+}
+
+fn open(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parquet or Arrow IPC rows; `line` is the 1-based row. Integer labels (an HF
+/// `ClassLabel`) read as their numbers.
+fn read_columnar(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
+    let table = Table::open(path, open(path)?)?;
+    let names: Vec<&str> = [
+        Some(columns.text_a.as_str()),
+        columns.text_b.as_deref(),
+        columns.label.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for name in &names {
+        table.require(
+            name,
+            "; task.text_a, task.text_b and task.label name columns",
+        )?;
+    }
+    let mut examples = Vec::new();
+    table.for_each_batch(&names, &mut |batch| {
+        for row in 0..batch.rows() {
+            let line = batch.row_number(row);
+            let get = |name: &str| -> Result<String> {
+                batch
+                    .text(name, row)?
+                    .ok_or_else(|| error(path, format!("row {line}: column \"{name}\" is null")))
+            };
+            examples.push(Example {
+                text_a: get(&columns.text_a)?,
+                text_b: columns.text_b.as_deref().map(get).transpose()?,
+                label: columns.label.as_deref().map(get).transpose()?,
+                line,
+            });
+        }
+        Ok(())
+    })?;
     Ok(examples)
 }
 
@@ -299,9 +350,24 @@ struct SquadAnswer {
     answer_start: usize,
 }
 
-/// Reads SQuAD v1.1 or v2.0 JSON. Every answer must sit at its `answer_start` (a
-/// character offset) in the context; one that does not names the question id.
+/// Reads SQuAD v1.1 or v2.0: the original JSON, or HF `datasets`' Parquet/Arrow form
+/// (columns id, question, context and answers, a struct of lists `text` and
+/// `answer_start` or its flattened `answers.text` and `answers.answer_start`; no answer
+/// means unanswerable). Every answer must sit at its `answer_start` (a character offset)
+/// in the context; one that does not names the question id.
 pub fn read_squad(path: &Path) -> Result<Vec<QaExample>> {
+    let examples = if columnar::is_columnar(path) {
+        read_squad_columnar(path)?
+    } else {
+        read_squad_json(path)?
+    };
+    if examples.is_empty() {
+        return Err(error(path, "no questions (empty split)"));
+    }
+    Ok(examples)
+}
+
+fn read_squad_json(path: &Path) -> Result<Vec<QaExample>> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -311,46 +377,166 @@ pub fn read_squad(path: &Path) -> Result<Vec<QaExample>> {
     let mut examples = Vec::new();
     for article in file.data {
         for paragraph in article.paragraphs {
-            let chars: Vec<char> = paragraph.context.chars().collect();
             for qa in paragraph.qas {
-                let mut answers = Vec::new();
-                for a in &qa.answers {
-                    let end = a.answer_start + a.text.chars().count();
-                    let found: String = chars
-                        .get(a.answer_start..end)
-                        .map(|c| c.iter().collect())
-                        .unwrap_or_default();
-                    if found != a.text {
-                        return Err(error(
-                            path,
-                            format!(
-                                "question {}: answer {:?} is not at character {} of its context (found {found:?})",
-                                qa.id, a.text, a.answer_start
-                            ),
-                        ));
-                    }
-                    answers.push((a.answer_start, end, a.text.clone()));
-                }
-                if answers.is_empty() && !qa.is_impossible {
-                    return Err(error(
-                        path,
-                        format!("question {}: no answer and not marked is_impossible", qa.id),
-                    ));
-                }
-                examples.push(QaExample {
-                    id: qa.id,
-                    question: qa.question,
-                    context: paragraph.context.clone(),
-                    answers,
-                    is_impossible: qa.is_impossible,
-                });
+                let answers = qa.answers.into_iter().map(|a| (a.text, a.answer_start));
+                examples.push(qa_example(
+                    path,
+                    qa.id,
+                    qa.question,
+                    paragraph.context.clone(),
+                    answers.collect(),
+                    qa.is_impossible,
+                )?);
             }
         }
     }
-    if examples.is_empty() {
-        return Err(error(path, "no questions (empty split)"));
-    }
     Ok(examples)
+}
+
+fn read_squad_columnar(path: &Path) -> Result<Vec<QaExample>> {
+    let table = Table::open(path, open(path)?)?;
+    let hint = "; SQuAD as HF datasets writes it has id, question, context and answers";
+    let flat = table.has("answers.text") && table.has("answers.answer_start");
+    let mut wanted = vec!["id", "question", "context"];
+    if flat {
+        wanted.extend(["answers.text", "answers.answer_start"]);
+    } else {
+        wanted.push("answers");
+    }
+    for name in &wanted {
+        table.require(name, hint)?;
+    }
+    let mut examples = Vec::new();
+    table.for_each_batch(&wanted, &mut |batch| {
+        let (texts, starts) = if flat {
+            (
+                batch.column("answers.text")?.clone(),
+                batch.column("answers.answer_start")?.clone(),
+            )
+        } else {
+            let answers = batch.column("answers")?;
+            let Some(answers) = answers.as_struct_opt() else {
+                return Err(error(
+                    path,
+                    format!(
+                        "column \"answers\" holds {}; expected a struct of lists text and answer_start",
+                        answers.data_type()
+                    ),
+                ));
+            };
+            let field = |name: &str| {
+                answers.column_by_name(name).cloned().ok_or_else(|| {
+                    error(path, format!("column \"answers\" has no field \"{name}\""))
+                })
+            };
+            (field("text")?, field("answer_start")?)
+        };
+        for row in 0..batch.rows() {
+            let number = batch.row_number(row);
+            let text = |name: &str| -> Result<String> {
+                batch
+                    .text(name, row)?
+                    .ok_or_else(|| error(path, format!("row {number}: column \"{name}\" is null")))
+            };
+            let answer_texts = list_texts(path, "answers.text", texts.as_ref(), row)?;
+            let answer_starts = list_texts(path, "answers.answer_start", starts.as_ref(), row)?;
+            if answer_texts.len() != answer_starts.len() {
+                return Err(error(
+                    path,
+                    format!(
+                        "row {number}: {} answer texts but {} answer_start values",
+                        answer_texts.len(),
+                        answer_starts.len()
+                    ),
+                ));
+            }
+            let mut answers = Vec::new();
+            for (t, start) in answer_texts.into_iter().zip(answer_starts) {
+                let start = start.parse::<usize>().map_err(|_| {
+                    error(path, format!("row {number}: answer_start {start:?} is not an offset"))
+                })?;
+                answers.push((t, start));
+            }
+            let impossible = answers.is_empty();
+            examples.push(qa_example(
+                path,
+                text("id")?,
+                text("question")?,
+                text("context")?,
+                answers,
+                impossible,
+            )?);
+        }
+        Ok(())
+    })?;
+    Ok(examples)
+}
+
+/// The cells of a list cell (a `List` or `LargeList` column), as text.
+fn list_texts(
+    path: &Path,
+    name: &str,
+    array: &dyn arrow_array::Array,
+    row: usize,
+) -> Result<Vec<String>> {
+    let values = match array.data_type() {
+        arrow_schema::DataType::List(_) => array.as_list::<i32>().value(row),
+        arrow_schema::DataType::LargeList(_) => array.as_list::<i64>().value(row),
+        other => {
+            return Err(error(
+                path,
+                format!("column \"{name}\" holds {other}; expected a list"),
+            ));
+        }
+    };
+    (0..values.len())
+        .map(|i| {
+            cell_text(path, name, values.as_ref(), i)?
+                .ok_or_else(|| error(path, format!("column \"{name}\" holds a null")))
+        })
+        .collect()
+}
+
+/// A question whose answers are checked against its context.
+fn qa_example(
+    path: &Path,
+    id: String,
+    question: String,
+    context: String,
+    answers: Vec<(String, usize)>,
+    is_impossible: bool,
+) -> Result<QaExample> {
+    let chars: Vec<char> = context.chars().collect();
+    let mut spans = Vec::new();
+    for (text, start) in answers {
+        let end = start + text.chars().count();
+        let found: String = chars
+            .get(start..end)
+            .map(|c| c.iter().collect())
+            .unwrap_or_default();
+        if found != text {
+            return Err(error(
+                path,
+                format!(
+                    "question {id}: answer {text:?} is not at character {start} of its context (found {found:?})"
+                ),
+            ));
+        }
+        spans.push((start, end, text));
+    }
+    if spans.is_empty() && !is_impossible {
+        return Err(error(
+            path,
+            format!("question {id}: no answer and not marked is_impossible"),
+        ));
+    }
+    Ok(QaExample {
+        id,
+        question,
+        context,
+        answers: spans,
+        is_impossible,
+    })
 }
 
 /// One window of a QA example: `<s> question </s></s> context-window </s>`.
@@ -515,6 +701,147 @@ pub fn encode_words(
 mod tests {
     use super::*;
     use crate::test_data::shared;
+    use std::sync::Arc;
+
+    use arrow_array::builder::{Int32Builder, ListBuilder, StringBuilder};
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, StructArray};
+
+    fn write_parquet(path: &Path, batch: &RecordBatch) {
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(path).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+    }
+
+    fn write_arrow_stream(path: &Path, batch: &RecordBatch) {
+        let mut w = arrow_ipc::writer::StreamWriter::try_new(
+            std::fs::File::create(path).unwrap(),
+            &batch.schema(),
+        )
+        .unwrap();
+        w.write(batch).unwrap();
+        w.finish().unwrap();
+    }
+
+    /// GLUE as HF `datasets` stores it: text columns and an integer `label`.
+    #[test]
+    fn parquet_and_arrow_rows_are_examples_with_integer_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let text: ArrayRef = Arc::new(StringArray::from(vec!["good film", "dull", "fine"]));
+        let other: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b"), None]));
+        let label: ArrayRef = Arc::new(Int64Array::from(vec![1, 0, 1]));
+        let batch = RecordBatch::try_from_iter([
+            ("sentence", text),
+            ("sentence2", other),
+            ("label", label),
+        ])
+        .unwrap();
+        let pq = dir.path().join("train-00000-of-00001.parquet");
+        write_parquet(&pq, &batch);
+        let arrow = dir.path().join("data-00000-of-00001.arrow");
+        write_arrow_stream(&arrow, &batch);
+        for p in [&pq, &arrow] {
+            let ex = read_examples(p, &Columns::default()).unwrap();
+            assert_eq!(ex.len(), 3);
+            assert_eq!(
+                (ex[0].text_a.as_str(), ex[0].label.as_deref()),
+                ("good film", Some("1"))
+            );
+            assert_eq!(ex[2].line, 3);
+            assert_eq!(label_set(&ex), vec!["0", "1"]);
+            let missing = Columns {
+                text_a: "text".into(),
+                ..Columns::default()
+            };
+            let err = read_examples(p, &missing).unwrap_err().to_string();
+            assert!(
+                err.contains("no column \"text\"") && err.contains("sentence, sentence2, label"),
+                "{err}"
+            );
+            let pairs = Columns {
+                text_b: Some("sentence2".into()),
+                ..Columns::default()
+            };
+            let err = read_examples(p, &pairs).unwrap_err().to_string();
+            assert!(err.contains("row 3: column \"sentence2\" is null"), "{err}");
+        }
+    }
+
+    /// SQuAD as HF `datasets` stores it: `answers` a struct of lists, or flattened.
+    #[test]
+    fn squad_from_parquet_struct_or_flattened_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let context = "Paris is the capital of France.";
+        let mut texts = ListBuilder::new(StringBuilder::new());
+        let mut starts = ListBuilder::new(Int32Builder::new());
+        texts.values().append_value("Paris");
+        texts.values().append_value("Paris");
+        texts.append(true);
+        starts.values().append_value(0);
+        starts.values().append_value(0);
+        starts.append(true);
+        texts.append(true);
+        starts.append(true);
+        let (texts, starts): (ArrayRef, ArrayRef) =
+            (Arc::new(texts.finish()), Arc::new(starts.finish()));
+        let strings = |v: [&str; 2]| -> ArrayRef { Arc::new(StringArray::from(v.to_vec())) };
+        let common = [
+            ("id", strings(["q1", "q2"])),
+            ("question", strings(["Capital?", "Largest city?"])),
+            ("context", strings([context, context])),
+        ];
+        let answers: ArrayRef = Arc::new(StructArray::from(vec![
+            (
+                Arc::new(arrow_schema::Field::new(
+                    "text",
+                    texts.data_type().clone(),
+                    true,
+                )),
+                texts.clone(),
+            ),
+            (
+                Arc::new(arrow_schema::Field::new(
+                    "answer_start",
+                    starts.data_type().clone(),
+                    true,
+                )),
+                starts.clone(),
+            ),
+        ]));
+        let nested =
+            RecordBatch::try_from_iter(common.iter().cloned().chain([("answers", answers)]))
+                .unwrap();
+        let flat = RecordBatch::try_from_iter(
+            common
+                .iter()
+                .cloned()
+                .chain([("answers.text", texts), ("answers.answer_start", starts)]),
+        )
+        .unwrap();
+        for (name, batch) in [("nested", nested), ("flat", flat)] {
+            let p = dir.path().join(format!("{name}.parquet"));
+            write_parquet(&p, &batch);
+            let ex = read_squad(&p).unwrap();
+            assert_eq!(ex.len(), 2, "{name}");
+            assert_eq!(ex[0].answers, vec![(0, 5, "Paris".to_string()); 2]);
+            assert!(!ex[0].is_impossible && ex[1].is_impossible && ex[1].answers.is_empty());
+        }
+        let wrong = RecordBatch::try_from_iter(
+            common
+                .iter()
+                .cloned()
+                .chain([("answers", strings(["Paris", "x"]))]),
+        )
+        .unwrap();
+        let p = dir.path().join("wrong.parquet");
+        write_parquet(&p, &wrong);
+        let err = read_squad(&p).unwrap_err().to_string();
+        assert!(err.contains("expected a struct of lists"), "{err}");
+    }
 
     #[test]
     fn glue_sst2_and_mrpc() {

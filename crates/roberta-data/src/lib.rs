@@ -2,6 +2,7 @@
 //! packing, the streaming loader and dynamic masking. No tensors live here, so the data
 //! pipeline is the same whatever backend trains on it.
 
+pub mod columnar;
 pub mod corpus;
 pub mod dataset;
 pub mod error;

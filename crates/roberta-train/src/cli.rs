@@ -63,7 +63,8 @@ pub enum Command {
         /// A fine-tuned HF model directory, a fine-tuning run (its best/), or a checkpoint.
         #[arg(long)]
         model: PathBuf,
-        /// Labeled data: TSV/CSV/JSONL, SQuAD JSON or CoNLL, as the task reads.
+        /// Labeled data: TSV/CSV/JSONL/Parquet/Arrow, SQuAD JSON or Parquet, or CoNLL, as
+        /// the task reads.
         #[arg(long)]
         data: PathBuf,
         /// Metrics JSON (default: eval_results.json).
@@ -203,7 +204,8 @@ pub struct TaskCli {
     /// token-classification.
     #[arg(long)]
     pub task: Option<TaskKind>,
-    /// First text column (header name, or 0-based index with --no-header) or JSONL field.
+    /// First text column (header name, or 0-based index with --no-header), JSONL field or
+    /// Parquet/Arrow column.
     #[arg(long)]
     pub text_a: Option<String>,
     /// Second text column, for pairs.

@@ -592,7 +592,8 @@ pub struct FinetuneConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneDataSection {
-    /// Labeled training data: TSV, CSV or JSONL (SQuAD JSON for qa, CoNLL for tags).
+    /// Labeled training data: TSV, CSV, JSONL, Parquet or Arrow IPC (HF `datasets` files);
+    /// SQuAD JSON or Parquet for qa, CoNLL for tags.
     pub train: PathBuf,
     /// Labeled evaluation data, scored every `eval.every` updates and per epoch.
     pub valid: Option<PathBuf>,
@@ -693,6 +694,35 @@ impl FinetuneConfig {
         let config: Self = deserialize(path, value, sets)?;
         config.validate().map_err(|e| blame(path, sets, e))?;
         Ok((config, warnings))
+    }
+
+    /// The labeled files exist: checked before a run directory is made or a model
+    /// loaded, naming the key to set. (Not part of [`Self::load`]: a config is also read
+    /// where its data is not needed, such as a checkpoint's.)
+    pub fn check_data_files(&self) -> Result<()> {
+        let files = [
+            ("data.train", Some(&self.data.train)),
+            ("data.valid", self.data.valid.as_ref()),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path
+                && !path.exists()
+            {
+                let from = std::env::current_dir()
+                    .map(|d| format!(" (relative to {})", d.display()))
+                    .unwrap_or_default();
+                bail!(
+                    "{key} = \"{}\": no such file{}; put the data there, or pass --set {key}=PATH",
+                    path.display(),
+                    if path.is_relative() {
+                        from
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -1082,6 +1112,12 @@ batch_size = 4
             assert!((1e-5..=3e-5).contains(&c.optim.lr), "{}", path.display());
             assert_eq!((c.optim.beta2, c.optim.eps), (0.98, 1e-6));
             assert!((c.train.warmup_ratio - 0.06).abs() < 1e-12);
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(!text.contains("../shared"), "{}", path.display());
+            if !c.data.train.exists() {
+                let err = c.check_data_files().unwrap_err().to_string();
+                assert!(err.contains("--set data.train=PATH"), "{err}");
+            }
             names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
         }
         names.sort();

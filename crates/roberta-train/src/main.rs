@@ -61,6 +61,11 @@ fn main() {
         ),
         Command::Finetune { run, .. } => Some(
             FinetuneConfig::load(&run.config, &run.sets)
+                .and_then(|(c, warnings)| {
+                    c.check_data_files()
+                        .with_context(|| format!("{}", run.config.display()))?;
+                    Ok((c, warnings))
+                })
                 .map(|(c, warnings)| (run.run_dir(), Configs::Finetune(c), warnings)),
         ),
         _ => None,

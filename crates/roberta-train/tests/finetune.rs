@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{
     NO_DROPOUT, assert_finetune_on_two_equals_one, copy_dir, fails, finetune,
@@ -599,4 +599,92 @@ fn a_forced_resume_cannot_change_the_labels() {
         err.contains("labels 2 → 3") && err.contains("cannot change"),
         "{err}"
     );
+}
+
+/// A GLUE TSV as HF `datasets` writes it to Parquet: its text columns, and `label` as
+/// an integer (the index of the label in `names`).
+fn tsv_to_parquet(tsv: &Path, text: &[&str], names: &[&str], out: &Path) -> PathBuf {
+    use std::sync::Arc;
+    let content = std::fs::read_to_string(tsv).unwrap();
+    let mut lines = content.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let mut columns: Vec<(&str, arrow_array::ArrayRef)> = text
+        .iter()
+        .map(|name| {
+            let i = column(name);
+            let values: Vec<&str> = rows.iter().map(|r| r[i]).collect();
+            let array: arrow_array::ArrayRef = Arc::new(arrow_array::StringArray::from(values));
+            (*name, array)
+        })
+        .collect();
+    let l = column("label");
+    let labels: Vec<i64> = rows
+        .iter()
+        .map(|r| names.iter().position(|n| *n == r[l]).unwrap() as i64)
+        .collect();
+    columns.push(("label", Arc::new(arrow_array::Int64Array::from(labels))));
+    let batch = arrow_array::RecordBatch::try_from_iter(columns).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(out).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    out.to_path_buf()
+}
+
+/// `datasets` Parquet files train and evaluate like their TSVs; integer labels match a
+/// model's named labels by index (RTE: 0 entailment, 1 not_entailment).
+#[test]
+fn parquet_labeled_data_trains_and_evaluates_like_tsv() {
+    let (Some(sst2), Some(rte)) = (shared("sst2"), shared("rte")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = head(&sst2.join("train.tsv"), 33, &d.join("train.tsv"));
+    let train_pq = tsv_to_parquet(&train, &["sentence"], &["0", "1"], &d.join("train.parquet"));
+    let cfg = config(
+        d,
+        "type = \"classification\"",
+        &train_pq,
+        &train_pq,
+        NO_DROPOUT,
+    );
+    let (from_tsv, from_parquet) = (d.join("tsv"), d.join("parquet"));
+    let steps = ["--set", "train.max_steps=2"];
+    ok(&finetune(&cfg, &from_parquet, &steps));
+    let tsv_cfg = config(d, "type = \"classification\"", &train, &train, NO_DROPOUT);
+    ok(&finetune(&tsv_cfg, &from_tsv, &steps));
+    let losses = |run_dir: &Path| -> Vec<f64> {
+        jsonl(&run_dir.join("metrics.jsonl"))
+            .iter()
+            .map(|l| l["loss"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(losses(&from_parquet), losses(&from_tsv));
+
+    let rte_train = head(&rte.join("train.tsv"), 17, &d.join("rte.tsv"));
+    let rte_dev = head(&rte.join("dev.tsv"), 41, &d.join("rte-dev.tsv"));
+    let names = ["entailment", "not_entailment"];
+    let rte_pq = tsv_to_parquet(
+        &rte_dev,
+        &["sentence1", "sentence2"],
+        &names,
+        &d.join("rte.parquet"),
+    );
+    let pair = "type = \"pair-classification\"\ntext_a = \"sentence1\"\ntext_b = \"sentence2\"";
+    let rte_cfg = config(d, pair, &rte_train, &rte_dev, "");
+    let rte_run = d.join("rte");
+    ok(&finetune(&rte_cfg, &rte_run, &steps));
+    let scores = |data: &Path, name: &str| {
+        let out = d.join(name);
+        ok(&eval(&rte_run.join("final"), data, &out));
+        json(&out)["accuracy"].as_f64().unwrap()
+    };
+    assert_eq!(scores(&rte_pq, "pq.json"), scores(&rte_dev, "tsv.json"));
 }

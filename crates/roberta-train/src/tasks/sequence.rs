@@ -51,13 +51,20 @@ impl Sequence {
 
 /// The names data labels are matched against: a model whose config names no labels
 /// (HF's default `LABEL_0`, `LABEL_1`, …) takes the label `i` for index `i`, as GLUE files
-/// write them.
-fn matchable(labels: &[String]) -> Vec<String> {
+/// write them; so does a model whose labels have names when the data's labels are all
+/// indices of them and none is a name (HF `datasets` stores RTE's "entailment" and
+/// "not_entailment" as 0 and 1).
+fn matchable(labels: &[String], examples: &[Example]) -> Vec<String> {
     let generic = labels
         .iter()
         .enumerate()
         .all(|(i, l)| *l == format!("LABEL_{i}"));
-    if generic {
+    let mut data = examples.iter().filter_map(|e| e.label.as_deref());
+    let indices = data.clone().next().is_some()
+        && data.all(|l| {
+            l.parse::<usize>().is_ok_and(|i| i < labels.len()) && !labels.iter().any(|n| n == l)
+        });
+    if generic || indices {
         (0..labels.len()).map(|i| i.to_string()).collect()
     } else {
         labels.to_vec()
@@ -157,7 +164,7 @@ impl LabeledTask for Sequence {
                 .map(Target::Value)
                 .collect()
         } else {
-            labeled::label_ids(path, &examples, &matchable(&self.labels))?
+            labeled::label_ids(path, &examples, &matchable(&self.labels, &examples))?
                 .into_iter()
                 .map(Target::Class)
                 .collect()
@@ -308,10 +315,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generic_hf_label_names_match_index_labels() {
+    fn generic_hf_label_names_and_integer_data_labels_match_indices() {
+        let data = |labels: &[&str]| -> Vec<Example> {
+            labels
+                .iter()
+                .map(|l| Example {
+                    text_a: "x".into(),
+                    text_b: None,
+                    label: Some(l.to_string()),
+                    line: 1,
+                })
+                .collect()
+        };
         let generic = vec!["LABEL_0".to_string(), "LABEL_1".to_string()];
-        assert_eq!(matchable(&generic), vec!["0", "1"]);
+        assert_eq!(matchable(&generic, &data(&["1"])), vec!["0", "1"]);
         let named = vec!["negative".to_string(), "positive".to_string()];
-        assert_eq!(matchable(&named), named);
+        assert_eq!(matchable(&named, &data(&["positive", "negative"])), named);
+        assert_eq!(matchable(&named, &data(&["0", "1"])), vec!["0", "1"]);
+        // An index past the labels, or a mix, is matched by name (and refused there).
+        assert_eq!(matchable(&named, &data(&["0", "2"])), named);
+        assert_eq!(matchable(&named, &data(&["0", "positive"])), named);
+        assert_eq!(matchable(&named, &[]), named);
     }
 }

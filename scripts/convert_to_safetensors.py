@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Converts an HF model directory's pytorch_model.bin to model.safetensors, the only
-weight format roberta-train reads (a pickle can run code; safetensors cannot).
+"""Converts an HF model directory's pytorch_model.bin to model.safetensors. Optional:
+roberta-train reads pytorch_model.bin itself (burn-store's pickle reader, which runs no
+code from the file); safetensors loads without parsing a pickle and is what it writes.
 
     python scripts/convert_to_safetensors.py DIR
 """

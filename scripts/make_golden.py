@@ -153,6 +153,13 @@ def main():
         t[f"grad.{name}"] = params[name].grad
     save("mlm", mlm, t)
     tok.save_pretrained(os.path.join(OUT, "mlm"))
+    # The same weights as a PyTorch pickle (pytorch_model.bin), as many hub models ship.
+    # (transformers 5 writes only safetensors: torch.save, as transformers 4 did.)
+    pickled = os.path.join(OUT, "mlm-pytorch")
+    shutil.rmtree(pickled, ignore_errors=True)
+    os.makedirs(pickled)
+    mlm.config.to_json_file(os.path.join(pickled, "config.json"))
+    torch.save(mlm.state_dict(), os.path.join(pickled, "pytorch_model.bin"))
 
     cls = randomise(RobertaForSequenceClassification(config(vocab, num_labels=3)), 3)
     y = torch.tensor([2, 0, 1])

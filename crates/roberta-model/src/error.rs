@@ -27,8 +27,10 @@ pub enum ModelError {
         key: String,
         dtype: String,
     },
-    #[error("{path}: no model.safetensors in this directory{hint}")]
-    NoWeights { path: PathBuf, hint: String },
+    #[error("{path}: no model.safetensors or pytorch_model.bin in this directory")]
+    NoWeights { path: PathBuf },
+    #[error("{path}: not a readable PyTorch checkpoint: {message}")]
+    Pytorch { path: PathBuf, message: String },
     #[error("{path}: weights do not match the config:{details}")]
     WeightMismatch { path: PathBuf, details: String },
 }

@@ -25,6 +25,14 @@ use crate::model::{RobertaModel, RobertaPooler};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// A PyTorch `state_dict`, as many hub models still ship (read when there is no
+/// `model.safetensors`).
+pub const PYTORCH_WEIGHTS_FILE: &str = "pytorch_model.bin";
+
+/// Whether `dir` holds weights this crate reads.
+pub fn has_weights(dir: &Path) -> bool {
+    dir.join(WEIGHTS_FILE).is_file() || dir.join(PYTORCH_WEIGHTS_FILE).is_file()
+}
 
 /// Prefix under which HF's task classes keep the backbone.
 const BACKBONE_PREFIX: &str = "roberta.";
@@ -68,6 +76,45 @@ impl HfWeights {
                 integers.insert(key.clone());
             }
             tensors.insert(key, (view.shape().to_vec(), data));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+            integers,
+        })
+    }
+
+    /// A PyTorch `state_dict` (`torch.save`, zip or legacy format), read by burn-store's
+    /// pickle reader, which rebuilds tensors without running the pickle's code.
+    pub fn read_pytorch(path: &Path) -> Result<Self> {
+        let unreadable = |message: String| ModelError::Pytorch {
+            path: path.to_path_buf(),
+            message,
+        };
+        let reader =
+            burn_store::pytorch::PytorchReader::new(path).map_err(|e| unreadable(e.to_string()))?;
+        let mut tensors = BTreeMap::new();
+        let mut integers = BTreeSet::new();
+        for (key, snapshot) in reader.into_tensors() {
+            let data = snapshot
+                .to_data()
+                .map_err(|e| unreadable(format!("tensor `{key}`: {e:?}")))?;
+            let dtype = data.dtype;
+            if !(dtype.is_float() || dtype.is_int() || dtype.is_uint()) {
+                return Err(ModelError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    key,
+                    dtype: format!("{dtype:?}"),
+                });
+            }
+            if !dtype.is_float() {
+                integers.insert(key.clone());
+            }
+            let values = data
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| unreadable(format!("tensor `{key}`: {e:?}")))?;
+            tensors.insert(key, (snapshot.shape.to_vec(), values));
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -518,21 +565,15 @@ pub fn load_pretrained<B: Backend, M: Pretrained<B>>(
     device: &B::Device,
 ) -> Result<Loaded<M>> {
     let config = RobertaConfig::load(&dir.join(CONFIG_FILE))?;
-    let weights_path = dir.join(WEIGHTS_FILE);
-    if !weights_path.exists() {
-        let hint = if dir.join("pytorch_model.bin").exists() {
-            "; it has pytorch_model.bin, which this tool does not read: convert it with \
-             `python scripts/convert_to_safetensors.py DIR`"
-                .to_string()
-        } else {
-            String::new()
-        };
+    let weights = if dir.join(WEIGHTS_FILE).exists() {
+        HfWeights::read(&dir.join(WEIGHTS_FILE))?
+    } else if dir.join(PYTORCH_WEIGHTS_FILE).exists() {
+        HfWeights::read_pytorch(&dir.join(PYTORCH_WEIGHTS_FILE))?
+    } else {
         return Err(ModelError::NoWeights {
             path: dir.to_path_buf(),
-            hint,
         });
-    }
-    let weights = HfWeights::read(&weights_path)?;
+    };
     let prefix = weights.backbone_prefix();
     let num_labels = options
         .num_labels
@@ -599,7 +640,7 @@ pub fn load_pretrained<B: Backend, M: Pretrained<B>>(
     }
     if !details.is_empty() {
         return Err(ModelError::WeightMismatch {
-            path: weights_path,
+            path: weights.path.clone(),
             details,
         });
     }

@@ -349,3 +349,41 @@ parity_tests!(wgpu, burn::backend::Wgpu);
 parity_tests!(cuda, burn::backend::Cuda);
 #[cfg(feature = "tch")]
 parity_tests!(tch, burn::backend::LibTorch);
+
+/// The MLM fixture saved by `torch.save` (pytorch_model.bin, with the tied decoder as a
+/// key of its own) loads into the same model as its safetensors, and a file that is
+/// not a PyTorch checkpoint is refused by name.
+#[test]
+fn a_pytorch_checkpoint_loads_as_its_safetensors() {
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let expected = Expected::load("mlm");
+    let pickled: RobertaForMaskedLM<B> = load("mlm-pytorch", &device);
+    let safe: RobertaForMaskedLM<B> = load("mlm", &device);
+    let logits = |m: &RobertaForMaskedLM<B>| {
+        m.forward(expected.input(&device))
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(logits(&pickled), logits(&safe));
+    expected.assert_close("logits", pickled.forward(expected.input(&device)));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("mlm").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("pytorch_model.bin"), b"not a pickle").unwrap();
+    let err =
+        load_pretrained::<B, RobertaForMaskedLM<B>>(dir.path(), LoadOptions::default(), &device)
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(
+        err.contains("pytorch_model.bin: not a readable PyTorch checkpoint"),
+        "{err}"
+    );
+}

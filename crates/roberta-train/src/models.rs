@@ -77,11 +77,11 @@ pub fn model_dir(dir: &Path) -> PathBuf {
 /// An HF model directory to start from: `dir` itself, a run's `final/` (or its newest
 /// checkpoint), or a checkpoint exported into `scratch` first.
 pub fn init_dir<B: Backend>(dir: &Path, scratch: &Path, device: &B::Device) -> Result<PathBuf> {
-    if dir.join(roberta_model::hf::WEIGHTS_FILE).exists() {
+    if roberta_model::hf::has_weights(dir) {
         return Ok(dir.to_path_buf());
     }
     let last = dir.join(checkpoint::FINAL);
-    if last.join(roberta_model::hf::WEIGHTS_FILE).exists() {
+    if roberta_model::hf::has_weights(&last) {
         return Ok(last);
     }
     let checkpoint = if dir.join(checkpoint::MANIFEST).exists() {
@@ -90,11 +90,6 @@ pub fn init_dir<B: Backend>(dir: &Path, scratch: &Path, device: &B::Device) -> R
     } else {
         match checkpoint::latest_valid(dir)? {
             (Some((found, _)), _) => found,
-            _ if dir.join("pytorch_model.bin").exists() => bail!(
-                "{}: has pytorch_model.bin, which this tool does not read: convert it with `python scripts/convert_to_safetensors.py {}`",
-                dir.display(),
-                dir.display()
-            ),
             _ => bail!(
                 "{}: neither an HF model directory (config.json + model.safetensors), nor a run directory, nor a checkpoint",
                 dir.display()

@@ -10,6 +10,30 @@ use common::{
     pretrain_no_dropout, pretrain_no_dropout_output, repo, run, s, small_corpus, tiny_config,
 };
 
+/// A model directory with only `pytorch_model.bin` (torch.save) fills masks as its
+/// safetensors twin does.
+#[test]
+fn a_pytorch_model_directory_is_read_without_conversion() {
+    let fill = |model: &str| {
+        ok(&run(&[
+            "fill-mask",
+            "--model",
+            model,
+            "--top-k",
+            "3",
+            "Hello <mask> world",
+        ]))
+    };
+    let pickled = repo().join("crates/roberta-model/tests/fixtures/mlm-pytorch");
+    // The pickled fixture has no tokenizer of its own: lay it beside a copy.
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(&pickled, dir.path());
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(Path::new(&mlm_fixture()).join(file), dir.path().join(file)).unwrap();
+    }
+    assert_eq!(fill(s(dir.path())), fill(&mlm_fixture()));
+}
+
 #[test]
 fn fill_mask_prints_top_k_per_mask() {
     let out = ok(&run(&[

@@ -688,3 +688,24 @@ fn parquet_labeled_data_trains_and_evaluates_like_tsv() {
     };
     assert_eq!(scores(&rte_pq, "pq.json"), scores(&rte_dev, "tsv.json"));
 }
+
+/// A shipped config names GLUE's download layout; without the files there, the error
+/// says which key to set, and no run directory is made.
+#[test]
+fn a_shipped_config_without_its_data_names_the_key_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let err = fails(&run(&[
+        "finetune",
+        "--config",
+        "configs/finetune/rte.toml",
+        "--run-dir",
+        s(&run_dir),
+    ]));
+    assert!(
+        err.contains("data.train = \"glue_data/RTE/train.tsv\": no such file")
+            && err.contains("--set data.train=PATH"),
+        "{err}"
+    );
+    assert!(!run_dir.exists());
+}

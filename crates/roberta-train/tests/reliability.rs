@@ -424,7 +424,7 @@ fn sigint_during_pretrainings_preprocessing_stops_it() {
 }
 
 #[test]
-fn a_pytorch_only_model_directory_gets_the_conversion_hint() {
+fn a_pytorch_model_directory_whose_weights_are_not_a_checkpoint_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("torch");
     common::copy_dir(Path::new(&mlm_fixture()), &model);
@@ -433,18 +433,16 @@ fn a_pytorch_only_model_directory_gets_the_conversion_hint() {
         model.join("pytorch_model.bin"),
     )
     .unwrap();
-    let data = dir.path().join("data.tsv");
-    std::fs::write(&data, "sentence\tlabel\nhello\t0\n").unwrap();
     let err = fails(&common::run(&[
-        "eval",
+        "fill-mask",
         "--model",
         s(&model),
-        "--data",
-        s(&data),
-        "--task",
-        "classification",
+        "a <mask>",
     ]));
-    assert!(err.contains("convert_to_safetensors.py"), "{err}");
+    assert!(
+        err.contains("pytorch_model.bin: not a readable PyTorch checkpoint"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -81,12 +81,7 @@ pub fn apply<B: AutodiffBackend>(
         .get_or_insert_with(|| PathBuf::from(EVAL_RESULTS));
     refuse_existing(output, "--output")?;
     let scratch = ScratchDir::for_this_process();
-    let dir = if args
-        .model
-        .join(BEST)
-        .join(roberta_model::hf::WEIGHTS_FILE)
-        .exists()
-    {
+    let dir = if roberta_model::hf::has_weights(&args.model.join(BEST)) {
         args.model.join(BEST)
     } else {
         init_dir::<B::InnerBackend>(&args.model, scratch.path(), &device)?

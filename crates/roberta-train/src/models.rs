@@ -62,21 +62,24 @@ pub fn load_tokenizer_for(dir: &Path, config: &RobertaConfig) -> Result<RobertaT
     Ok(tokenizer)
 }
 
-/// The HF model directory behind `dir`: itself, or a run directory's `final/`.
-pub fn model_dir(dir: &Path) -> PathBuf {
+/// The HF model directory behind `dir`: itself, a run directory's `final/`, or a hub
+/// name's snapshot in the HF cache ([`crate::hub`]).
+pub fn model_dir(dir: &Path) -> Result<PathBuf> {
+    let dir = crate::hub::resolve(dir)?;
     let last = dir.join(checkpoint::FINAL);
     if !dir.join(roberta_model::hf::CONFIG_FILE).exists()
         && last.join(roberta_model::hf::CONFIG_FILE).exists()
     {
-        last
+        Ok(last)
     } else {
-        dir.to_path_buf()
+        Ok(dir)
     }
 }
 
-/// An HF model directory to start from: `dir` itself, a run's `final/` (or its newest
-/// checkpoint), or a checkpoint exported into `scratch` first.
+/// An HF model directory to start from: `dir` itself, a hub name's snapshot, a run's
+/// `final/` (or its newest checkpoint), or a checkpoint exported into `scratch` first.
 pub fn init_dir<B: Backend>(dir: &Path, scratch: &Path, device: &B::Device) -> Result<PathBuf> {
+    let dir = &crate::hub::resolve(dir)?;
     if roberta_model::hf::has_weights(dir) {
         return Ok(dir.to_path_buf());
     }

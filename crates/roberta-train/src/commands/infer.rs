@@ -34,7 +34,7 @@ pub struct Candidate {
 }
 
 pub fn fill_mask<B: AutodiffBackend>(device: B::Device, args: FillMaskArgs) -> Result<()> {
-    let dir = model_dir(&args.model);
+    let dir = model_dir(&args.model)?;
     let config = RobertaConfig::load(&dir.join(roberta_model::hf::CONFIG_FILE))?;
     let masked_lm =
         <RobertaForMaskedLM<B::InnerBackend> as Pretrained<B::InnerBackend>>::ARCHITECTURE;
@@ -169,7 +169,7 @@ struct EmbedLine {
 pub fn embed<B: AutodiffBackend>(device: B::Device, args: EmbedArgs) -> Result<()> {
     crate::outputs::refuse_existing(&args.output, "--output")?;
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let dir = model_dir(&args.model);
+    let dir = model_dir(&args.model)?;
     let loaded = load_model::<B::InnerBackend, RobertaModel<B::InnerBackend>>(
         &dir,
         LoadOptions::default(),

@@ -172,8 +172,9 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
     let mut model_config = config.model_config(tokenizer.vocab_size());
     let model: RobertaForMaskedLM<B> = match &config.model.init {
         Some(dir) => {
+            let dir = crate::hub::resolve(dir)?;
             let mut loaded =
-                load_model::<B, RobertaForMaskedLM<B>>(dir, LoadOptions::default(), &device)?;
+                load_model::<B, RobertaForMaskedLM<B>>(&dir, LoadOptions::default(), &device)?;
             // The directory brings the architecture; the config may still set dropout.
             config.model.override_dropout(&mut loaded.config);
             let c = &loaded.config;

@@ -54,6 +54,39 @@ pub enum Command {
         #[arg(long)]
         init: Option<PathBuf>,
     },
+    /// The paper's dev-set table for one model: fine-tune and score each GLUE/SQuAD task
+    /// with its recipe (configs/finetune/, built in), one after another.
+    ///
+    /// Each task's run directory is --out/TASK; --out receives results.json and
+    /// results.md (task, metric, dev score, updates, time). Tasks whose data is absent
+    /// are listed as skipped; running again continues unfinished tasks and keeps
+    /// finished ones.
+    Evaluate {
+        /// The model to fine-tune: an HF model directory, a hub name, a pretraining run
+        /// or a checkpoint.
+        #[arg(long)]
+        init: PathBuf,
+        /// Tasks, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "sst2,mrpc,rte,cola,stsb,squad"
+        )]
+        tasks: Vec<crate::commands::evaluate::Recipe>,
+        /// Where the recipes' data paths start: DIR/glue_data/TASK/{train,dev}.tsv as
+        /// download_glue_data.py lays GLUE out, and DIR/squad/{train,dev}-v1.1.json.
+        #[arg(long, default_value = ".")]
+        data_dir: PathBuf,
+        /// Output directory: a run directory per task, results.json, results.md.
+        #[arg(long, default_value = "runs/evaluate")]
+        out: PathBuf,
+        /// Override a value of every task's recipe: --set train.epochs=3 (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+        /// Data-parallel replicas, as for finetune.
+        #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+        devices: Option<Vec<DeviceSpec>>,
+    },
     /// Score a fine-tuned model on labeled data; prints the metrics as JSON and writes
     /// them to --output.
     ///

@@ -680,7 +680,15 @@ impl FinetuneConfig {
     /// Reads `path`, applies `--set` overrides, checks every value. Also returns a
     /// warning per deprecated key it read.
     pub fn load(path: &Path, sets: &[String]) -> Result<(Self, Vec<String>)> {
-        let (mut value, warnings) = read_table(path, sets, FINETUNE_RENAMED)?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(path, &text, sets)
+    }
+
+    /// [`Self::load`] of a config's text (a recipe built into the binary); `path`
+    /// names it in errors.
+    pub fn parse(path: &Path, text: &str, sets: &[String]) -> Result<(Self, Vec<String>)> {
+        let (mut value, warnings) = parse_table(path, text, sets, FINETUNE_RENAMED)?;
         // The optimizer defaults differ from pretraining's: fill the keys a file leaves out.
         let optim = value
             .entry("optim")
@@ -950,8 +958,17 @@ fn read_table(
 ) -> Result<(toml::Table, Vec<String>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
+    parse_table(path, &text, sets, renamed)
+}
+
+/// [`read_table`] of a config's text; `path` names it in errors.
+fn parse_table(
+    path: &Path,
+    text: &str,
+    sets: &[String],
+    renamed: &[(&str, &str)],
+) -> Result<(toml::Table, Vec<String>)> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
     let mut warnings = rename_deprecated(&mut table, renamed)
         .with_context(|| format!("{}: invalid config", path.display()))?;
     for set in sets {

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use roberta_train::cli::{Cli, Command, DataCommand, TokenizerCommand};
 use roberta_train::commands::{
-    self, apply::apply, export::export, finetune::finetune, infer::embed, infer::fill_mask,
-    pretrain::pretrain,
+    self, apply::apply, evaluate::evaluate, export::export, finetune::finetune, infer::embed,
+    infer::fill_mask, pretrain::pretrain,
 };
 use roberta_train::config::{FinetuneConfig, PretrainConfig};
 use roberta_train::processes::{self, Processes};
@@ -68,6 +68,8 @@ fn main() {
                 })
                 .map(|(c, warnings)| (run.run_dir(), Configs::Finetune(c), warnings)),
         ),
+        // evaluate's output directory holds its log and a run directory per task.
+        Command::Evaluate { out, .. } => Some(Ok((out.clone(), Configs::None, Vec::new()))),
         _ => None,
     };
     let (run_dir, configs, warnings) = match loaded {
@@ -205,6 +207,23 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
                 })
             )
         }
+        Command::Evaluate {
+            init,
+            tasks,
+            data_dir,
+            out,
+            sets,
+            devices,
+        } => dispatch_devices!(
+            devices.unwrap_or_else(|| vec![device]),
+            evaluate(commands::evaluate::EvaluateArgs {
+                init,
+                tasks,
+                data_dir,
+                out,
+                sets
+            })
+        ),
         Command::Eval {
             model,
             data,

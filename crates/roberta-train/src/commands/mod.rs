@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod data;
+pub mod evaluate;
 pub mod export;
 pub mod finetune;
 pub mod infer;

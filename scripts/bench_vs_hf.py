@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Pretraining throughput: roberta-train against HF transformers, same machine, same run.
+"""Pretraining throughput: roberta-train against PyTorch, same machine, same run.
 
-For each size (tiny, small) both trainers take MLM updates on batches of 16 sequences of
-128 tokens with AdamW (β 0.9/0.98, ε 1e-6, weight decay 0.01), dropout 0.1, 15% masking:
-roberta-train through its CLI on the embedded corpus, transformers'
-RobertaForMaskedLM on the same vocabulary with torch on all cores. roberta-train runs
-twice: on one device, and as two data-parallel replicas on the CPU (`--devices cpu,cpu`,
-8 sequences each, still 16 per update). Prints tokens/s and the ratios (ours / HF). The vocabulary is roberta-base's when
-../shared/data/roberta_base_tokenizer exists (the realistic case, 50,265 tokens), else
-the embedded corpus's own.
+For each size (tiny, small, and roberta-base's geometry) every trainer takes MLM updates
+on batches of sequences of 128 tokens with AdamW (β 0.9/0.98, ε 1e-6, weight decay
+0.01), dropout 0.1, 15% masking:
+- roberta-train through its CLI on the embedded corpus (and, for tiny and small, as two
+  data-parallel replicas on the CPU, `--devices cpu,cpu`, half the batch each);
+- transformers' RobertaForMaskedLM as users run it: the LM head on every position;
+- the same PyTorch model with the LM head only at the masked positions (gather, then
+  head: what roberta-train does, and what any PyTorch user gets in three lines). This is
+  the engine-to-engine comparison.
+torch runs on all cores. Prints tokens/s and both ratios (ours / baseline). The
+vocabulary is roberta-base's when ../shared/data/roberta_base_tokenizer exists (the
+realistic case, 50,265 tokens), else the embedded corpus's own.
 
-    .venv/bin/python scripts/bench_vs_hf.py [--steps 30]
+    .venv/bin/python scripts/bench_vs_hf.py [--steps 30] [--sizes tiny,small,base]
 """
 import argparse
 import json
@@ -24,8 +28,9 @@ import torch
 from transformers import RobertaConfig, RobertaForMaskedLM
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-SIZES = {"tiny": (128, 2, 2, 512), "small": (256, 4, 4, 1024)}  # hidden, layers, heads, ffn
-BATCH, LENGTH = 16, 128
+# hidden, layers, heads, ffn, sequences per update
+SIZES = {"tiny": (128, 2, 2, 512, 16), "small": (256, 4, 4, 1024, 16), "base": (768, 12, 12, 3072, 8)}
+LENGTH = 128
 
 
 def tokenizer_dir():
@@ -35,7 +40,7 @@ def tokenizer_dir():
 
 def ours(size, steps, tok, work, devices="cpu"):
     replicas = devices.count(",") + 1
-    hidden, layers, heads, ffn = SIZES[size]
+    hidden, layers, heads, ffn, batch = SIZES[size]
     config = os.path.join(work, f"{size}.toml")
     with open(config, "w") as f:
         f.write(f"""
@@ -57,7 +62,7 @@ lr = 5e-4
 warmup_steps = 5
 total_steps = {steps}
 [train]
-batch_size = {BATCH // replicas}
+batch_size = {batch // replicas}
 [checkpoint]
 every = 0
 keep = 1
@@ -71,13 +76,15 @@ batches = 1
     subprocess.run([os.path.join(ROOT, "target", "release", "roberta-train"), "pretrain", "--config", config,
                     "--run-dir", run_dir, "--devices", devices], check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
     lines = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
-    # The first interval includes start-up; blocks are ~full, so tokens ≈ BATCH × LENGTH.
+    # The first interval includes start-up; blocks are ~full, so tokens ≈ batch × LENGTH.
     rates = [l["tokens_per_s"] for l in lines[1:]] or [lines[0]["tokens_per_s"]]
     return sum(rates) / len(rates)
 
 
-def hf(size, steps, vocab):
-    hidden, layers, heads, ffn = SIZES[size]
+def pytorch(size, steps, vocab, masked_only):
+    """tokens/s of transformers' RobertaForMaskedLM; with `masked_only`, the LM head runs
+    on the masked positions only."""
+    hidden, layers, heads, ffn, batch = SIZES[size]
     torch.manual_seed(0)
     config = RobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                            intermediate_size=ffn, max_position_embeddings=LENGTH + 2, type_vocab_size=1)
@@ -87,7 +94,7 @@ def hf(size, steps, vocab):
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n)]
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                               lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
-    ids = torch.randint(5, vocab - 1, (BATCH, LENGTH))
+    ids = torch.randint(5, vocab - 1, (batch, LENGTH))
     labels = torch.full_like(ids, -100)
     masked = torch.rand(ids.shape) < 0.15
     labels[masked] = ids[masked]
@@ -95,32 +102,43 @@ def hf(size, steps, vocab):
     times = []
     for step in range(steps):
         start = time.perf_counter()
-        loss = model(input_ids=ids, labels=labels).loss
+        if masked_only:
+            hidden_states = model.roberta(input_ids=ids).last_hidden_state
+            logits = model.lm_head(hidden_states[masked])
+            loss = torch.nn.functional.cross_entropy(logits, labels[masked])
+        else:
+            loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         optim.step()
         optim.zero_grad()
         times.append(time.perf_counter() - start)
     steady = times[5:] or times
-    return BATCH * LENGTH / (sum(steady) / len(steady))
+    return batch * LENGTH / (sum(steady) / len(steady))
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--sizes", default=",".join(SIZES))
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     tok = tokenizer_dir()
     vocab = len(json.load(open(os.path.join(tok, "tokenizer.json")))["model"]["vocab"])
     vocab += sum(1 for t in json.load(open(os.path.join(tok, "tokenizer.json")))["added_tokens"] if t["content"] == "<mask>" and t["id"] >= vocab)
-    print(f"vocabulary {vocab} ({tok}); batch {BATCH} x {LENGTH}; torch {torch.__version__} on {torch.get_num_threads()} threads")
+    print(f"vocabulary {vocab} ({tok}); sequences of {LENGTH}; torch {torch.__version__} on {torch.get_num_threads()} threads")
     work = tempfile.mkdtemp()
     try:
-        for size in SIZES:
+        for size in args.sizes.split(","):
+            batch = SIZES[size][4]
             a = ours(size, args.steps, tok, work)
-            a2 = ours(size, args.steps, tok, work, "cpu,cpu")
-            b = hf(size, args.steps, vocab)
-            print(f"{size:6} transformers {b:7.0f} tokens/s | roberta-train {a:7.0f} tokens/s, {a / b:.2f}x"
-                  f" | roberta-train --devices cpu,cpu {a2:7.0f} tokens/s, {a2 / b:.2f}x")
+            full = pytorch(size, args.steps, vocab, masked_only=False)
+            masked = pytorch(size, args.steps, vocab, masked_only=True)
+            line = (f"{size:5} batch {batch:2}: transformers (full head) {full:6.0f} | PyTorch masked-only head {masked:6.0f}"
+                    f" | roberta-train {a:6.0f} tokens/s: {a / full:.2f}x full, {a / masked:.2f}x masked-only")
+            if size != "base":
+                a2 = ours(size, args.steps, tok, work, "cpu,cpu")
+                line += f" | --devices cpu,cpu {a2:6.0f}: {a2 / full:.2f}x, {a2 / masked:.2f}x"
+            print(line, flush=True)
     finally:
         shutil.rmtree(work)
 

@@ -744,7 +744,20 @@ mod tests {
         write_parquet(&pq, &batch);
         let arrow = dir.path().join("data-00000-of-00001.arrow");
         write_arrow_stream(&arrow, &batch);
-        for p in [&pq, &arrow] {
+        // Feather as pandas and pyarrow write it by default: the file format, LZ4.
+        let feather = dir.path().join("frame.feather");
+        let options = arrow_ipc::writer::IpcWriteOptions::default()
+            .try_with_compression(Some(arrow_ipc::CompressionType::LZ4_FRAME))
+            .unwrap();
+        let mut w = arrow_ipc::writer::FileWriter::try_new_with_options(
+            std::fs::File::create(&feather).unwrap(),
+            &batch.schema(),
+            options,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        for p in [&pq, &arrow, &feather] {
             let ex = read_examples(p, &Columns::default()).unwrap();
             assert_eq!(ex.len(), 3);
             assert_eq!(

@@ -22,8 +22,17 @@ impl HubName {
     /// `name`, `org/name`, either with `@revision`; `None` for anything that can only be
     /// a path (absolute, `./`, `~`, more than one `/`, characters the hub refuses).
     pub fn parse(text: &str) -> Option<Self> {
+        // A revision is a branch, tag or commit; branches may hold `/` (`refs/pr/1`), never
+        // `..`: it names a file under the repository's refs/.
         let (id, revision) = match text.split_once('@') {
-            Some((id, revision)) if !revision.is_empty() && !revision.contains('@') => {
+            Some((id, revision))
+                if !revision.is_empty()
+                    && !revision.starts_with(['/', '.'])
+                    && !revision.contains("..")
+                    && revision.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')
+                    }) =>
+            {
                 (id, revision)
             }
             Some(_) => return None,
@@ -90,10 +99,16 @@ fn cached_snapshot(cache: &Path, id: &str, revision: &str) -> Option<PathBuf> {
     let commit = if is_commit {
         revision.to_string()
     } else {
-        std::fs::read_to_string(repository.join("refs").join(revision))
-            .ok()?
-            .trim()
-            .to_string()
+        let commit = std::fs::read_to_string(repository.join("refs").join(revision)).ok()?;
+        let commit = commit.trim();
+        if commit.len() != 40 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+            tracing::warn!(
+                "{}: not a commit hash; ignoring this cache entry",
+                repository.join("refs").join(revision).display()
+            );
+            return None;
+        }
+        commit.to_string()
     };
     let snapshot = repository.join("snapshots").join(commit);
     (snapshot.join(CONFIG_FILE).is_file() && has_weights(&snapshot)).then_some(snapshot)
@@ -205,6 +220,8 @@ mod tests {
             "a@",
             "",
             "a b",
+            "org/tiny@../../models--org--tiny/refs/main",
+            "org/tiny@/etc",
         ] {
             assert_eq!(HubName::parse(path), None, "{path}");
         }

@@ -117,7 +117,38 @@ fn evaluate_fine_tunes_every_task_and_writes_the_table() {
     ok(&again);
     let log = String::from_utf8_lossy(&again.stderr);
     assert!(log.contains("sst2: done earlier, kept"), "{log}");
+    // A call for one task keeps the other tasks' rows.
+    let mut one = args(&mlm_fixture());
+    one.extend(["--tasks".into(), "rte".into()]);
+    ok(&run(&one.iter().map(String::as_str).collect::<Vec<_>>()));
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["tasks"].as_array().unwrap().len(), 5, "{results}");
     // Another model into the same output is refused.
     let err = fails(&call(s(&dir.path().join("glue_data"))));
     assert!(err.contains("holds the results of another model"), "{err}");
+    // A model that does not exist, or a bad --set, fails once, before any task.
+    let fresh = dir.path().join("fresh");
+    let mut bad = args(s(&dir.path().join("absent")));
+    bad[6] = s(&fresh).into();
+    let err = fails(&run(&bad.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(err.contains("absent: no such directory"), "{err}");
+    let mut bad = args(&mlm_fixture());
+    bad[6] = s(&fresh).into();
+    bad.extend(["--set".into(), "train.bogus=3".into()]);
+    let err = fails(&run(&bad.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(
+        err.contains("sst2 recipe") && err.contains("bogus"),
+        "{err}"
+    );
+    assert!(!fresh.join("sst2").exists() && !fresh.join("results.json").exists());
+    // No data at all is an error, not an empty success.
+    let mut nothing = args(&mlm_fixture());
+    nothing[4] = s(&dir.path().join("nowhere")).into();
+    nothing[6] = s(&dir.path().join("empty-out")).into();
+    let err = fails(&run(&nothing
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()));
+    assert!(err.contains("no task had its data"), "{err}");
 }

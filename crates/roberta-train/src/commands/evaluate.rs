@@ -18,7 +18,7 @@ use crate::config::FinetuneConfig;
 use crate::run_dir::RunLock;
 
 /// A task of the table, with its recipe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Recipe {
     Sst2,
     Mrpc,
@@ -123,13 +123,32 @@ impl Row {
 }
 
 pub fn evaluate<B: AutodiffBackend>(devices: Vec<B::Device>, args: EvaluateArgs) -> Result<()> {
-    let init = args.init.display().to_string();
+    // Checked once, before any task: the model exists (or is a hub name that resolves)
+    // and every recipe takes the --set values.
+    let init_dir = crate::hub::resolve(&args.init)?;
+    if !init_dir.exists() {
+        bail!("--init {}: no such directory", args.init.display());
+    }
+    let init = std::fs::canonicalize(&init_dir)
+        .unwrap_or(init_dir)
+        .display()
+        .to_string();
+    for &task in &args.tasks {
+        task.config(&args.data_dir, &args.sets)
+            .with_context(|| format!("the {} recipe", task.name()))?;
+    }
+    let mut tasks = args.tasks.clone();
+    let mut seen = std::collections::BTreeSet::new();
+    tasks.retain(|t| seen.insert(*t));
+
     let results_path = args.out.join(RESULTS_JSON);
     let previous = match std::fs::read(&results_path) {
         Ok(bytes) => {
             let results: Results = serde_json::from_slice(&bytes)
                 .with_context(|| format!("reading {}", results_path.display()))?;
-            if results.init != init {
+            // Results of another model are kept from being mixed with this one's; an
+            // output where nothing finished holds nothing to protect.
+            if results.init != init && results.tasks.iter().any(|r| r.status == "done") {
                 bail!(
                     "{} holds the results of another model ({}): choose another --out",
                     args.out.display(),
@@ -140,9 +159,14 @@ pub fn evaluate<B: AutodiffBackend>(devices: Vec<B::Device>, args: EvaluateArgs)
         }
         Err(_) => Vec::new(),
     };
-    let mut rows: Vec<Row> = Vec::new();
-    let total = args.tasks.len();
-    for (i, &task) in args.tasks.iter().enumerate() {
+    // Tasks of earlier calls that this one does not run stay in the table.
+    let mut rows: Vec<Row> = previous
+        .iter()
+        .filter(|r| r.status == "done" && !tasks.iter().any(|t| t.name() == r.task))
+        .cloned()
+        .collect();
+    let total = tasks.len();
+    for (i, &task) in tasks.iter().enumerate() {
         let run_dir = args.out.join(task.name());
         let kept = previous
             .iter()
@@ -175,6 +199,12 @@ pub fn evaluate<B: AutodiffBackend>(devices: Vec<B::Device>, args: EvaluateArgs)
         .filter(|r| r.status == "failed")
         .map(|r| r.task.as_str())
         .collect();
+    if rows.iter().all(|r| r.status == "skipped") {
+        bail!(
+            "no task had its data under --data-dir {} (expected glue_data/TASK/ and squad/ there)",
+            args.data_dir.display()
+        );
+    }
     if !failed.is_empty() {
         bail!(
             "{} failed (see {}); the other tasks' results are in {}",
@@ -298,7 +328,11 @@ fn table(rows: &[Row]) -> String {
                 "| {} | | {} | | | {} |",
                 r.task,
                 r.status,
-                r.reason.as_deref().unwrap_or_default().replace('|', "/")
+                r.reason
+                    .as_deref()
+                    .unwrap_or_default()
+                    .replace('|', "/")
+                    .replace('\n', " ")
             ),
         };
         lines.push(line);

@@ -195,6 +195,16 @@ impl Batch<'_> {
             .ok_or_else(|| error(self.path, format!("no column \"{name}\"")))
     }
 
+    /// [`Self::text`] of a cell that must not be null; an error names its row.
+    pub fn required_text(&self, name: &str, row: usize) -> Result<String> {
+        self.text(name, row)?.ok_or_else(|| {
+            error(
+                self.path,
+                format!("row {}: column \"{name}\" is null", self.row_number(row)),
+            )
+        })
+    }
+
     /// A cell as text: strings as they are, integers, floats and booleans as they print
     /// (an HF `ClassLabel` is an integer column); `None` for a null.
     pub fn text(&self, name: &str, row: usize) -> Result<Option<String>> {

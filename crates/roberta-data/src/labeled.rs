@@ -206,11 +206,7 @@ fn read_columnar(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
     table.for_each_batch(&names, &mut |batch| {
         for row in 0..batch.rows() {
             let line = batch.row_number(row);
-            let get = |name: &str| -> Result<String> {
-                batch
-                    .text(name, row)?
-                    .ok_or_else(|| error(path, format!("row {line}: column \"{name}\" is null")))
-            };
+            let get = |name: &str| batch.required_text(name, row);
             examples.push(Example {
                 text_a: get(&columns.text_a)?,
                 text_b: columns.text_b.as_deref().map(get).transpose()?,
@@ -224,10 +220,7 @@ fn read_columnar(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
 }
 
 fn read_jsonl(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = open(path)?;
     let mut examples = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line_no = n + 1;
@@ -433,11 +426,7 @@ fn read_squad_columnar(path: &Path) -> Result<Vec<QaExample>> {
         };
         for row in 0..batch.rows() {
             let number = batch.row_number(row);
-            let text = |name: &str| -> Result<String> {
-                batch
-                    .text(name, row)?
-                    .ok_or_else(|| error(path, format!("row {number}: column \"{name}\" is null")))
-            };
+            let text = |name: &str| batch.required_text(name, row);
             let answer_texts = list_texts(path, "answers.text", texts.as_ref(), row)?;
             let answer_starts = list_texts(path, "answers.answer_start", starts.as_ref(), row)?;
             if answer_texts.len() != answer_starts.len() {

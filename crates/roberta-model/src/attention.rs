@@ -1,8 +1,8 @@
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 
 use crate::config::RobertaConfig;
+use crate::fused;
 use crate::init;
 use crate::precision::in_f32;
 
@@ -27,6 +27,8 @@ pub struct RobertaSelfOutput<B: Backend> {
     pub dense: Linear<B>,
     /// HF key `attention.output.LayerNorm`.
     pub layer_norm: LayerNorm<B>,
+    /// `layer_norm`'s epsilon, which burn keeps private and the fused kernel needs.
+    pub layer_norm_eps: f64,
     pub dropout: Dropout,
 }
 
@@ -70,13 +72,12 @@ impl<B: Backend> RobertaSelfAttention<B> {
             ])
             .swap_dims(1, 2)
         };
-        let q = heads(self.query.forward(hidden.clone()));
-        let k = heads(self.key.forward(hidden.clone()));
-        let v = heads(self.value.forward(hidden));
+        let q = heads(fused::linear(&self.query, hidden.clone()));
+        let k = heads(fused::linear(&self.key, hidden.clone()));
+        let v = heads(fused::linear(&self.value, hidden));
         let scale = 1.0 / (self.attention_head_size as f64).sqrt();
-        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        let probs = in_f32(scores, |scores| softmax(scores + bias, 3));
-        let probs = self.dropout.forward(probs);
+        let probs = fused::attention_probs(q.matmul(k.swap_dims(2, 3)), bias, scale);
+        let probs = fused::dropout(&self.dropout, probs);
         probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, width])
     }
 }
@@ -86,13 +87,16 @@ impl<B: Backend> RobertaSelfOutput<B> {
         Self {
             dense: init::linear(config, config.hidden_size, config.hidden_size, device),
             layer_norm: init::layer_norm(config, device),
+            layer_norm_eps: config.layer_norm_eps,
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
         }
     }
 
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = self.dropout.forward(self.dense.forward(hidden));
-        in_f32(hidden + residual, |x| self.layer_norm.forward(x))
+        let hidden = fused::dropout(&self.dropout, fused::linear(&self.dense, hidden));
+        in_f32(hidden + residual, |x| {
+            fused::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
+        })
     }
 }
 

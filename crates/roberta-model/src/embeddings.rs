@@ -2,6 +2,7 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
 use burn::prelude::*;
 
 use crate::config::RobertaConfig;
+use crate::fused;
 use crate::init;
 use crate::precision::in_f32;
 
@@ -13,6 +14,8 @@ pub struct RobertaEmbeddings<B: Backend> {
     pub token_type_embeddings: Embedding<B>,
     /// HF key `embeddings.LayerNorm`.
     pub layer_norm: LayerNorm<B>,
+    /// `layer_norm`'s epsilon, which burn keeps private and the fused kernel needs.
+    pub layer_norm_eps: f64,
     pub dropout: Dropout,
     pub padding_idx: usize,
 }
@@ -34,6 +37,7 @@ impl<B: Backend> RobertaEmbeddings<B> {
             ),
             token_type_embeddings: init::embedding(config, config.type_vocab_size, None, device),
             layer_norm: init::layer_norm(config, device),
+            layer_norm_eps: config.layer_norm_eps,
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             padding_idx: config.pad_token_id,
         }
@@ -51,8 +55,10 @@ impl<B: Backend> RobertaEmbeddings<B> {
         let embeddings = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(position_ids)
             + self.token_type_embeddings.forward(token_type_ids);
-        self.dropout
-            .forward(in_f32(embeddings, |x| self.layer_norm.forward(x)))
+        let embeddings = in_f32(embeddings, |x| {
+            fused::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
+        });
+        fused::dropout(&self.dropout, embeddings)
     }
 }
 

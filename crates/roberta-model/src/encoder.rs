@@ -1,9 +1,9 @@
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
 use burn::prelude::*;
 
-use crate::activation::gelu;
 use crate::attention::RobertaAttention;
 use crate::config::RobertaConfig;
+use crate::fused;
 use crate::init;
 use crate::precision::in_f32;
 
@@ -19,6 +19,8 @@ pub struct RobertaOutput<B: Backend> {
     pub dense: Linear<B>,
     /// HF key `output.LayerNorm`.
     pub layer_norm: LayerNorm<B>,
+    /// `layer_norm`'s epsilon, which burn keeps private and the fused kernel needs.
+    pub layer_norm_eps: f64,
     pub dropout: Dropout,
 }
 
@@ -46,6 +48,7 @@ impl<B: Backend> RobertaLayer<B> {
             output: RobertaOutput {
                 dense: init::linear(config, config.intermediate_size, config.hidden_size, device),
                 layer_norm: init::layer_norm(config, device),
+                layer_norm_eps: config.layer_norm_eps,
                 dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             },
         }
@@ -53,12 +56,14 @@ impl<B: Backend> RobertaLayer<B> {
 
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let attention = self.attention.forward(hidden, bias);
-        let intermediate = gelu(self.intermediate.dense.forward(attention.clone()));
-        let output = self
-            .output
-            .dropout
-            .forward(self.output.dense.forward(intermediate));
-        in_f32(output + attention, |x| self.output.layer_norm.forward(x))
+        let intermediate = fused::gelu(fused::linear(&self.intermediate.dense, attention.clone()));
+        let output = fused::dropout(
+            &self.output.dropout,
+            fused::linear(&self.output.dense, intermediate),
+        );
+        in_f32(output + attention, |x| {
+            fused::layer_norm(&self.output.layer_norm, self.output.layer_norm_eps, x)
+        })
     }
 }
 

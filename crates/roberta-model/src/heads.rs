@@ -5,8 +5,8 @@ use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
 use burn::prelude::*;
 
-use crate::activation::gelu;
 use crate::config::RobertaConfig;
+use crate::fused;
 use crate::init;
 use crate::model::{RobertaInput, RobertaModel, first_token};
 use crate::precision::in_f32;
@@ -17,6 +17,8 @@ use crate::precision::in_f32;
 pub struct RobertaLMHead<B: Backend> {
     pub dense: Linear<B>,
     pub layer_norm: LayerNorm<B>,
+    /// `layer_norm`'s epsilon, which burn keeps private and the fused kernel needs.
+    pub layer_norm_eps: f64,
     pub bias: Param<Tensor<B, 1>>,
 }
 
@@ -25,14 +27,15 @@ impl<B: Backend> RobertaLMHead<B> {
         Self {
             dense: init::linear(config, config.hidden_size, config.hidden_size, device),
             layer_norm: init::layer_norm(config, device),
+            layer_norm_eps: config.layer_norm_eps,
             bias: Param::from_tensor(Tensor::zeros([config.vocab_size], device)),
         }
     }
 
     /// `features`: `[n, hidden]`; `word_embeddings`: `[vocab, hidden]` → logits `[n, vocab]`.
     pub fn forward(&self, features: Tensor<B, 2>, word_embeddings: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = in_f32(gelu(self.dense.forward(features)), |x| {
-            self.layer_norm.forward(x)
+        let x = in_f32(fused::gelu(self.dense.forward(features)), |x| {
+            fused::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
         });
         x.matmul(word_embeddings.transpose()) + self.bias.val().unsqueeze()
     }
@@ -115,8 +118,8 @@ impl<B: Backend> RobertaForSequenceClassification<B> {
     pub fn forward(&self, input: RobertaInput<B>) -> Tensor<B, 2> {
         let hidden = self.roberta.forward(input, false).last_hidden_state;
         let head = &self.classifier;
-        let x = head.dropout.forward(first_token(hidden));
-        let x = head.dropout.forward(head.dense.forward(x).tanh());
+        let x = fused::dropout(&head.dropout, first_token(hidden));
+        let x = fused::dropout(&head.dropout, head.dense.forward(x).tanh());
         head.out_proj.forward(x)
     }
 
@@ -145,7 +148,7 @@ impl<B: Backend> RobertaForTokenClassification<B> {
     /// `[batch, seq, num_labels]`.
     pub fn forward(&self, input: RobertaInput<B>) -> Tensor<B, 3> {
         let hidden = self.roberta.forward(input, false).last_hidden_state;
-        self.classifier.forward(self.dropout.forward(hidden))
+        fused::linear(&self.classifier, fused::dropout(&self.dropout, hidden))
     }
 
     pub fn num_labels(&self) -> usize {
@@ -172,7 +175,7 @@ impl<B: Backend> RobertaForQuestionAnswering<B> {
     pub fn forward(&self, input: RobertaInput<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let hidden = self.roberta.forward(input, false).last_hidden_state;
         let [batch, seq, _] = hidden.dims();
-        let logits = self.qa_outputs.forward(hidden);
+        let logits = fused::linear(&self.qa_outputs, hidden);
         let start = logits
             .clone()
             .slice([0..batch, 0..seq, 0..1])

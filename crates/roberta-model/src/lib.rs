@@ -11,6 +11,7 @@ pub mod config;
 pub mod embeddings;
 pub mod encoder;
 pub mod error;
+pub mod fused;
 pub mod heads;
 pub mod hf;
 mod init;

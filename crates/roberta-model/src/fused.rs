@@ -1,0 +1,261 @@
+//! The Transformer's memory-bound steps (dropout, LayerNorm, GELU, the attention
+//! softmax) as single operations, and Linear layers as one 2-D matmul.
+//!
+//! burn builds each of these from primitive ops: LayerNorm alone is about ten passes
+//! over its input forward and twenty backward, each allocating and each an autodiff
+//! node, and dropout draws one ChaCha random number per element. On the CPU training
+//! backend (`Autodiff<Flex>`) the functions here run one rayon-parallel kernel per step
+//! with a hand-written backward ([`cpu`]); on every other backend, and for dtypes other
+//! than fp32, they are exactly the composition of burn ops they replace (burn's fusion
+//! merges those on cubecl backends). Both paths compute the same function; the tests
+//! compare values and gradients.
+//!
+//! burn has no specialisation, so the CPU path is chosen by comparing types at run time.
+
+use burn::nn::{Dropout, LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use crate::activation;
+use crate::precision::in_f32;
+
+#[cfg(feature = "cpu")]
+mod cpu;
+
+/// `linear.forward(x)` with every leading dimension folded into the rows: one
+/// `[tokens, in] × [in, out]` matmul instead of a batch of per-sequence ones, so the
+/// weight is packed once and its gradient is one matmul over all tokens rather than a
+/// batch of products summed afterwards.
+pub fn linear<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    if D <= 2 {
+        return linear.forward(x);
+    }
+    let [d_input, d_output] = linear.weight.dims();
+    let rows = dims[..D - 1].iter().product();
+    let y = linear.forward(x.reshape([rows, d_input]));
+    dims[D - 1] = d_output;
+    y.reshape(dims)
+}
+
+/// `dropout.forward(x)`: identity outside training, else zero each element with the
+/// dropout's probability and scale the rest by `1 / (1 - p)`. The random draws come
+/// from the backend's seeded generator either way, so `Backend::seed` makes them
+/// reproducible.
+pub fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> Tensor<B, D> {
+    if !B::ad_enabled(&x.device()) || dropout.prob == 0.0 {
+        return x;
+    }
+    #[cfg(feature = "cpu")]
+    let x = match cpu::train_f32(x) {
+        Ok(x) => return cpu::from_train(cpu::dropout(x, dropout.prob)),
+        Err(x) => x,
+    };
+    dropout.forward(x)
+}
+
+/// `layer_norm.forward(x)` over the last dimension; `epsilon` is the one `layer_norm`
+/// was built with (burn keeps it private).
+pub fn layer_norm<B: Backend, const D: usize>(
+    layer_norm: &LayerNorm<B>,
+    epsilon: f64,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    #[cfg(feature = "cpu")]
+    let x = match (cpu::train_f32(x), &layer_norm.beta) {
+        (Ok(x), Some(beta)) => {
+            let gamma = cpu::train_f32(layer_norm.gamma.val());
+            let beta = cpu::train_f32(beta.val());
+            match (gamma, beta) {
+                (Ok(gamma), Ok(beta)) => {
+                    return cpu::from_train(cpu::layer_norm(x, gamma, beta, epsilon));
+                }
+                _ => cpu::from_train(x),
+            }
+        }
+        (Ok(x), None) => cpu::from_train(x),
+        (Err(x), _) => x,
+    };
+    layer_norm.forward(x)
+}
+
+/// Exact (erf) GELU, as HF's `gelu`.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cpu")]
+    let x = match cpu::train_f32(x) {
+        Ok(x) => return cpu::from_train(cpu::gelu(x)),
+        Err(x) => x,
+    };
+    activation::gelu(x)
+}
+
+/// Attention probabilities `softmax(scores · scale + bias)` over the keys, in fp32.
+/// `scores`: `[batch, heads, queries, keys]`; `bias`: `[batch, 1, 1, keys]`, the padding
+/// mask from [`crate::attention::attention_bias`], which takes no gradient.
+pub fn attention_probs<B: Backend>(
+    scores: Tensor<B, 4>,
+    bias: Tensor<B, 4>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "cpu")]
+    let scores = match (cpu::train_f32(scores), cpu::train_f32(bias.clone())) {
+        (Ok(scores), Ok(bias)) if !bias.is_require_grad() => {
+            return cpu::from_train(cpu::attention_probs(scores, bias, scale));
+        }
+        (Ok(scores), _) => cpu::from_train(scores),
+        (Err(scores), _) => scores,
+    };
+    in_f32(scores * scale, |scores| softmax(scores + bias, 3))
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::Param;
+    use burn::nn::{DropoutConfig, LayerNormConfig};
+    use burn::tensor::Distribution;
+
+    type T = Autodiff<Flex>;
+
+    fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<T, D> {
+        T::seed(&Default::default(), seed);
+        Tensor::random(shape, Distribution::Normal(0.0, 1.5), &Default::default())
+    }
+
+    fn close<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>, tolerance: f32, what: &str) {
+        let a = a.into_data().to_vec::<f32>().unwrap();
+        let b = b.into_data().to_vec::<f32>().unwrap();
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0.0f32, f32::max);
+        assert!(worst <= tolerance, "{what}: differs by {worst}");
+    }
+
+    /// Runs `fused` and `reference` (burn's composed ops, never the fused ones) on the
+    /// same input and upstream gradient; compares outputs and input gradients.
+    fn same_function<const D: usize>(
+        shape: [usize; D],
+        fused: impl Fn(Tensor<T, D>) -> Tensor<T, D>,
+        reference: impl Fn(Tensor<T, D>) -> Tensor<T, D>,
+        tolerance: f32,
+    ) -> (Tensor<T, D>, Tensor<T, D>) {
+        let x = random(shape, 1).require_grad();
+        let upstream = random(shape, 2);
+        let ours = fused(x.clone());
+        let grads = (ours.clone() * upstream.clone()).sum().backward();
+        let ours_dx = x.grad(&grads).unwrap();
+        let theirs = reference(x.clone());
+        let grads = (theirs.clone() * upstream).sum().backward();
+        let theirs_dx = x.grad(&grads).unwrap();
+        close(
+            ours.clone().inner(),
+            theirs.clone().inner(),
+            tolerance,
+            "values",
+        );
+        close(ours_dx, theirs_dx, tolerance, "input gradient");
+        (ours, theirs)
+    }
+
+    #[test]
+    fn gelu_matches_the_composed_erf_gelu() {
+        same_function([3, 5, 70], gelu, activation::gelu, 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_matches_burns_with_parameter_gradients() {
+        let device = Default::default();
+        T::seed(&device, 3);
+        let mut norm = LayerNormConfig::new(96).init::<T>(&device);
+        let affine = |offset: f64| {
+            let values = Tensor::random([96], Distribution::Default, &device).add_scalar(offset);
+            Param::from_tensor(values.require_grad())
+        };
+        norm.gamma = affine(0.5);
+        norm.beta = Some(affine(-0.5));
+        let x = random([4, 33, 96], 4)
+            .mul_scalar(3.0)
+            .add_scalar(2.0)
+            .require_grad();
+        let upstream = random([4, 33, 96], 5);
+        let run = |fused: bool| {
+            let y = if fused {
+                layer_norm(&norm, 1e-5, x.clone())
+            } else {
+                norm.forward(x.clone())
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            (
+                y.inner(),
+                x.grad(&grads).unwrap(),
+                norm.gamma.grad(&grads).unwrap(),
+                norm.beta.as_ref().unwrap().grad(&grads).unwrap(),
+            )
+        };
+        let (y, dx, dgamma, dbeta) = run(true);
+        let (y2, dx2, dgamma2, dbeta2) = run(false);
+        close(y, y2, 2e-6, "values");
+        close(dx, dx2, 2e-5, "input gradient");
+        close(dgamma, dgamma2, 2e-5, "gamma gradient");
+        close(dbeta, dbeta2, 2e-5, "beta gradient");
+    }
+
+    #[test]
+    fn attention_probs_match_the_composed_softmax() {
+        let device = Default::default();
+        let keep =
+            Tensor::<T, 2, Int>::from_data([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], &device);
+        let bias = crate::attention::attention_bias(keep);
+        let (ours, _) = same_function(
+            [2, 3, 7, 7],
+            |x| attention_probs(x, bias.clone(), 0.125),
+            |x| softmax(x * 0.125 + bias.clone(), 3),
+            1e-6,
+        );
+        let rows = ours.sum_dim(3).inner().into_data().to_vec::<f32>().unwrap();
+        assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-6), "{rows:?}");
+    }
+
+    #[test]
+    fn dropout_zeroes_its_share_scales_the_rest_and_repeats_under_a_seed() {
+        let device = Default::default();
+        let layer = DropoutConfig::new(0.1).init();
+        let x = Tensor::<T, 2>::ones([64, 1001], &device).require_grad();
+        let draw = |seed| {
+            T::seed(&device, seed);
+            dropout(&layer, x.clone())
+        };
+        let y = draw(7);
+        let values = y.clone().inner().into_data().to_vec::<f32>().unwrap();
+        let kept = values.iter().filter(|&&v| v != 0.0).count() as f64 / values.len() as f64;
+        assert!((kept - 0.9).abs() < 0.005, "kept {kept}");
+        assert!(
+            values
+                .iter()
+                .all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6)
+        );
+        let grads = y.clone().sum().backward();
+        let dx = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(dx, values, "the gradient is the same mask and scale");
+        assert_eq!(draw(7).inner().into_data().to_vec::<f32>().unwrap(), values);
+        assert_ne!(draw(8).inner().into_data().to_vec::<f32>().unwrap(), values);
+    }
+
+    #[test]
+    fn linear_folds_leading_dimensions() {
+        let device = Default::default();
+        T::seed(&device, 9);
+        let layer = burn::nn::LinearConfig::new(6, 4).init::<T>(&device);
+        let x = random([2, 3, 6], 10);
+        close(
+            linear(&layer, x.clone()).inner(),
+            layer.forward(x).inner(),
+            1e-6,
+            "values",
+        );
+    }
+}

@@ -1,0 +1,547 @@
+//! The CPU training kernels behind [`super`]: `Autodiff<Flex>` operations over
+//! contiguous fp32 buffers, each one parallel pass forward and one backward.
+//!
+//! Work is split into fixed blocks of rows and every reduction across rows (LayerNorm's
+//! parameter gradients) adds the blocks' partial sums in block order, so no result
+//! depends on how rayon schedules the blocks: training stays bitwise reproducible.
+
+use std::any::Any;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Bytes, DType, Distribution, Shape, TensorPrimitive};
+use burn_flex::{FlexTensor, Layout};
+use rayon::prelude::*;
+
+/// The CPU training backend.
+pub(super) type Train = Autodiff<Flex>;
+
+/// `x` as a tensor of the CPU training backend, when that is its backend and it holds
+/// fp32; else `x` back.
+pub(super) fn train_f32<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Result<Tensor<Train, D>, Tensor<B, D>> {
+    if x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    same_type(x)
+}
+
+/// The inverse of [`train_f32`], for results.
+pub(super) fn from_train<B: Backend, const D: usize>(x: Tensor<Train, D>) -> Tensor<B, D> {
+    match same_type(x) {
+        Ok(x) => x,
+        Err(_) => unreachable!("called only when B is the training backend"),
+    }
+}
+
+/// `value` as a `U`, when `T` is `U`.
+fn same_type<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+    let value: Box<dyn Any> = Box::new(value);
+    match value.downcast::<U>() {
+        Ok(value) => Ok(*value),
+        Err(value) => Err(*value
+            .downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("a box holds its own type"))),
+    }
+}
+
+fn primitive<const D: usize>(x: Tensor<Train, D>) -> FloatTensor<Train> {
+    x.into_primitive().tensor()
+}
+
+fn tensor<const D: usize>(x: FloatTensor<Train>) -> Tensor<Train, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+/// Records a one-input operation in the autodiff graph: `output` computed from
+/// `input`, and `state` for `op`'s backward, kept only when `input` is tracked.
+fn record<O: Backward<Flex, 1>, const D: usize>(
+    op: O,
+    input: &FloatTensor<Train>,
+    output: FlexTensor,
+    state: O::State,
+) -> Tensor<Train, D> {
+    tensor(
+        match op
+            .prepare::<NoCheckpointing>([input.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        },
+    )
+}
+
+fn flex(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// `x`'s values in row-major order (copied only when `x` is a strided view).
+fn contiguous(x: &FlexTensor) -> FlexTensor {
+    x.to_contiguous()
+}
+
+fn values(x: &FlexTensor) -> &[f32] {
+    x.as_slice::<f32>()
+        .expect("a contiguous fp32 tensor (checked by the caller)")
+}
+
+/// Elements per parallel task of the elementwise kernels: large enough to amortise
+/// the task, small enough to balance two to a few dozen cores. Even, for dropout's
+/// pairs.
+const CHUNK: usize = 1 << 14;
+
+/// A new buffer of `n` values, written in parallel: `fill(start, out)` writes every
+/// element of `out`, which holds indices `start..start + out.len()`.
+fn par_fill(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, part)| fill(i * chunk, part));
+    // SAFETY: the `n` elements were written: every `fill` writes all of its chunk.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// Sum of `f(x)` in 16 lanes (which the compiler keeps in vector registers), then the
+/// lanes and the tail.
+#[inline]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(c) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// `(Σ dy·γ, Σ dy·γ·(x − μ))` over one row, in 16 lanes like [`lane_sum`].
+#[inline]
+fn backward_row_sums(dy: &[f32], x: &[f32], gamma: &[f32], mean: f32) -> (f32, f32) {
+    let mut lanes_g = [0f32; 16];
+    let mut lanes_gx = [0f32; 16];
+    let full = dy.len() / 16 * 16;
+    for ((dy, x), gamma) in dy[..full]
+        .chunks_exact(16)
+        .zip(x[..full].chunks_exact(16))
+        .zip(gamma[..full].chunks_exact(16))
+    {
+        for k in 0..16 {
+            let g = dy[k] * gamma[k];
+            lanes_g[k] += g;
+            lanes_gx[k] += g * (x[k] - mean);
+        }
+    }
+    let (mut sum_g, mut sum_gx) = (lanes_g.iter().sum::<f32>(), lanes_gx.iter().sum::<f32>());
+    for j in full..dy.len() {
+        let g = dy[j] * gamma[j];
+        sum_g += g;
+        sum_gx += g * (x[j] - mean);
+    }
+    (sum_g, sum_gx)
+}
+
+// ---------------------------------------------------------------------------------
+// Dropout
+
+/// One dropout draw. Element `i` keeps its value when 32 bits of
+/// `splitmix64(key + ⌊i/2⌋·γ)` are at least `threshold` (the low half for even `i`,
+/// the high half for odd): a counter-based generator, so the backward pass recomputes
+/// the mask instead of storing it, and any block of elements can be drawn in parallel.
+#[derive(Clone, Copy, Debug)]
+struct Mask {
+    key: u64,
+    threshold: u64,
+    scale: f32,
+}
+
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Mask {
+    /// Takes the key from Flex's seeded generator (three 30-bit draws: Flex's integers
+    /// are i32), as burn's dropout takes its Bernoulli draws from it.
+    fn draw(prob: f64) -> Self {
+        let words = Tensor::<Flex, 1, Int>::random(
+            [3],
+            Distribution::Uniform(0.0, 2f64.powi(30)),
+            &Default::default(),
+        )
+        .into_data()
+        .iter::<i64>()
+        .collect::<Vec<_>>();
+        Self {
+            key: ((words[0] as u64) << 34) ^ ((words[1] as u64) << 17) ^ words[2] as u64,
+            threshold: (prob * 2f64.powi(32)).round() as u64,
+            scale: (1.0 / (1.0 - prob)) as f32,
+        }
+    }
+
+    /// `x` with the dropped elements zeroed and the kept ones scaled.
+    fn apply(&self, x: FlexTensor) -> FlexTensor {
+        let x = contiguous(&x);
+        let xs = values(&x);
+        let out = par_fill(xs.len(), CHUNK, |start, out| {
+            let first_pair = (start / 2) as u64;
+            let xs = &xs[start..start + out.len()];
+            for (pair, (out, xs)) in out.chunks_mut(2).zip(xs.chunks(2)).enumerate() {
+                let bits = splitmix64(
+                    self.key
+                        .wrapping_add((first_pair + pair as u64).wrapping_mul(GOLDEN_GAMMA)),
+                );
+                for (k, (out, &x)) in out.iter_mut().zip(xs).enumerate() {
+                    let draw = (bits >> (32 * k)) & 0xFFFF_FFFF;
+                    out.write(if draw >= self.threshold {
+                        x * self.scale
+                    } else {
+                        0.0
+                    });
+                }
+            }
+        });
+        flex(out, x.layout().shape().clone())
+    }
+}
+
+#[derive(Debug)]
+struct DropoutBackward;
+
+impl Backward<Flex, 1> for DropoutBackward {
+    type State = Mask;
+
+    fn backward(self, ops: Ops<Mask, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let mask = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| mask.apply(grad));
+    }
+}
+
+pub(super) fn dropout<const D: usize>(x: Tensor<Train, D>, prob: f64) -> Tensor<Train, D> {
+    let mask = Mask::draw(prob);
+    let x = primitive(x);
+    let y = mask.apply(x.primitive.clone());
+    record(DropoutBackward, &x, y, mask)
+}
+
+// ---------------------------------------------------------------------------------
+// LayerNorm
+
+/// Rows per parallel task of the row kernels (LayerNorm, softmax).
+const ROWS: usize = 32;
+
+/// What LayerNorm's backward needs: its input, γ, and each row's mean and 1/σ.
+#[derive(Clone, Debug)]
+struct LayerNormState {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    stats: Arc<Vec<[f32; 2]>>,
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl Backward<Flex, 3> for LayerNormBackward {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<LayerNormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let LayerNormState { x, gamma, stats } = ops.state;
+        let (dx, dgamma, dbeta) =
+            layer_norm_backward(values(&dy), values(&x), values(&gamma), &stats);
+        let width = gamma.layout().shape().clone();
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex(dx, x.layout().shape().clone()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex(dgamma, width.clone()));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex(dbeta, width));
+        }
+    }
+}
+
+pub(super) fn layer_norm<const D: usize>(
+    x: Tensor<Train, D>,
+    gamma: Tensor<Train, 1>,
+    beta: Tensor<Train, 1>,
+    epsilon: f64,
+) -> Tensor<Train, D> {
+    let (x, gamma, beta) = (primitive(x), primitive(gamma), primitive(beta));
+    let input = contiguous(&x.primitive);
+    let gamma_values = contiguous(&gamma.primitive);
+    let beta_values = contiguous(&beta.primitive);
+    let (y, stats) = layer_norm_forward(
+        values(&input),
+        values(&gamma_values),
+        values(&beta_values),
+        epsilon as f32,
+    );
+    let y = flex(y, input.layout().shape().clone());
+    tensor(
+        match LayerNormBackward
+            .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                LayerNormState {
+                    x: input,
+                    gamma: gamma_values,
+                    stats: Arc::new(stats),
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+    )
+}
+
+/// `(y, [mean, 1/σ] per row)`; the variance is the biased one, as in PyTorch.
+fn layer_norm_forward(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f32,
+) -> (Vec<f32>, Vec<[f32; 2]>) {
+    let width = gamma.len();
+    let rows = x.len() / width;
+    let mut stats = vec![[0f32; 2]; rows];
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(ROWS * width)
+        .zip(stats.par_chunks_mut(ROWS))
+        .zip(x.par_chunks(ROWS * width))
+        .for_each(|((y, stats), x)| {
+            for ((y, stats), x) in y.chunks_mut(width).zip(stats).zip(x.chunks(width)) {
+                let mean = lane_sum(x, |v| v) / width as f32;
+                let variance = lane_sum(x, |v| (v - mean) * (v - mean)) / width as f32;
+                let rstd = 1.0 / (variance + epsilon).sqrt();
+                *stats = [mean, rstd];
+                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                    y.write((x - mean) * rstd * g + b);
+                }
+            }
+        });
+    // SAFETY: the chunks cover all `x.len()` elements and every row writes all of its own.
+    unsafe { y.set_len(x.len()) };
+    (y, stats)
+}
+
+/// `(dx, dγ, dβ)` with x̂ = (x − μ)/σ, g = dy·γ:
+/// dx = (g − mean(g) − x̂·mean(g·x̂))/σ, dγ = Σ_rows dy·x̂, dβ = Σ_rows dy.
+fn layer_norm_backward(
+    dy: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    stats: &[[f32; 2]],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let width = gamma.len();
+    let mut dx = Vec::with_capacity(x.len());
+    let partials: Vec<Vec<f32>> = dx.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(ROWS * width)
+        .zip(x.par_chunks(ROWS * width))
+        .zip(dy.par_chunks(ROWS * width))
+        .zip(stats.par_chunks(ROWS))
+        .map(|(((dx, x), dy), stats)| {
+            // dγ then dβ of this block of rows.
+            let mut partial = vec![0f32; 2 * width];
+            let (dgamma, dbeta) = partial.split_at_mut(width);
+            for (((dx, x), dy), &[mean, rstd]) in dx
+                .chunks_mut(width)
+                .zip(x.chunks(width))
+                .zip(dy.chunks(width))
+                .zip(stats)
+            {
+                let (sum_g, sum_gx) = backward_row_sums(dy, x, gamma, mean);
+                let mean_g = sum_g / width as f32;
+                let mean_gx = sum_gx * rstd / width as f32;
+                for (j, dx) in dx.iter_mut().enumerate() {
+                    let xhat = (x[j] - mean) * rstd;
+                    dx.write(rstd * (dy[j] * gamma[j] - mean_g - xhat * mean_gx));
+                    dgamma[j] += dy[j] * xhat;
+                    dbeta[j] += dy[j];
+                }
+            }
+            partial
+        })
+        .collect();
+    // SAFETY: the chunks cover all `x.len()` elements and every row writes all of its own.
+    unsafe { dx.set_len(x.len()) };
+    let mut dgamma = vec![0f32; width];
+    let mut dbeta = vec![0f32; width];
+    for partial in &partials {
+        for (sum, v) in dgamma.iter_mut().zip(&partial[..width]) {
+            *sum += v;
+        }
+        for (sum, v) in dbeta.iter_mut().zip(&partial[width..]) {
+            *sum += v;
+        }
+    }
+    (dx, dgamma, dbeta)
+}
+
+// ---------------------------------------------------------------------------------
+// GELU
+
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = contiguous(&grad);
+            let (xs, gs) = (values(&x), values(&grad));
+            let dx = par_fill(xs.len(), CHUNK, |start, out| {
+                let end = start + out.len();
+                for ((out, &x), &g) in out.iter_mut().zip(&xs[start..end]).zip(&gs[start..end]) {
+                    out.write(g * gelu_derivative(x));
+                }
+            });
+            flex(dx, x.layout().shape().clone())
+        });
+    }
+}
+
+fn normal_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+fn gelu_derivative(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    normal_cdf(x) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+pub(super) fn gelu<const D: usize>(x: Tensor<Train, D>) -> Tensor<Train, D> {
+    let x = primitive(x);
+    let input = contiguous(&x.primitive);
+    let xs = values(&input);
+    let y = par_fill(xs.len(), CHUNK, |start, out| {
+        let end = start + out.len();
+        for (out, &x) in out.iter_mut().zip(&xs[start..end]) {
+            out.write(x * normal_cdf(x));
+        }
+    });
+    let y = flex(y, input.layout().shape().clone());
+    record(GeluBackward, &x, y, input)
+}
+
+// ---------------------------------------------------------------------------------
+// Attention softmax
+
+/// The probabilities the forward pass returned, and the scale it applied.
+#[derive(Clone, Debug)]
+struct SoftmaxState {
+    probs: FlexTensor,
+    scale: f32,
+}
+
+#[derive(Debug)]
+struct AttentionProbsBackward;
+
+impl Backward<Flex, 1> for AttentionProbsBackward {
+    type State = SoftmaxState;
+
+    fn backward(self, ops: Ops<SoftmaxState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let SoftmaxState { probs, scale } = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = contiguous(&grad);
+            let shape = probs.layout().shape().clone();
+            let keys = shape[shape.num_dims() - 1];
+            let (ps, gs) = (values(&probs), values(&grad));
+            // d scores = scale · p ⊙ (g − Σ p·g), row by row.
+            let ds = par_fill(ps.len(), ROWS * keys, |start, out| {
+                let end = start + out.len();
+                for ((out, p), g) in out
+                    .chunks_mut(keys)
+                    .zip(ps[start..end].chunks(keys))
+                    .zip(gs[start..end].chunks(keys))
+                {
+                    let dot = p.iter().zip(g).map(|(p, g)| p * g).sum::<f32>();
+                    for ((out, &p), &g) in out.iter_mut().zip(p).zip(g) {
+                        out.write(scale * p * (g - dot));
+                    }
+                }
+            });
+            flex(ds, shape)
+        });
+    }
+}
+
+/// `softmax(scores · scale + bias)` over the last dimension; `bias` is
+/// `[batch, 1, 1, keys]` against `scores`' `[batch, heads, queries, keys]`.
+pub(super) fn attention_probs(
+    scores: Tensor<Train, 4>,
+    bias: Tensor<Train, 4>,
+    scale: f64,
+) -> Tensor<Train, 4> {
+    let [_, heads, queries, keys] = scores.dims();
+    let scale = scale as f32;
+    let bias = contiguous(&primitive(bias).primitive);
+    let scores = primitive(scores);
+    let input = contiguous(&scores.primitive);
+    let (ss, bs) = (values(&input), values(&bias));
+    let per_sequence = heads * queries * keys;
+    let probs = par_fill(ss.len(), ROWS * keys, |start, out| {
+        let end = start + out.len();
+        for (row, (out, s)) in out
+            .chunks_mut(keys)
+            .zip(ss[start..end].chunks(keys))
+            .enumerate()
+        {
+            let sequence = (start + row * keys) / per_sequence;
+            let bias = &bs[sequence * keys..(sequence + 1) * keys];
+            let max = s
+                .iter()
+                .zip(bias)
+                .map(|(&s, &b)| s * scale + b)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for ((out, &s), &b) in out.iter_mut().zip(s).zip(bias) {
+                let e = (s * scale + b - max).exp();
+                sum += e;
+                out.write(e);
+            }
+            let inv = 1.0 / sum;
+            for out in out.iter_mut() {
+                // SAFETY: written by the loop above.
+                let e = unsafe { out.assume_init() };
+                out.write(e * inv);
+            }
+        }
+    });
+    let probs = flex(probs, input.layout().shape().clone());
+    let state = SoftmaxState {
+        probs: probs.clone(),
+        scale,
+    };
+    record(AttentionProbsBackward, &scores, probs, state)
+}

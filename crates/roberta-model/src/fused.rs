@@ -12,6 +12,8 @@
 //!
 //! burn has no specialisation, so the CPU path is chosen by comparing types at run time.
 
+use std::any::Any;
+
 use burn::nn::{Dropout, LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -22,20 +24,74 @@ use crate::precision::in_f32;
 #[cfg(feature = "cpu")]
 mod cpu;
 
+/// `value` as a `U` when `T` is `U`, else `value` back: how a generic function takes a
+/// backend-specific path (here and in roberta-train's optimizer).
+pub fn same_type<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+    let value: Box<dyn Any> = Box::new(value);
+    match value.downcast::<U>() {
+        Ok(value) => Ok(*value),
+        Err(value) => Err(*value
+            .downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("a box holds its own type"))),
+    }
+}
+
 /// `linear.forward(x)` with every leading dimension folded into the rows: one
 /// `[tokens, in] × [in, out]` matmul instead of a batch of per-sequence ones, so the
 /// weight is packed once and its gradient is one matmul over all tokens rather than a
-/// batch of products summed afterwards.
+/// batch of products summed afterwards. On the CPU training backend the product, the
+/// bias and their backward are one operation with its own threading.
 pub fn linear<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     let mut dims = x.dims();
-    if D <= 2 {
-        return linear.forward(x);
-    }
     let [d_input, d_output] = linear.weight.dims();
     let rows = dims[..D - 1].iter().product();
-    let y = linear.forward(x.reshape([rows, d_input]));
+    let x = x.reshape([rows, d_input]);
+    let y = match &linear.bias {
+        Some(bias) => linear_2d(x, linear.weight.val(), bias.val(), false),
+        None => linear.forward(x),
+    };
     dims[D - 1] = d_output;
     y.reshape(dims)
+}
+
+/// The vocabulary projection tied to the word embeddings: `x · Eᵀ + bias` for
+/// `x`: `[n, hidden]`, `E`: `[vocab, hidden]`.
+pub fn tied_decoder<B: Backend>(
+    x: Tensor<B, 2>,
+    word_embeddings: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+) -> Tensor<B, 2> {
+    linear_2d(x, word_embeddings, bias, true)
+}
+
+/// `x · W + b`, with `W` given as `[out, in]` when `transposed`.
+fn linear_2d<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+    transposed: bool,
+) -> Tensor<B, 2> {
+    #[cfg(feature = "cpu")]
+    let (x, weight, bias) = match (
+        cpu::train_f32(x),
+        cpu::train_f32(weight),
+        cpu::train_f32(bias),
+    ) {
+        (Ok(x), Ok(weight), Ok(bias)) => {
+            return cpu::from_train(cpu::linear(x, weight, bias, transposed));
+        }
+        (x, weight, bias) => (
+            x.map_or_else(|x| x, cpu::from_train),
+            weight.map_or_else(|w| w, cpu::from_train),
+            bias.map_or_else(|b| b, cpu::from_train),
+        ),
+    };
+    let weight = if transposed {
+        weight.transpose()
+    } else {
+        weight
+    };
+    x.matmul(weight) + bias.unsqueeze()
 }
 
 /// `dropout.forward(x)`: identity outside training, else zero each element with the
@@ -245,17 +301,65 @@ mod tests {
         assert_ne!(draw(8).inner().into_data().to_vec::<f32>().unwrap(), values);
     }
 
+    /// The Linear op against burn's, values and all three gradients, at a size where
+    /// the product is cut into blocks across threads.
     #[test]
-    fn linear_folds_leading_dimensions() {
+    fn linear_matches_burns_with_parameter_gradients() {
         let device = Default::default();
         T::seed(&device, 9);
-        let layer = burn::nn::LinearConfig::new(6, 4).init::<T>(&device);
-        let x = random([2, 3, 6], 10);
-        close(
-            linear(&layer, x.clone()).inner(),
-            layer.forward(x).inner(),
-            1e-6,
-            "values",
-        );
+        let mut layer = burn::nn::LinearConfig::new(70, 300).init::<T>(&device);
+        layer.bias = Some(Param::from_tensor(random([300], 11).require_grad()));
+        let x = random([2, 150, 70], 10).require_grad();
+        let upstream = random([2, 150, 300], 12);
+        let run = |fused: bool| {
+            let y = if fused {
+                linear(&layer, x.clone())
+            } else {
+                layer.forward(x.clone())
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            (
+                y.inner(),
+                x.grad(&grads).unwrap(),
+                layer.weight.grad(&grads).unwrap(),
+                layer.bias.as_ref().unwrap().grad(&grads).unwrap(),
+            )
+        };
+        let (y, dx, dw, db) = run(true);
+        let (y2, dx2, dw2, db2) = run(false);
+        close(y, y2, 1e-5, "values");
+        close(dx, dx2, 1e-5, "input gradient");
+        // Sums of 300 products of order 2: the two orders of summation differ in f32.
+        close(dw, dw2, 1e-4, "weight gradient");
+        close(db, db2, 1e-5, "bias gradient");
+    }
+
+    #[test]
+    fn tied_decoder_matches_the_transposed_product() {
+        let embeddings = random([500, 40], 13).require_grad();
+        let bias = random([500], 14).require_grad();
+        let x = random([30, 40], 15).require_grad();
+        let upstream = random([30, 500], 16);
+        let run = |fused: bool| {
+            let y = if fused {
+                tied_decoder(x.clone(), embeddings.clone(), bias.clone())
+            } else {
+                x.clone().matmul(embeddings.clone().transpose()) + bias.clone().unsqueeze()
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            let grad = |t: &Tensor<T, 2>| t.grad(&grads).unwrap();
+            (
+                y.inner(),
+                grad(&x),
+                grad(&embeddings),
+                bias.grad(&grads).unwrap(),
+            )
+        };
+        let (y, dx, de, db) = run(true);
+        let (y2, dx2, de2, db2) = run(false);
+        close(y, y2, 1e-5, "values");
+        close(dx, dx2, 1e-5, "input gradient");
+        close(de, de2, 1e-5, "embedding gradient");
+        close(db, db2, 1e-5, "bias gradient");
     }
 }

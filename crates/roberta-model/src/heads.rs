@@ -34,10 +34,10 @@ impl<B: Backend> RobertaLMHead<B> {
 
     /// `features`: `[n, hidden]`; `word_embeddings`: `[vocab, hidden]` → logits `[n, vocab]`.
     pub fn forward(&self, features: Tensor<B, 2>, word_embeddings: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = in_f32(fused::gelu(self.dense.forward(features)), |x| {
+        let x = in_f32(fused::gelu(fused::linear(&self.dense, features)), |x| {
             fused::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
         });
-        x.matmul(word_embeddings.transpose()) + self.bias.val().unsqueeze()
+        fused::tied_decoder(x, word_embeddings, self.bias.val())
     }
 }
 

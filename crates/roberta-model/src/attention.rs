@@ -18,7 +18,6 @@ pub struct RobertaSelfAttention<B: Backend> {
     pub value: Linear<B>,
     pub dropout: Dropout,
     pub num_attention_heads: usize,
-    pub attention_head_size: usize,
 }
 
 /// `RobertaSelfOutput`: projection, dropout, residual, post-LayerNorm.
@@ -56,29 +55,15 @@ impl<B: Backend> RobertaSelfAttention<B> {
             value: init::linear(config, h, h, device),
             dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
             num_attention_heads: config.num_attention_heads,
-            attention_head_size: config.head_dim(),
         }
     }
 
     /// `hidden`: `[batch, seq, hidden]`; `bias`: from [`attention_bias`].
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let [batch, seq, width] = hidden.dims();
-        let heads = |t: Tensor<B, 3>| {
-            t.reshape([
-                batch,
-                seq,
-                self.num_attention_heads,
-                self.attention_head_size,
-            ])
-            .swap_dims(1, 2)
-        };
-        let q = heads(fused::linear(&self.query, hidden.clone()));
-        let k = heads(fused::linear(&self.key, hidden.clone()));
-        let v = heads(fused::linear(&self.value, hidden));
-        let scale = 1.0 / (self.attention_head_size as f64).sqrt();
-        let probs = fused::attention_probs(q.matmul(k.swap_dims(2, 3)), bias, scale);
-        let probs = fused::dropout(&self.dropout, probs);
-        probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, width])
+        let q = fused::linear(&self.query, hidden.clone());
+        let k = fused::linear(&self.key, hidden.clone());
+        let v = fused::linear(&self.value, hidden);
+        fused::attention(q, k, v, bias, self.num_attention_heads, &self.dropout)
     }
 }
 

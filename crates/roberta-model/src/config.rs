@@ -259,10 +259,6 @@ impl RobertaConfig {
         self.max_position_embeddings - self.pad_token_id - 1
     }
 
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
-    }
-
     /// Number of labels implied by `id2label`, as HF derives `num_labels`.
     pub fn num_labels(&self) -> Option<usize> {
         self.id2label.as_ref().map(BTreeMap::len)

@@ -1,5 +1,6 @@
 //! The Transformer's memory-bound steps (dropout, LayerNorm, GELU, the attention
-//! softmax) as single operations, and Linear layers as one 2-D matmul.
+//! softmax, the loss) as single operations, and Linear layers as one 2-D matmul with
+//! the bias.
 //!
 //! burn builds each of these from primitive ops: LayerNorm alone is about ten passes
 //! over its input forward and twenty backward, each allocating and each an autodiff
@@ -119,18 +120,16 @@ pub fn layer_norm<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     #[cfg(feature = "cpu")]
     let x = match (cpu::train_f32(x), &layer_norm.beta) {
-        (Ok(x), Some(beta)) => {
-            let gamma = cpu::train_f32(layer_norm.gamma.val());
-            let beta = cpu::train_f32(beta.val());
-            match (gamma, beta) {
-                (Ok(gamma), Ok(beta)) => {
-                    return cpu::from_train(cpu::layer_norm(x, gamma, beta, epsilon));
-                }
-                _ => cpu::from_train(x),
+        (Ok(x), Some(beta)) => match (
+            cpu::train_f32(layer_norm.gamma.val()),
+            cpu::train_f32(beta.val()),
+        ) {
+            (Ok(gamma), Ok(beta)) => {
+                return cpu::from_train(cpu::layer_norm(x, gamma, beta, epsilon));
             }
-        }
-        (Ok(x), None) => cpu::from_train(x),
-        (Err(x), _) => x,
+            _ => cpu::from_train(x),
+        },
+        (x, _) => x.map_or_else(|x| x, cpu::from_train),
     };
     layer_norm.forward(x)
 }
@@ -145,23 +144,56 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     activation::gelu(x)
 }
 
-/// Attention probabilities `softmax(scores · scale + bias)` over the keys, in fp32.
-/// `scores`: `[batch, heads, queries, keys]`; `bias`: `[batch, 1, 1, keys]`, the padding
-/// mask from [`crate::attention::attention_bias`], which takes no gradient.
-pub fn attention_probs<B: Backend>(
-    scores: Tensor<B, 4>,
+/// Scaled dot-product attention over every head: `dropout(softmax(q·kᵀ/√d + bias)) · v`
+/// with `q`, `k`, `v` and the result as the projections produce and consume them,
+/// `[batch, seq, heads · d]`, and `bias` the padding mask from
+/// [`crate::attention::attention_bias`], `[batch, 1, 1, seq]`. The softmax runs in fp32.
+///
+/// On the CPU training backend this is one operation, a parallel task per head, which
+/// reads the heads by strides and writes the context in place: no `[batch, heads, seq,
+/// d]` copies either way.
+pub fn attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
     bias: Tensor<B, 4>,
-    scale: f64,
-) -> Tensor<B, 4> {
+    heads: usize,
+    dropout: &Dropout,
+) -> Tensor<B, 3> {
+    let [batch, seq, width] = q.dims();
+    let training = B::ad_enabled(&q.device()) && dropout.prob > 0.0;
     #[cfg(feature = "cpu")]
-    let scores = match (cpu::train_f32(scores), cpu::train_f32(bias.clone())) {
-        (Ok(scores), Ok(bias)) if !bias.is_require_grad() => {
-            return cpu::from_train(cpu::attention_probs(scores, bias, scale));
+    let (q, k, v) = match (
+        cpu::train_f32(q),
+        cpu::train_f32(k),
+        cpu::train_f32(v),
+        cpu::train_f32(bias.clone()),
+    ) {
+        (Ok(q), Ok(k), Ok(v), Ok(bias))
+            if !bias.is_require_grad() && bias.dims() == [batch, 1, 1, seq] =>
+        {
+            let dropout = training.then_some(dropout.prob);
+            return cpu::from_train(cpu::attention(q, k, v, bias, heads, dropout));
         }
-        (Ok(scores), _) => cpu::from_train(scores),
-        (Err(scores), _) => scores,
+        (q, k, v, _) => (
+            q.map_or_else(|x| x, cpu::from_train),
+            k.map_or_else(|x| x, cpu::from_train),
+            v.map_or_else(|x| x, cpu::from_train),
+        ),
     };
-    in_f32(scores * scale, |scores| softmax(scores + bias, 3))
+    let head_dim = width / heads;
+    let split = |x: Tensor<B, 3>| x.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
+    let scores = split(q).matmul(split(k).swap_dims(2, 3)) / (head_dim as f64).sqrt();
+    let probs = in_f32(scores, |scores| softmax(scores + bias, 3));
+    let probs = if training {
+        self::dropout(dropout, probs)
+    } else {
+        probs
+    };
+    probs
+        .matmul(split(v))
+        .swap_dims(1, 2)
+        .reshape([batch, seq, width])
 }
 
 /// [`crate::loss::cross_entropy_sum`] as one operation on the CPU training backend;
@@ -297,20 +329,46 @@ mod tests {
         close(dbeta, dbeta2, 2e-5, "beta gradient");
     }
 
+    /// The attention op against its composition from burn ops and the fused dropout
+    /// (which draws the same mask from the same seed), with a padded sequence, at a
+    /// size where heads run on several threads: values and the gradients of q, k, v.
     #[test]
-    fn attention_probs_match_the_composed_softmax() {
+    fn attention_matches_the_composed_attention() {
         let device = Default::default();
-        let keep =
-            Tensor::<T, 2, Int>::from_data([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], &device);
+        let keep = Tensor::<T, 2, Int>::from_data([[1; 9], [1, 1, 1, 1, 1, 1, 0, 0, 0]], &device);
         let bias = crate::attention::attention_bias(keep);
-        let (ours, _) = same_function(
-            [2, 3, 7, 7],
-            |x| attention_probs(x, bias.clone(), 0.125),
-            |x| softmax(x * 0.125 + bias.clone(), 3),
-            1e-6,
+        let (q, k, v) = (
+            random([2, 9, 12], 20).require_grad(),
+            random([2, 9, 12], 21).require_grad(),
+            random([2, 9, 12], 22).require_grad(),
         );
-        let rows = ours.sum_dim(3).inner().into_data().to_vec::<f32>().unwrap();
-        assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-6), "{rows:?}");
+        let upstream = random([2, 9, 12], 23);
+        for prob in [0.0, 0.3] {
+            let layer = DropoutConfig::new(prob).init();
+            let run = |fused: bool| {
+                T::seed(&device, 24);
+                let y = if fused {
+                    attention(q.clone(), k.clone(), v.clone(), bias.clone(), 3, &layer)
+                } else {
+                    let split = |x: Tensor<T, 3>| x.reshape([2, 9, 3, 4]).swap_dims(1, 2);
+                    let scores = split(q.clone()).matmul(split(k.clone()).swap_dims(2, 3)) / 2.0;
+                    let probs = dropout(&layer, softmax(scores + bias.clone(), 3));
+                    probs
+                        .matmul(split(v.clone()))
+                        .swap_dims(1, 2)
+                        .reshape([2, 9, 12])
+                };
+                let grads = (y.clone() * upstream.clone()).sum().backward();
+                let grad = |x: &Tensor<T, 3>| x.grad(&grads).unwrap();
+                (y.inner(), grad(&q), grad(&k), grad(&v))
+            };
+            let (y, dq, dk, dv) = run(true);
+            let (y2, dq2, dk2, dv2) = run(false);
+            close(y, y2, 1e-5, "values");
+            close(dq, dq2, 1e-5, "q gradient");
+            close(dk, dk2, 1e-5, "k gradient");
+            close(dv, dv2, 1e-5, "v gradient");
+        }
     }
 
     #[test]

@@ -242,24 +242,50 @@ impl Mask {
         let x = contiguous(&x);
         let xs = values(&x);
         let out = par_fill(xs.len(), CHUNK, |start, out| {
-            let first_pair = (start / 2) as u64;
-            let xs = &xs[start..start + out.len()];
-            for (pair, (out, xs)) in out.chunks_mut(2).zip(xs.chunks(2)).enumerate() {
-                let bits = splitmix64(
-                    self.key
-                        .wrapping_add((first_pair + pair as u64).wrapping_mul(GOLDEN_GAMMA)),
-                );
-                for (k, (out, &x)) in out.iter_mut().zip(xs).enumerate() {
-                    let draw = (bits >> (32 * k)) & 0xFFFF_FFFF;
-                    out.write(if draw >= self.threshold {
-                        x * self.scale
-                    } else {
-                        0.0
-                    });
-                }
-            }
+            self.fill(start, &xs[start..start + out.len()], out);
         });
         flex(out, x.layout().shape().clone())
+    }
+
+    /// Elements `start..start + xs.len()` of the masked tensor whose values there are
+    /// `xs`.
+    fn masked(&self, start: usize, xs: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(xs.len());
+        self.fill(start, xs, &mut out.spare_capacity_mut()[..xs.len()]);
+        // SAFETY: `fill` wrote all `xs.len()` elements.
+        unsafe { out.set_len(xs.len()) };
+        out
+    }
+
+    /// Writes elements `start..start + xs.len()` of the masked tensor whose values
+    /// there are `xs`.
+    fn fill(&self, start: usize, xs: &[f32], out: &mut [MaybeUninit<f32>]) {
+        let bits = |pair: usize| {
+            splitmix64(
+                self.key
+                    .wrapping_add((pair as u64).wrapping_mul(GOLDEN_GAMMA)),
+            )
+        };
+        let keep = |x: f32, draw: u64| {
+            if draw & 0xFFFF_FFFF >= self.threshold {
+                x * self.scale
+            } else {
+                0.0
+            }
+        };
+        // An odd start takes the high half of its pair's draw; the rest go in pairs.
+        let skip = start % 2;
+        if skip == 1 && !xs.is_empty() {
+            out[0].write(keep(xs[0], bits(start / 2) >> 32));
+        }
+        let first_pair = start.div_ceil(2);
+        let (xs, out) = (&xs[skip.min(xs.len())..], &mut out[skip.min(xs.len())..]);
+        for (pair, (out, xs)) in out.chunks_mut(2).zip(xs.chunks(2)).enumerate() {
+            let draw = bits(first_pair + pair);
+            for (half, (out, &x)) in out.iter_mut().zip(xs).enumerate() {
+                out.write(keep(x, draw >> (32 * half)));
+            }
+        }
     }
 }
 
@@ -492,95 +518,6 @@ pub(super) fn gelu<const D: usize>(x: Tensor<Train, D>) -> Tensor<Train, D> {
 }
 
 // ---------------------------------------------------------------------------------
-// Attention softmax
-
-/// The probabilities the forward pass returned, and the scale it applied.
-#[derive(Clone, Debug)]
-struct SoftmaxState {
-    probs: FlexTensor,
-    scale: f32,
-}
-
-#[derive(Debug)]
-struct AttentionProbsBackward;
-
-impl Backward<Flex, 1> for AttentionProbsBackward {
-    type State = SoftmaxState;
-
-    fn backward(self, ops: Ops<SoftmaxState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let SoftmaxState { probs, scale } = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-            let grad = contiguous(&grad);
-            let shape = probs.layout().shape().clone();
-            let keys = shape[shape.num_dims() - 1];
-            let (ps, gs) = (values(&probs), values(&grad));
-            // d scores = scale · p ⊙ (g − Σ p·g), row by row.
-            let ds = par_fill(ps.len(), ROWS * keys, |start, out| {
-                let end = start + out.len();
-                for ((out, p), g) in out
-                    .chunks_mut(keys)
-                    .zip(ps[start..end].chunks(keys))
-                    .zip(gs[start..end].chunks(keys))
-                {
-                    let dot = p.iter().zip(g).map(|(p, g)| p * g).sum::<f32>();
-                    for ((out, &p), &g) in out.iter_mut().zip(p).zip(g) {
-                        out.write(scale * p * (g - dot));
-                    }
-                }
-            });
-            flex(ds, shape)
-        });
-    }
-}
-
-/// `softmax(scores · scale + bias)` over the last dimension; `bias` is
-/// `[batch, 1, 1, keys]` against `scores`' `[batch, heads, queries, keys]`.
-pub(super) fn attention_probs(
-    scores: Tensor<Train, 4>,
-    bias: Tensor<Train, 4>,
-    scale: f64,
-) -> Tensor<Train, 4> {
-    let [_, heads, queries, keys] = scores.dims();
-    let scale = scale as f32;
-    let bias = contiguous(&primitive(bias).primitive);
-    let scores = primitive(scores);
-    let input = contiguous(&scores.primitive);
-    let (ss, bs) = (values(&input), values(&bias));
-    let per_sequence = heads * queries * keys;
-    let probs = par_fill(ss.len(), ROWS * keys, |start, out| {
-        let end = start + out.len();
-        for (row, (out, s)) in out
-            .chunks_mut(keys)
-            .zip(ss[start..end].chunks(keys))
-            .enumerate()
-        {
-            let sequence = (start + row * keys) / per_sequence;
-            let bias = &bs[sequence * keys..(sequence + 1) * keys];
-            let max = s
-                .iter()
-                .zip(bias)
-                .map(|(&s, &b)| s * scale + b)
-                .fold(f32::NEG_INFINITY, f32::max);
-            for ((out, &s), &b) in out.iter_mut().zip(s).zip(bias) {
-                out.write(exp(s * scale + b - max));
-            }
-            // SAFETY: every element of the row was written by the loop above.
-            let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            let inv = 1.0 / lane_sum(out, |e| e);
-            for e in out.iter_mut() {
-                *e *= inv;
-            }
-        }
-    });
-    let probs = flex(probs, input.layout().shape().clone());
-    let state = SoftmaxState {
-        probs: probs.clone(),
-        scale,
-    };
-    record(AttentionProbsBackward, &scores, probs, state)
-}
-
-// ---------------------------------------------------------------------------------
 // Linear
 
 /// A row-major `rows × cols` view into a buffer, any strides (so a transpose is a view).
@@ -619,6 +556,52 @@ impl<'a> Matrix<'a> {
             ..self
         }
     }
+
+    /// The `rows × cols` block whose first element is at (`row`, `col`).
+    fn block(self, row: usize, col: usize, rows: usize, cols: usize) -> Self {
+        let offset = row as isize * self.row_stride + col as isize * self.col_stride;
+        Self {
+            data: &self.data[offset as usize..],
+            rows,
+            cols,
+            ..self
+        }
+    }
+}
+
+/// One single-threaded gemm call: `out = [out +] a · b`, `out` with rows
+/// `out_row_stride` apart.
+///
+/// # Safety
+/// `out` must be valid for writes of `a.rows` rows of `b.cols` elements, `out_row_stride`
+/// apart, which nothing else reads or writes during the call; `a` and `b` must lie
+/// inside their slices (strides non-negative).
+unsafe fn gemm_into(a: Matrix, b: Matrix, out: *mut f32, out_row_stride: usize, accumulate: bool) {
+    debug_assert_eq!(a.cols, b.rows, "inner dimensions");
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm::gemm(
+            a.rows,
+            b.cols,
+            a.cols,
+            out,
+            1,
+            out_row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride,
+            a.row_stride,
+            b.data.as_ptr(),
+            b.col_stride,
+            b.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// `out = [out +] a · b`, with `out` row-major `a.rows × b.cols`.
@@ -639,38 +622,14 @@ fn matmul(a: Matrix, b: Matrix, out: &mut [f32], accumulate: bool) {
     let out_addr = out.as_mut_ptr() as usize;
     (0..long.div_ceil(block)).into_par_iter().for_each(|i| {
         let (start, len) = (i * block, block.min(long - i * block));
-        let (rows, cols) = if along_rows { (len, n) } else { (m, len) };
-        let (a_offset, b_offset, out_offset) = if along_rows {
-            (start as isize * a.row_stride, 0, start * n)
+        let (a, b, out_offset) = if along_rows {
+            (a.block(start, 0, len, k), b, start * n)
         } else {
-            (0, start as isize * b.col_stride, start)
+            (a, b.block(0, start, k, len), start)
         };
-        // SAFETY: the views stay inside their buffers (their extents were checked by
-        // the shapes above), and each block writes its own rows or columns of `out`,
-        // which no other block touches while `out` is borrowed here.
-        unsafe {
-            gemm::gemm(
-                rows,
-                cols,
-                k,
-                (out_addr as *mut f32).add(out_offset),
-                1,
-                n as isize,
-                accumulate,
-                a.data.as_ptr().offset(a_offset),
-                a.col_stride,
-                a.row_stride,
-                b.data.as_ptr().offset(b_offset),
-                b.col_stride,
-                b.row_stride,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        // SAFETY: each block writes its own rows or columns of `out` (of the size the
+        // shapes above checked), which no other block touches while `out` is borrowed.
+        unsafe { gemm_into(a, b, (out_addr as *mut f32).add(out_offset), n, accumulate) };
     });
 }
 
@@ -901,4 +860,237 @@ mod tests {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Attention
+
+/// The shapes of one attention call: `q`, `k`, `v` and the context are
+/// `[batch, seq, heads · head_dim]`, as the projections produce and consume them.
+#[derive(Clone, Copy, Debug)]
+struct Heads {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+impl Heads {
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Head `h` of sequence `b` in a `[batch, seq, width]` buffer: `seq × head_dim`.
+    fn of<'a>(&self, x: &'a [f32], task: usize) -> Matrix<'a> {
+        let (b, h) = (task / self.heads, task % self.heads);
+        Matrix::rows(x, self.batch * self.seq, self.width()).block(
+            b * self.seq,
+            h * self.head_dim,
+            self.seq,
+            self.head_dim,
+        )
+    }
+
+    /// Where head `h` of sequence `b` starts in a `[batch, seq, width]` buffer.
+    fn offset(&self, task: usize) -> usize {
+        let (b, h) = (task / self.heads, task % self.heads);
+        b * self.seq * self.width() + h * self.head_dim
+    }
+
+    /// The `[seq, seq]` block of head `task` in a `[batch, heads, seq, seq]` buffer.
+    fn square(&self, task: usize) -> std::ops::Range<usize> {
+        let size = self.seq * self.seq;
+        task * size..(task + 1) * size
+    }
+}
+
+/// What attention's backward needs: its inputs, the probabilities before dropout, and
+/// the dropout draw (recomputed rather than stored).
+#[derive(Clone, Debug)]
+struct AttentionState {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    probs: FlexTensor,
+    mask: Option<Mask>,
+    shape: Heads,
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+/// A zeroed buffer that parallel tasks write disjoint parts of through its address.
+fn shared_buffer(n: usize) -> (Vec<f32>, usize) {
+    let mut buffer = vec![0f32; n];
+    let address = buffer.as_mut_ptr() as usize;
+    (buffer, address)
+}
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<AttentionState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_context = contiguous(&grads.consume::<Flex>(&ops.node));
+        let AttentionState {
+            q,
+            k,
+            v,
+            probs,
+            mask,
+            shape,
+        } = ops.state;
+        let (qs, ks, vs, ps, gs) = (
+            values(&q),
+            values(&k),
+            values(&v),
+            values(&probs),
+            values(&d_context),
+        );
+        let n = qs.len();
+        let (dq, dq_at) = shared_buffer(n);
+        let (dk, dk_at) = shared_buffer(n);
+        let (dv, dv_at) = shared_buffer(n);
+        let (seq, width) = (shape.seq, shape.width());
+        (0..shape.batch * shape.heads)
+            .into_par_iter()
+            .for_each(|task| {
+                let p = &ps[shape.square(task)];
+                let dropped = mask.map(|mask| mask.masked(shape.square(task).start, p));
+                let p_used = Matrix::rows(dropped.as_deref().unwrap_or(p), seq, seq);
+                let g = shape.of(gs, task);
+                let offset = shape.offset(task);
+                let mut dp = vec![0f32; seq * seq];
+                // SAFETY: each task writes only its own head's columns of dq, dk, dv (and
+                // its own `dp`), all sized by `shape`; nothing else touches them meanwhile.
+                unsafe {
+                    gemm_into(p_used.t(), g, (dv_at as *mut f32).add(offset), width, false);
+                    gemm_into(g, shape.of(vs, task).t(), dp.as_mut_ptr(), seq, false);
+                }
+                if let Some(mask) = mask {
+                    dp = mask.masked(shape.square(task).start, &dp);
+                }
+                // d scores = scale · p ⊙ (dp − Σ p·dp), row by row.
+                for (dp, p) in dp.chunks_mut(seq).zip(p.chunks(seq)) {
+                    let dot = p.iter().zip(dp.iter()).map(|(p, g)| p * g).sum::<f32>();
+                    for (dp, &p) in dp.iter_mut().zip(p) {
+                        *dp = shape.scale * p * (*dp - dot);
+                    }
+                }
+                let ds = Matrix::rows(&dp, seq, seq);
+                // SAFETY: as above.
+                unsafe {
+                    let (q_h, k_h) = (shape.of(qs, task), shape.of(ks, task));
+                    gemm_into(ds, k_h, (dq_at as *mut f32).add(offset), width, false);
+                    gemm_into(ds.t(), q_h, (dk_at as *mut f32).add(offset), width, false);
+                }
+            });
+        let dims = q.layout().shape().clone();
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, flex(grad, dims.clone()));
+            }
+        }
+    }
+}
+
+/// `dropout(softmax(q·kᵀ·scale + bias)) · v` for every head of every sequence: one
+/// parallel task per head, each three small gemm calls and a softmax, reading the
+/// heads out of `[batch, seq, width]` and writing the context back into it by strides.
+pub(super) fn attention(
+    q: Tensor<Train, 3>,
+    k: Tensor<Train, 3>,
+    v: Tensor<Train, 3>,
+    bias: Tensor<Train, 4>,
+    heads: usize,
+    dropout: Option<f64>,
+) -> Tensor<Train, 3> {
+    let [batch, seq, width] = q.dims();
+    let head_dim = width / heads;
+    let shape = Heads {
+        batch,
+        seq,
+        heads,
+        head_dim,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    };
+    let mask = dropout.map(Mask::draw);
+    let bias = contiguous(&primitive(bias).primitive);
+    let (q, k, v) = (primitive(q), primitive(k), primitive(v));
+    let (q_values, k_values, v_values) = (
+        contiguous(&q.primitive),
+        contiguous(&k.primitive),
+        contiguous(&v.primitive),
+    );
+    let (qs, ks, vs, bs) = (
+        values(&q_values),
+        values(&k_values),
+        values(&v_values),
+        values(&bias),
+    );
+    let (context, context_at) = shared_buffer(qs.len());
+    let mut probs = vec![0f32; batch * heads * seq * seq];
+    probs
+        .par_chunks_mut(seq * seq)
+        .enumerate()
+        .for_each(|(task, p)| {
+            let keys = &bs[task / heads * seq..(task / heads + 1) * seq];
+            // SAFETY: `p` is this task's own block.
+            unsafe {
+                gemm_into(
+                    shape.of(qs, task),
+                    shape.of(ks, task).t(),
+                    p.as_mut_ptr(),
+                    seq,
+                    false,
+                )
+            };
+            for row in p.chunks_mut(seq) {
+                let max = row
+                    .iter()
+                    .zip(keys)
+                    .map(|(&s, &b)| s * shape.scale + b)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                for (s, &b) in row.iter_mut().zip(keys) {
+                    *s = exp(*s * shape.scale + b - max);
+                }
+                let inv = 1.0 / lane_sum(row, |e| e);
+                row.iter_mut().for_each(|e| *e *= inv);
+            }
+            let dropped = mask.map(|mask| mask.masked(shape.square(task).start, p));
+            let p_used = Matrix::rows(dropped.as_deref().unwrap_or(p), seq, seq);
+            // SAFETY: each task writes only its own head's columns of the context.
+            unsafe {
+                gemm_into(
+                    p_used,
+                    shape.of(vs, task),
+                    (context_at as *mut f32).add(shape.offset(task)),
+                    width,
+                    false,
+                )
+            };
+        });
+    let probs = flex(probs, Shape::new([batch, heads, seq, seq]));
+    let context = flex(context, Shape::new([batch, seq, width]));
+    tensor(
+        match AttentionBackward
+            .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                AttentionState {
+                    q: q_values,
+                    k: k_values,
+                    v: v_values,
+                    probs,
+                    mask,
+                    shape,
+                },
+                context,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(context),
+        },
+    )
 }

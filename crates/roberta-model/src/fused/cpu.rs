@@ -199,40 +199,43 @@ fn backward_row_sums(dy: &[f32], x: &[f32], gamma: &[f32], mean: f32) -> (f32, f
 // ---------------------------------------------------------------------------------
 // Dropout
 
-/// One dropout draw. Element `i` keeps its value when 32 bits of
-/// `splitmix64(key + ⌊i/2⌋·γ)` are at least `threshold` (the low half for even `i`,
-/// the high half for odd): a counter-based generator, so the backward pass recomputes
-/// the mask instead of storing it, and any block of elements can be drawn in parallel.
+/// One dropout draw. Element `i` keeps its value when `hash(i·φ + key)` is at least
+/// `threshold`, with `hash` a 32-bit integer mixer (Wellons' lowbias32) and φ the
+/// golden-ratio constant: a counter-based generator, so the backward pass recomputes the
+/// mask instead of storing it, any block of elements can be drawn in parallel, and the
+/// arithmetic is 32-bit lanes the compiler vectorises. Indices wrap at 2³²
+/// elements, beyond any activation here.
 #[derive(Clone, Copy, Debug)]
 struct Mask {
-    key: u64,
-    threshold: u64,
+    key: u32,
+    threshold: u32,
     scale: f32,
 }
 
-const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-fn splitmix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+#[inline(always)]
+fn lowbias32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x21f0_aaad);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x735a_2d97);
+    x ^ (x >> 15)
 }
 
 impl Mask {
-    /// Takes the key from Flex's seeded generator (three 30-bit draws: Flex's integers
+    /// Takes the key from Flex's seeded generator (two 16-bit draws: Flex's integers
     /// are i32), as burn's dropout takes its Bernoulli draws from it.
     fn draw(prob: f64) -> Self {
         let words = Tensor::<Flex, 1, Int>::random(
-            [3],
-            Distribution::Uniform(0.0, 2f64.powi(30)),
+            [2],
+            Distribution::Uniform(0.0, 65536.0),
             &Default::default(),
         )
         .into_data()
         .iter::<i64>()
         .collect::<Vec<_>>();
         Self {
-            key: ((words[0] as u64) << 34) ^ ((words[1] as u64) << 17) ^ words[2] as u64,
-            threshold: (prob * 2f64.powi(32)).round() as u64,
+            key: ((words[0] as u32) << 16) | words[1] as u32,
+            threshold: (prob * 2f64.powi(32)).round().min(u32::MAX as f64) as u32,
             scale: (1.0 / (1.0 - prob)) as f32,
         }
     }
@@ -260,31 +263,30 @@ impl Mask {
     /// Writes elements `start..start + xs.len()` of the masked tensor whose values
     /// there are `xs`.
     fn fill(&self, start: usize, xs: &[f32], out: &mut [MaybeUninit<f32>]) {
-        let bits = |pair: usize| {
-            splitmix64(
-                self.key
-                    .wrapping_add((pair as u64).wrapping_mul(GOLDEN_GAMMA)),
-            )
-        };
-        let keep = |x: f32, draw: u64| {
-            if draw & 0xFFFF_FFFF >= self.threshold {
-                x * self.scale
-            } else {
-                0.0
-            }
-        };
-        // An odd start takes the high half of its pair's draw; the rest go in pairs.
-        let skip = start % 2;
-        if skip == 1 && !xs.is_empty() {
-            out[0].write(keep(xs[0], bits(start / 2) >> 32));
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.fill_avx2(start, xs, out) };
         }
-        let first_pair = start.div_ceil(2);
-        let (xs, out) = (&xs[skip.min(xs.len())..], &mut out[skip.min(xs.len())..]);
-        for (pair, (out, xs)) in out.chunks_mut(2).zip(xs.chunks(2)).enumerate() {
-            let draw = bits(first_pair + pair);
-            for (half, (out, &x)) in out.iter_mut().zip(xs).enumerate() {
-                out.write(keep(x, draw >> (32 * half)));
-            }
+        self.fill_any(start, xs, out);
+    }
+
+    /// [`Self::fill`] compiled for AVX2 (8 lanes with a native 32-bit multiply) rather
+    /// than the x86-64 baseline's SSE2; the same integer arithmetic, so the same mask.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn fill_avx2(&self, start: usize, xs: &[f32], out: &mut [MaybeUninit<f32>]) {
+        self.fill_any(start, xs, out);
+    }
+
+    #[inline(always)]
+    fn fill_any(&self, start: usize, xs: &[f32], out: &mut [MaybeUninit<f32>]) {
+        const PHI: u32 = 0x9E37_79B9;
+        let mut counter = (start as u32).wrapping_mul(PHI).wrapping_add(self.key);
+        for (out, &x) in out.iter_mut().zip(xs) {
+            let keep = lowbias32(counter) >= self.threshold;
+            out.write(if keep { x * self.scale } else { 0.0 });
+            counter = counter.wrapping_add(PHI);
         }
     }
 }

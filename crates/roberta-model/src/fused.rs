@@ -87,12 +87,11 @@ fn linear_2d<B: Backend>(
             bias.map_or_else(|b| b, cpu::from_train),
         ),
     };
-    let weight = if transposed {
-        weight.transpose()
+    if transposed {
+        x.matmul(weight.transpose()) + bias.unsqueeze()
     } else {
-        weight
-    };
-    x.matmul(weight) + bias.unsqueeze()
+        burn::tensor::module::linear(x, weight, Some(bias))
+    }
 }
 
 /// `dropout.forward(x)`: identity outside training, else zero each element with the

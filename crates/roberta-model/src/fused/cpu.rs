@@ -52,17 +52,17 @@ fn tensor<const D: usize>(x: FloatTensor<Train>) -> Tensor<Train, D> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
 }
 
-/// Records a one-input operation in the autodiff graph: `output` computed from
-/// `input`, and `state` for `op`'s backward, kept only when `input` is tracked.
-fn record<O: Backward<Flex, 1>, const D: usize>(
+/// Records an operation in the autodiff graph: `output` computed from `inputs`, and
+/// `state` for `op`'s backward, kept only when an input is tracked.
+fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
     op: O,
-    input: &FloatTensor<Train>,
+    inputs: [&FloatTensor<Train>; N],
     output: FlexTensor,
     state: O::State,
 ) -> Tensor<Train, D> {
     tensor(
         match op
-            .prepare::<NoCheckpointing>([input.node.clone()])
+            .prepare::<NoCheckpointing>(inputs.map(|input| input.node.clone()))
             .compute_bound()
             .stateful()
         {
@@ -307,7 +307,7 @@ pub(super) fn dropout<const D: usize>(x: Tensor<Train, D>, prob: f64) -> Tensor<
     let mask = Mask::draw(prob);
     let x = primitive(x);
     let y = mask.apply(x.primitive.clone());
-    record(DropoutBackward, &x, y, mask)
+    record(DropoutBackward, [&x], y, mask)
 }
 
 // ---------------------------------------------------------------------------------
@@ -366,23 +366,12 @@ pub(super) fn layer_norm<const D: usize>(
         epsilon as f32,
     );
     let y = flex(y, input.layout().shape().clone());
-    tensor(
-        match LayerNormBackward
-            .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                LayerNormState {
-                    x: input,
-                    gamma: gamma_values,
-                    stats: Arc::new(stats),
-                },
-                y,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-    )
+    let state = LayerNormState {
+        x: input,
+        gamma: gamma_values,
+        stats: Arc::new(stats),
+    };
+    record(LayerNormBackward, [&x, &gamma, &beta], y, state)
 }
 
 /// `(y, [mean, 1/σ] per row)`; the variance is the biased one, as in PyTorch.
@@ -516,7 +505,7 @@ pub(super) fn gelu<const D: usize>(x: Tensor<Train, D>) -> Tensor<Train, D> {
         }
     });
     let y = flex(y, input.layout().shape().clone());
-    record(GeluBackward, &x, y, input)
+    record(GeluBackward, [&x], y, input)
 }
 
 // ---------------------------------------------------------------------------------
@@ -731,23 +720,12 @@ pub(super) fn linear(
     });
     matmul(x_m, w_m, &mut y, true);
     let y = flex(y, Shape::new([rows, cols]));
-    tensor(
-        match LinearBackward
-            .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone(), bias.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                LinearState {
-                    x: input,
-                    weight: w,
-                    transposed,
-                },
-                y,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-    )
+    let state = LinearState {
+        x: input,
+        weight: w,
+        transposed,
+    };
+    record(LinearBackward, [&x, &weight, &bias], y, state)
 }
 
 // ---------------------------------------------------------------------------------
@@ -829,7 +807,7 @@ pub(super) fn cross_entropy_sum(logits: Tensor<Train, 2>, targets: Vec<i64>) -> 
     };
     record(
         CrossEntropyBackward,
-        &logits,
+        [&logits],
         flex(vec![loss], Shape::new([1])),
         state,
     )
@@ -1075,24 +1053,13 @@ pub(super) fn attention(
         });
     let probs = flex(probs, Shape::new([batch, heads, seq, seq]));
     let context = flex(context, Shape::new([batch, seq, width]));
-    tensor(
-        match AttentionBackward
-            .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                AttentionState {
-                    q: q_values,
-                    k: k_values,
-                    v: v_values,
-                    probs,
-                    mask,
-                    shape,
-                },
-                context,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(context),
-        },
-    )
+    let state = AttentionState {
+        q: q_values,
+        k: k_values,
+        v: v_values,
+        probs,
+        mask,
+        shape,
+    };
+    record(AttentionBackward, [&q, &k, &v], context, state)
 }

@@ -391,13 +391,14 @@ fn resume_after_kill_9_repeats_the_uninterrupted_losses_bitwise() {
     let again = dir.path().join("random-kills");
     let mut lcg = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
+    let log = dir.path().join("stderr.log");
     loop {
         let mut child = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
             .args(["pretrain", "--config", s(&config), "--run-dir", s(&again)])
             .args(["--resume", "auto"])
             .args(longer)
             .current_dir(repo())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         lcg = lcg
@@ -411,7 +412,8 @@ fn resume_after_kill_9_repeats_the_uninterrupted_losses_bitwise() {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success());
+            let stderr = std::fs::read_to_string(&log).unwrap();
+            assert!(status.success(), "after {kills} kills: {stderr}");
             break;
         }
         child.kill().ok();

@@ -112,9 +112,47 @@ fn par_fill(
     out
 }
 
+/// Defines `fn $name` that runs its body compiled for the widest vector unit of the CPU
+/// it runs on: AVX-512, else AVX2, else the x86-64 baseline (SSE2, 4 lanes), which is
+/// all a portable binary may assume at compile time. The kernels are plain loops that
+/// the compiler vectorises; each variant is the same body inlined into a function built
+/// with more features. Rust never contracts `a * b + c` into a fused multiply-add, and
+/// every sum here runs in a fixed number of lanes, so the variants compute the same
+/// bits: results do not depend on the CPU. Exported for the trainer's optimizer update.
+#[macro_export]
+macro_rules! multiversion {
+    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn kernel($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    kernel($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    kernel($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            kernel($($arg),*)
+        }
+    };
+}
+
 /// Sum of `f(x)` in 16 lanes (which the compiler keeps in vector registers), then the
 /// lanes and the tail.
-#[inline]
+#[inline(always)]
 fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; 16];
     let mut chunks = x.chunks_exact(16);
@@ -170,8 +208,42 @@ fn erf(x: f32) -> f32 {
     x * p / q
 }
 
+/// `Σ a·b` in 16 lanes like [`lane_sum`].
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let full = a.len() / 16 * 16;
+    for (a, b) in a[..full].chunks_exact(16).zip(b[..full].chunks_exact(16)) {
+        for k in 0..16 {
+            lanes[k] += a[k] * b[k];
+        }
+    }
+    lanes.iter().sum::<f32>()
+        + a[full..]
+            .iter()
+            .zip(&b[full..])
+            .map(|(a, b)| a * b)
+            .sum::<f32>()
+}
+
+/// The largest of `x` (−∞ for none), in 16 lanes like [`lane_sum`].
+#[inline(always)]
+fn lane_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(c) {
+            *lane = lane.max(v);
+        }
+    }
+    lanes
+        .into_iter()
+        .chain(chunks.remainder().iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// `(Σ dy·γ, Σ dy·γ·(x − μ))` over one row, in 16 lanes like [`lane_sum`].
-#[inline]
+#[inline(always)]
 fn backward_row_sums(dy: &[f32], x: &[f32], gamma: &[f32], mean: f32) -> (f32, f32) {
     let mut lanes_g = [0f32; 16];
     let mut lanes_gx = [0f32; 16];
@@ -263,29 +335,19 @@ impl Mask {
     /// Writes elements `start..start + xs.len()` of the masked tensor whose values
     /// there are `xs`.
     fn fill(&self, start: usize, xs: &[f32], out: &mut [MaybeUninit<f32>]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { self.fill_avx2(start, xs, out) };
-        }
-        self.fill_any(start, xs, out);
+        fill_masked(self, start, xs, out);
     }
+}
 
-    /// [`Self::fill`] compiled for AVX2 (8 lanes with a native 32-bit multiply) rather
-    /// than the x86-64 baseline's SSE2; the same integer arithmetic, so the same mask.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn fill_avx2(&self, start: usize, xs: &[f32], out: &mut [MaybeUninit<f32>]) {
-        self.fill_any(start, xs, out);
-    }
-
-    #[inline(always)]
-    fn fill_any(&self, start: usize, xs: &[f32], out: &mut [MaybeUninit<f32>]) {
+multiversion! {
+    /// [`Mask::fill`]: integer arithmetic in 32-bit lanes (8 with AVX2's native 32-bit
+    /// multiply, 16 with AVX-512), the same mask on every CPU.
+    fn fill_masked(mask: &Mask, start: usize, xs: &[f32], out: &mut [MaybeUninit<f32>]) {
         const PHI: u32 = 0x9E37_79B9;
-        let mut counter = (start as u32).wrapping_mul(PHI).wrapping_add(self.key);
+        let mut counter = (start as u32).wrapping_mul(PHI).wrapping_add(mask.key);
         for (out, &x) in out.iter_mut().zip(xs) {
-            let keep = lowbias32(counter) >= self.threshold;
-            out.write(if keep { x * self.scale } else { 0.0 });
+            let keep = lowbias32(counter) >= mask.threshold;
+            out.write(if keep { x * mask.scale } else { 0.0 });
             counter = counter.wrapping_add(PHI);
         }
     }
@@ -389,20 +451,33 @@ fn layer_norm_forward(
         .par_chunks_mut(ROWS * width)
         .zip(stats.par_chunks_mut(ROWS))
         .zip(x.par_chunks(ROWS * width))
-        .for_each(|((y, stats), x)| {
-            for ((y, stats), x) in y.chunks_mut(width).zip(stats).zip(x.chunks(width)) {
-                let mean = lane_sum(x, |v| v) / width as f32;
-                let variance = lane_sum(x, |v| (v - mean) * (v - mean)) / width as f32;
-                let rstd = 1.0 / (variance + epsilon).sqrt();
-                *stats = [mean, rstd];
-                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                    y.write((x - mean) * rstd * g + b);
-                }
-            }
-        });
+        .for_each(|((y, stats), x)| layer_norm_rows(x, gamma, beta, epsilon, y, stats));
     // SAFETY: the chunks cover all `x.len()` elements and every row writes all of its own.
     unsafe { y.set_len(x.len()) };
     (y, stats)
+}
+
+multiversion! {
+    /// [`layer_norm_forward`] of a block of rows.
+    fn layer_norm_rows(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        epsilon: f32,
+        y: &mut [MaybeUninit<f32>],
+        stats: &mut [[f32; 2]],
+    ) {
+        let width = gamma.len();
+        for ((y, stats), x) in y.chunks_mut(width).zip(stats).zip(x.chunks(width)) {
+            let mean = lane_sum(x, |v| v) / width as f32;
+            let variance = lane_sum(x, |v| (v - mean) * (v - mean)) / width as f32;
+            let rstd = 1.0 / (variance + epsilon).sqrt();
+            *stats = [mean, rstd];
+            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                y.write((x - mean) * rstd * g + b);
+            }
+        }
+    }
 }
 
 /// `(dx, dγ, dβ)` with x̂ = (x − μ)/σ, g = dy·γ:
@@ -420,28 +495,7 @@ fn layer_norm_backward(
         .zip(x.par_chunks(ROWS * width))
         .zip(dy.par_chunks(ROWS * width))
         .zip(stats.par_chunks(ROWS))
-        .map(|(((dx, x), dy), stats)| {
-            // dγ then dβ of this block of rows.
-            let mut partial = vec![0f32; 2 * width];
-            let (dgamma, dbeta) = partial.split_at_mut(width);
-            for (((dx, x), dy), &[mean, rstd]) in dx
-                .chunks_mut(width)
-                .zip(x.chunks(width))
-                .zip(dy.chunks(width))
-                .zip(stats)
-            {
-                let (sum_g, sum_gx) = backward_row_sums(dy, x, gamma, mean);
-                let mean_g = sum_g / width as f32;
-                let mean_gx = sum_gx * rstd / width as f32;
-                for (j, dx) in dx.iter_mut().enumerate() {
-                    let xhat = (x[j] - mean) * rstd;
-                    dx.write(rstd * (dy[j] * gamma[j] - mean_g - xhat * mean_gx));
-                    dgamma[j] += dy[j] * xhat;
-                    dbeta[j] += dy[j];
-                }
-            }
-            partial
-        })
+        .map(|(((dx, x), dy), stats)| layer_norm_backward_rows(x, dy, gamma, stats, dx))
         .collect();
     // SAFETY: the chunks cover all `x.len()` elements and every row writes all of its own.
     unsafe { dx.set_len(x.len()) };
@@ -456,6 +510,46 @@ fn layer_norm_backward(
         }
     }
     (dx, dgamma, dbeta)
+}
+
+multiversion! {
+    /// [`layer_norm_backward`] of a block of rows: writes `dx`, returns the block's dγ
+    /// then dβ.
+    fn layer_norm_backward_rows(
+        x: &[f32],
+        dy: &[f32],
+        gamma: &[f32],
+        stats: &[[f32; 2]],
+        dx: &mut [MaybeUninit<f32>],
+    ) -> Vec<f32> {
+        let width = gamma.len();
+        let mut partial = vec![0f32; 2 * width];
+        let (dgamma, dbeta) = partial.split_at_mut(width);
+        for (((dx, x), dy), &[mean, rstd]) in dx
+            .chunks_mut(width)
+            .zip(x.chunks(width))
+            .zip(dy.chunks(width))
+            .zip(stats)
+        {
+            let (sum_g, sum_gx) = backward_row_sums(dy, x, gamma, mean);
+            let mean_g = sum_g / width as f32;
+            let mean_gx = sum_gx * rstd / width as f32;
+            for (((((dx, &x), &dy), &g), dgamma), dbeta) in dx
+                .iter_mut()
+                .zip(x)
+                .zip(dy)
+                .zip(gamma)
+                .zip(dgamma.iter_mut())
+                .zip(dbeta.iter_mut())
+            {
+                let xhat = (x - mean) * rstd;
+                dx.write(rstd * (dy * g - mean_g - xhat * mean_gx));
+                *dgamma += dy * xhat;
+                *dbeta += dy;
+            }
+        }
+        partial
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -474,9 +568,7 @@ impl Backward<Flex, 1> for GeluBackward {
             let (xs, gs) = (values(&x), values(&grad));
             let dx = par_fill(xs.len(), CHUNK, |start, out| {
                 let end = start + out.len();
-                for ((out, &x), &g) in out.iter_mut().zip(&xs[start..end]).zip(&gs[start..end]) {
-                    out.write(g * gelu_derivative(x));
-                }
+                gelu_backward(&xs[start..end], &gs[start..end], out);
             });
             flex(dx, x.layout().shape().clone())
         });
@@ -499,13 +591,27 @@ pub(super) fn gelu<const D: usize>(x: Tensor<Train, D>) -> Tensor<Train, D> {
     let input = contiguous(&x.primitive);
     let xs = values(&input);
     let y = par_fill(xs.len(), CHUNK, |start, out| {
-        let end = start + out.len();
-        for (out, &x) in out.iter_mut().zip(&xs[start..end]) {
-            out.write(x * normal_cdf(x));
-        }
+        gelu_forward(&xs[start..start + out.len()], out);
     });
     let y = flex(y, input.layout().shape().clone());
     record(GeluBackward, [&x], y, input)
+}
+
+multiversion! {
+    fn gelu_forward(xs: &[f32], out: &mut [MaybeUninit<f32>]) {
+        for (out, &x) in out.iter_mut().zip(xs) {
+            out.write(x * normal_cdf(x));
+        }
+    }
+}
+
+multiversion! {
+    /// `dx = dy · gelu′(x)`.
+    fn gelu_backward(xs: &[f32], dy: &[f32], out: &mut [MaybeUninit<f32>]) {
+        for ((out, &x), &g) in out.iter_mut().zip(xs).zip(dy) {
+            out.write(g * gelu_derivative(x));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -595,6 +701,28 @@ unsafe fn gemm_into(a: Matrix, b: Matrix, out: *mut f32, out_row_stride: usize, 
     }
 }
 
+/// `a · b` as a new row-major `a.rows × b.cols` buffer: written by gemm, never zeroed
+/// first.
+fn product(a: Matrix, b: Matrix) -> Vec<f32> {
+    let n = a.rows * b.cols;
+    let mut out = Vec::with_capacity(n);
+    // SAFETY: without accumulation, gemm writes every element and reads none.
+    unsafe {
+        matmul(a, b, &mut out.spare_capacity_mut()[..n], false);
+        out.set_len(n);
+    }
+    out
+}
+
+/// `out += a · b`, with `out` row-major `a.rows × b.cols`.
+fn accumulate_product(a: Matrix, b: Matrix, out: &mut [f32]) {
+    // SAFETY: `out` is initialised; gemm only writes initialised values into it.
+    unsafe {
+        let out = &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]);
+        matmul(a, b, out, true);
+    }
+}
+
 /// `out = [out +] a · b`, with `out` row-major `a.rows × b.cols`.
 ///
 /// gemm's own threading (`Parallelism::Rayon`) scales poorly here: on 2 cores its
@@ -602,7 +730,10 @@ unsafe fn gemm_into(a: Matrix, b: Matrix, out: *mut f32, out_row_stride: usize, 
 /// the output is cut into one block per thread along its longer side, and each block
 /// is a single-threaded gemm call. A block's values do not depend on which thread
 /// computes it or when.
-fn matmul(a: Matrix, b: Matrix, out: &mut [f32], accumulate: bool) {
+///
+/// # Safety
+/// With `accumulate`, `out` must be initialised.
+unsafe fn matmul(a: Matrix, b: Matrix, out: &mut [MaybeUninit<f32>], accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "inner dimensions");
     assert_eq!(out.len(), m * n, "output size");
@@ -619,7 +750,8 @@ fn matmul(a: Matrix, b: Matrix, out: &mut [f32], accumulate: bool) {
             (a, b.block(0, start, k, len), start)
         };
         // SAFETY: each block writes its own rows or columns of `out` (of the size the
-        // shapes above checked), which no other block touches while `out` is borrowed.
+        // shapes above checked), which no other block touches while `out` is borrowed;
+        // it reads them only with `accumulate`, when they are initialised.
         unsafe { gemm_into(a, b, (out_addr as *mut f32).add(out_offset), n, accumulate) };
     });
 }
@@ -652,17 +784,15 @@ impl Backward<Flex, 3> for LinearBackward {
         let w = Matrix::of(&weight);
         let w = if transposed { w.t() } else { w };
         if let Some(node) = node_x {
-            let mut dx = vec![0f32; x_m.rows * x_m.cols];
-            matmul(dy_m, w.t(), &mut dx, false);
+            let dx = product(dy_m, w.t());
             grads.register::<Flex>(node.id, flex(dx, x.layout().shape().clone()));
         }
         if let Some(node) = node_weight {
-            let mut dw = vec![0f32; w.rows * w.cols];
-            if transposed {
-                matmul(dy_m.t(), x_m, &mut dw, false);
+            let dw = if transposed {
+                product(dy_m.t(), x_m)
             } else {
-                matmul(x_m.t(), dy_m, &mut dw, false);
-            }
+                product(x_m.t(), dy_m)
+            };
             grads.register::<Flex>(node.id, flex(dw, weight.layout().shape().clone()));
         }
         if let Some(node) = node_bias {
@@ -679,21 +809,26 @@ fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
         .par_chunks(ROWS * cols)
         .map(|rows| {
             let mut sums = vec![0f32; cols];
-            for row in rows.chunks(cols) {
-                for (sum, v) in sums.iter_mut().zip(row) {
-                    *sum += v;
-                }
-            }
+            add_rows(&mut sums, rows);
             sums
         })
         .collect();
     let mut sums = vec![0f32; cols];
     for partial in &partials {
-        for (sum, v) in sums.iter_mut().zip(partial) {
-            *sum += v;
-        }
+        add_rows(&mut sums, partial);
     }
     sums
+}
+
+multiversion! {
+    /// `sums += row`, for each row of `rows` in order.
+    fn add_rows(sums: &mut [f32], rows: &[f32]) {
+        for row in rows.chunks(sums.len()) {
+            for (sum, v) in sums.iter_mut().zip(row) {
+                *sum += v;
+            }
+        }
+    }
 }
 
 /// `x · W + b` for `x`: `[rows, in]`; see [`LinearState`] for the weight's layout.
@@ -718,7 +853,7 @@ pub(super) fn linear(
             }
         }
     });
-    matmul(x_m, w_m, &mut y, true);
+    accumulate_product(x_m, w_m, &mut y);
     let y = flex(y, Shape::new([rows, cols]));
     let state = LinearState {
         x: input,
@@ -759,27 +894,49 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
             // d loss / d logits = upstream · (softmax − one-hot) on rows with a target.
             let dx = par_fill(xs.len(), ROWS * classes, |start, out| {
                 let (first, end) = (start / classes, start + out.len());
-                for (row, (out, x)) in out
-                    .chunks_mut(classes)
-                    .zip(xs[start..end].chunks(classes))
-                    .enumerate()
-                {
-                    let (lse, target) = (log_sum_exp[first + row], targets[first + row]);
-                    if target < 0 {
-                        out.iter_mut().for_each(|o| {
-                            o.write(0.0);
-                        });
-                        continue;
-                    }
-                    for (out, &x) in out.iter_mut().zip(x) {
-                        out.write(upstream * exp(x - lse));
-                    }
-                    // SAFETY: written just above.
-                    unsafe { out[target as usize].assume_init_mut() }.sub_assign(upstream);
-                }
+                let rows = first..end / classes;
+                cross_entropy_backward_rows(
+                    &xs[start..end],
+                    &log_sum_exp[rows.clone()],
+                    &targets[rows],
+                    upstream,
+                    out,
+                );
             });
             flex(dx, shape)
         });
+    }
+}
+
+multiversion! {
+    /// `upstream · (softmax(x) − one-hot(target))` for a block of rows, 0 for rows
+    /// without a target.
+    fn cross_entropy_backward_rows(
+        xs: &[f32],
+        log_sum_exp: &[f32],
+        targets: &[i64],
+        upstream: f32,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let classes = xs.len() / targets.len();
+        for (((out, x), &lse), &target) in out
+            .chunks_mut(classes)
+            .zip(xs.chunks(classes))
+            .zip(log_sum_exp)
+            .zip(targets)
+        {
+            if target < 0 {
+                out.iter_mut().for_each(|o| {
+                    o.write(0.0);
+                });
+                continue;
+            }
+            for (out, &x) in out.iter_mut().zip(x) {
+                out.write(upstream * exp(x - lse));
+            }
+            // SAFETY: written just above.
+            unsafe { out[target as usize].assume_init_mut() }.sub_assign(upstream);
+        }
     }
 }
 
@@ -789,13 +946,7 @@ pub(super) fn cross_entropy_sum(logits: Tensor<Train, 2>, targets: Vec<i64>) -> 
     let logits = primitive(logits);
     let input = contiguous(&logits.primitive);
     let xs = values(&input);
-    let log_sum_exp: Vec<f32> = xs
-        .par_chunks(classes)
-        .map(|x| {
-            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            max + lane_sum(x, |v| exp(v - max)).ln()
-        })
-        .collect();
+    let log_sum_exp: Vec<f32> = xs.par_chunks(classes).map(log_sum_exp).collect();
     let loss: f32 = (0..rows)
         .filter(|&r| targets[r] >= 0)
         .map(|r| log_sum_exp[r] - xs[r * classes + targets[r] as usize])
@@ -811,6 +962,14 @@ pub(super) fn cross_entropy_sum(logits: Tensor<Train, 2>, targets: Vec<i64>) -> 
         flex(vec![loss], Shape::new([1])),
         state,
     )
+}
+
+multiversion! {
+    /// `log Σⱼ exp(xⱼ)`, shifted by the maximum.
+    fn log_sum_exp(x: &[f32]) -> f32 {
+        let max = lane_max(x);
+        max + lane_sum(x, |v| exp(v - max)).ln()
+    }
 }
 
 #[cfg(test)]
@@ -900,11 +1059,36 @@ struct AttentionState {
 #[derive(Debug)]
 struct AttentionBackward;
 
-/// A zeroed buffer that parallel tasks write disjoint parts of through its address.
-fn shared_buffer(n: usize) -> (Vec<f32>, usize) {
-    let mut buffer = vec![0f32; n];
-    let address = buffer.as_mut_ptr() as usize;
-    (buffer, address)
+/// A buffer of `n` values that parallel tasks write, disjoint parts each, through its
+/// address; not zeroed first: see [`Shared::written`].
+struct Shared {
+    buffer: Vec<f32>,
+    len: usize,
+    address: usize,
+}
+
+impl Shared {
+    fn new(n: usize) -> Self {
+        let mut buffer = Vec::with_capacity(n);
+        let address = buffer.as_mut_ptr() as usize;
+        Self {
+            buffer,
+            len: n,
+            address,
+        }
+    }
+
+    fn at(&self, offset: usize) -> *mut f32 {
+        (self.address as *mut f32).wrapping_add(offset)
+    }
+
+    /// # Safety
+    /// Every one of the `n` elements has been written.
+    unsafe fn written(mut self) -> Vec<f32> {
+        // SAFETY: as the caller promises.
+        unsafe { self.buffer.set_len(self.len) };
+        self.buffer
+    }
 }
 
 impl Backward<Flex, 3> for AttentionBackward {
@@ -929,9 +1113,7 @@ impl Backward<Flex, 3> for AttentionBackward {
             values(&d_context),
         );
         let n = qs.len();
-        let (dq, dq_at) = shared_buffer(n);
-        let (dk, dk_at) = shared_buffer(n);
-        let (dv, dv_at) = shared_buffer(n);
+        let (dq, dk, dv) = (Shared::new(n), Shared::new(n), Shared::new(n));
         let (seq, width) = (shape.seq, shape.width());
         (0..shape.batch * shape.heads)
             .into_par_iter()
@@ -941,35 +1123,65 @@ impl Backward<Flex, 3> for AttentionBackward {
                 let p_used = Matrix::rows(dropped.as_deref().unwrap_or(p), seq, seq);
                 let g = shape.of(gs, task);
                 let offset = shape.offset(task);
-                let mut dp = vec![0f32; seq * seq];
+                let mut dp = Vec::with_capacity(seq * seq);
                 // SAFETY: each task writes only its own head's columns of dq, dk, dv (and
-                // its own `dp`), all sized by `shape`; nothing else touches them meanwhile.
+                // its own `dp`, all of it), all sized by `shape`; nothing else touches
+                // them meanwhile.
                 unsafe {
-                    gemm_into(p_used.t(), g, (dv_at as *mut f32).add(offset), width, false);
+                    gemm_into(p_used.t(), g, dv.at(offset), width, false);
                     gemm_into(g, shape.of(vs, task).t(), dp.as_mut_ptr(), seq, false);
+                    dp.set_len(seq * seq);
                 }
                 if let Some(mask) = mask {
                     dp = mask.masked(shape.square(task).start, &dp);
                 }
-                // d scores = scale · p ⊙ (dp − Σ p·dp), row by row.
-                for (dp, p) in dp.chunks_mut(seq).zip(p.chunks(seq)) {
-                    let dot = p.iter().zip(dp.iter()).map(|(p, g)| p * g).sum::<f32>();
-                    for (dp, &p) in dp.iter_mut().zip(p) {
-                        *dp = shape.scale * p * (*dp - dot);
-                    }
-                }
+                softmax_backward_rows(&mut dp, p, seq, shape.scale);
                 let ds = Matrix::rows(&dp, seq, seq);
                 // SAFETY: as above.
                 unsafe {
                     let (q_h, k_h) = (shape.of(qs, task), shape.of(ks, task));
-                    gemm_into(ds, k_h, (dq_at as *mut f32).add(offset), width, false);
-                    gemm_into(ds.t(), q_h, (dk_at as *mut f32).add(offset), width, false);
+                    gemm_into(ds, k_h, dq.at(offset), width, false);
+                    gemm_into(ds.t(), q_h, dk.at(offset), width, false);
                 }
             });
+        // SAFETY: the (sequence, head) tasks together wrote every element of each.
+        let (dq, dk, dv) = unsafe { (dq.written(), dk.written(), dv.written()) };
         let dims = q.layout().shape().clone();
         for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, flex(grad, dims.clone()));
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `softmax(s · scale + keys)` in place, for each row `s` of `scores` (a key bias
+    /// per column: 0, or −∞-like for padding).
+    fn softmax_rows(scores: &mut [f32], keys: &[f32], scale: f32) {
+        let mut shifted = vec![0f32; keys.len()];
+        for row in scores.chunks_mut(keys.len()) {
+            for ((shifted, &s), &b) in shifted.iter_mut().zip(row.iter()).zip(keys) {
+                *shifted = s * scale + b;
+            }
+            let max = lane_max(&shifted);
+            for (s, &x) in row.iter_mut().zip(&shifted) {
+                *s = exp(x - max);
+            }
+            let inv = 1.0 / lane_sum(row, |e| e);
+            row.iter_mut().for_each(|e| *e *= inv);
+        }
+    }
+}
+
+multiversion! {
+    /// The scores' gradient from the probabilities' `dp`, in place:
+    /// `scale · p ⊙ (dp − Σ p·dp)`, row by row.
+    fn softmax_backward_rows(dp: &mut [f32], p: &[f32], seq: usize, scale: f32) {
+        for (dp, p) in dp.chunks_mut(seq).zip(p.chunks(seq)) {
+            let dot = lane_dot(p, dp);
+            for (dp, &p) in dp.iter_mut().zip(p) {
+                *dp = scale * p * (*dp - dot);
             }
         }
     }
@@ -1009,35 +1221,26 @@ pub(super) fn attention(
         values(&v_values),
         values(&bias),
     );
-    let (context, context_at) = shared_buffer(qs.len());
-    let mut probs = vec![0f32; batch * heads * seq * seq];
-    probs
+    let context = Shared::new(qs.len());
+    let mut probs = Vec::with_capacity(batch * heads * seq * seq);
+    probs.spare_capacity_mut()[..batch * heads * seq * seq]
         .par_chunks_mut(seq * seq)
         .enumerate()
         .for_each(|(task, p)| {
             let keys = &bs[task / heads * seq..(task / heads + 1) * seq];
-            // SAFETY: `p` is this task's own block.
-            unsafe {
+            // SAFETY: `p` is this task's own block, which gemm writes all of (reading
+            // none), after which it is initialised.
+            let p = unsafe {
                 gemm_into(
                     shape.of(qs, task),
                     shape.of(ks, task).t(),
-                    p.as_mut_ptr(),
+                    p.as_mut_ptr().cast(),
                     seq,
                     false,
-                )
+                );
+                &mut *(p as *mut [MaybeUninit<f32>] as *mut [f32])
             };
-            for row in p.chunks_mut(seq) {
-                let max = row
-                    .iter()
-                    .zip(keys)
-                    .map(|(&s, &b)| s * shape.scale + b)
-                    .fold(f32::NEG_INFINITY, f32::max);
-                for (s, &b) in row.iter_mut().zip(keys) {
-                    *s = exp(*s * shape.scale + b - max);
-                }
-                let inv = 1.0 / lane_sum(row, |e| e);
-                row.iter_mut().for_each(|e| *e *= inv);
-            }
+            softmax_rows(p, keys, shape.scale);
             let dropped = mask.map(|mask| mask.masked(shape.square(task).start, p));
             let p_used = Matrix::rows(dropped.as_deref().unwrap_or(p), seq, seq);
             // SAFETY: each task writes only its own head's columns of the context.
@@ -1045,12 +1248,18 @@ pub(super) fn attention(
                 gemm_into(
                     p_used,
                     shape.of(vs, task),
-                    (context_at as *mut f32).add(shape.offset(task)),
+                    context.at(shape.offset(task)),
                     width,
                     false,
                 )
             };
         });
+    // SAFETY: every task wrote its whole block of `probs` and its head's columns of the
+    // context; together, every element of both.
+    let context = unsafe {
+        probs.set_len(batch * heads * seq * seq);
+        context.written()
+    };
     let probs = flex(probs, Shape::new([batch, heads, seq, seq]));
     let context = flex(context, Shape::new([batch, seq, width]));
     let state = AttentionState {

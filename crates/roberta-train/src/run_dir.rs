@@ -40,9 +40,16 @@ fn owned_name(name: &str) -> bool {
     .contains(&name)
 }
 
-/// `.NAME.tmp-PID`, the temporary this program writes NAME through, and its PID.
+/// `.NAME.tmp-PID`, the temporary this program writes NAME through, and its PID; or
+/// `.NAME.tmp-PID.EXT` with NAME's own extension, as the plot's (the image writer
+/// chooses the format by the extension).
 fn temporary_of(name: &str) -> Option<(&str, u32)> {
     let (stem, pid) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let pid = match pid.split_once('.') {
+        Some((pid, ext)) if stem.rsplit_once('.').is_some_and(|(_, own)| own == ext) => pid,
+        Some(_) => return None,
+        None => pid,
+    };
     Some((stem, pid.parse().ok()?))
 }
 
@@ -201,6 +208,13 @@ mod tests {
         assert_eq!(temporary_of("final.tmp-9"), None);
         assert!(owned(".final.tmp-9") && !owned(".notes.tmp-9"));
         assert_eq!(temporary_of(".notes.tmp-x"), None);
+        assert_eq!(
+            temporary_of(".curves.png.tmp-77.png"),
+            Some(("curves.png", 77))
+        );
+        assert!(owned(".curves.png.tmp-77.png"));
+        assert_eq!(temporary_of(".curves.png.tmp-77.jpg"), None);
+        assert_eq!(temporary_of(".final.tmp-9.png"), None);
     }
 
     #[test]

@@ -130,6 +130,9 @@ fn a_forced_resume_cannot_change_the_architecture_and_changes_nothing() {
     let stale = run.join("checkpoints/.step-0000004.tmp-999999");
     std::fs::create_dir(&stale).unwrap();
     std::fs::write(stale.join("model.bin"), b"partial").unwrap();
+    // And one killed while it drew the loss curves (their temporary keeps `.png`).
+    let stale_plot = run.join(".curves.png.tmp-999999.png");
+    std::fs::write(&stale_plot, b"partial").unwrap();
     let config_toml = std::fs::read(run.join("config.toml")).unwrap();
     let err = fails(&pretrain(
         &config,
@@ -151,6 +154,7 @@ fn a_forced_resume_cannot_change_the_architecture_and_changes_nothing() {
     assert_no_panic(&err);
     assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config_toml);
     assert!(!stale.exists(), "the stale temporary is removed");
+    assert!(!stale_plot.exists(), "the stale plot is removed");
 }
 
 #[test]

@@ -444,6 +444,12 @@ fn layer_norm_forward(
     epsilon: f32,
 ) -> (Vec<f32>, Vec<[f32; 2]>) {
     let width = gamma.len();
+    assert!(
+        beta.len() == width && x.len().is_multiple_of(width),
+        "LayerNorm over {width} of {} values, β {}",
+        x.len(),
+        beta.len()
+    );
     let rows = x.len() / width;
     let mut stats = vec![[0f32; 2]; rows];
     let mut y = Vec::with_capacity(x.len());
@@ -846,6 +852,7 @@ pub(super) fn linear(
     let w_m = if transposed { w_m.t() } else { w_m };
     let (rows, cols) = (x_m.rows, w_m.cols);
     let bias_values = values(&b);
+    assert_eq!(bias_values.len(), cols, "bias length");
     let mut y = par_fill(rows * cols, ROWS * cols, |_, out| {
         for row in out.chunks_mut(cols) {
             for (out, &b) in row.iter_mut().zip(bias_values) {
@@ -1199,6 +1206,10 @@ pub(super) fn attention(
     dropout: Option<f64>,
 ) -> Tensor<Train, 3> {
     let [batch, seq, width] = q.dims();
+    // The buffers below are written, not zeroed: every element must belong to a head.
+    assert_eq!(width % heads, 0, "hidden width {width} in {heads} heads");
+    assert_eq!(k.dims(), q.dims(), "keys' shape");
+    assert_eq!(v.dims(), q.dims(), "values' shape");
     let head_dim = width / heads;
     let shape = Heads {
         batch,

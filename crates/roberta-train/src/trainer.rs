@@ -347,8 +347,8 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
                 let grads = (step.sum / window_targets.max(1.0)).backward();
                 accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
             }
-            // In fp32 `forward` shares the model's buffers: gone, the optimizer updates
-            // them in place instead of copying each one.
+            // In fp32 `forward` is a clone sharing the model's buffers; once it is
+            // dropped, the optimizer updates them in place instead of copying each one.
             drop(forward);
             let reduce = Instant::now();
             let grads = self.group.sum_gradients(accumulator.grads(), &model)?;

@@ -24,6 +24,8 @@ use crate::precision::in_f32;
 
 #[cfg(feature = "cpu")]
 mod cpu;
+#[cfg(feature = "cpu")]
+pub use cpu::lane_sum;
 
 /// `value` as a `U` when `T` is `U`, else `value` back: how a generic function takes a
 /// backend-specific path (here and in roberta-train's optimizer).
@@ -111,7 +113,8 @@ pub fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -
 }
 
 /// `layer_norm.forward(x)` over the last dimension; `epsilon` is the one `layer_norm`
-/// was built with (burn keeps it private).
+/// was built with (burn keeps it private); only the CPU kernel reads it.
+#[cfg_attr(not(feature = "cpu"), allow(unused_variables))]
 pub fn layer_norm<B: Backend, const D: usize>(
     layer_norm: &LayerNorm<B>,
     epsilon: f64,

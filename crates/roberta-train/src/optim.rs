@@ -267,16 +267,8 @@ mod cpu {
     }
 
     roberta_model::multiversion! {
-        /// Σ x² in 16 lanes.
         fn squares(x: &[f32]) -> f32 {
-            let mut lanes = [0f32; 16];
-            let mut chunks = x.chunks_exact(16);
-            for c in &mut chunks {
-                for (lane, &v) in lanes.iter_mut().zip(c) {
-                    *lane += v * v;
-                }
-            }
-            lanes.iter().sum::<f32>() + chunks.remainder().iter().map(|v| v * v).sum::<f32>()
+            roberta_model::fused::lane_sum(x, |v| v * v)
         }
     }
 

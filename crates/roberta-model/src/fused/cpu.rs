@@ -151,9 +151,10 @@ macro_rules! multiversion {
 }
 
 /// Sum of `f(x)` in 16 lanes (which the compiler keeps in vector registers), then the
-/// lanes and the tail.
+/// lanes and the tail: the same bits at any vector width. Exported for the trainer's
+/// gradient norm.
 #[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; 16];
     let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {

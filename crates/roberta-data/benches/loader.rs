@@ -10,8 +10,8 @@
 
 use std::time::Instant;
 
-use roberta_data::dataset::{FORMAT_VERSION, META_FILE, Meta, SplitMeta};
-use roberta_data::loader::{LoaderConfig, LoaderState, PermutationCache, batch_at};
+use roberta_data::dataset::{FORMAT_VERSION, META_FILE, Meta, SplitMeta, split_sha256};
+use roberta_data::loader::{LoaderConfig, LoaderState, batch_at};
 use roberta_data::shards::{ShardWriter, TokenWidth};
 use roberta_data::{BreakMode, Corpus, Loader, MaskVocab, MaskingConfig, SpecialTokens, Split};
 
@@ -21,13 +21,16 @@ fn stream(dir: &std::path::Path) {
     let meta = Meta::read(dir).unwrap();
     let split = Split::open(dir, "train", None).unwrap();
     let vocab = MaskVocab::new(meta.specials, meta.vocab_size, |_| None);
-    let corpus = std::sync::Arc::new(Corpus::new(
-        split,
-        512,
-        BreakMode::FullSentences,
-        vocab,
-        MaskingConfig::default(),
-    ));
+    let corpus = std::sync::Arc::new(
+        Corpus::open(
+            split,
+            512,
+            BreakMode::FullSentences,
+            vocab,
+            MaskingConfig::default(),
+        )
+        .unwrap(),
+    );
     let batches = corpus.len() / 32;
     let config = LoaderConfig {
         batch_size: 32,
@@ -41,7 +44,7 @@ fn stream(dir: &std::path::Path) {
     let start = Instant::now();
     let mut tokens = 0;
     for _ in 0..batches {
-        tokens += std::hint::black_box(loader.next_batch()).tokens;
+        tokens += std::hint::black_box(loader.next_batch().unwrap()).tokens;
     }
     let seconds = start.elapsed().as_secs_f64();
     println!(
@@ -79,13 +82,14 @@ fn main() {
             .collect();
         w.push_document(&doc).unwrap();
     }
-    let split_meta = SplitMeta {
+    let mut split_meta = SplitMeta {
         shards: vec!["train-00000".into()],
         documents: w.documents(),
         sentences: w.sentences(),
         tokens: w.tokens(),
+        sha256: String::new(),
     };
-    w.finish().unwrap();
+    split_meta.sha256 = split_sha256(&[w.finish().unwrap()]);
     let specials = SpecialTokens {
         bos: 0,
         pad: 1,
@@ -118,13 +122,14 @@ fn main() {
             format!("w{id}")
         })
     });
-    let corpus = Corpus::new(
+    let corpus = Corpus::open(
         split,
         512,
         BreakMode::FullSentences,
         vocab,
         MaskingConfig::default(),
-    );
+    )
+    .unwrap();
     let config = LoaderConfig {
         batch_size: 32,
         seed: 0,
@@ -138,18 +143,17 @@ fn main() {
     let start = Instant::now();
     let mut copied = 0usize;
     let mut buf = Vec::new();
-    for &block in &corpus.blocks[..batches * 32] {
-        corpus.split.block_tokens(block, &mut buf);
+    for block in 0..batches * 32 {
+        corpus.block_tokens(block, &mut buf).unwrap();
         copied += std::hint::black_box(&buf).len();
     }
     let copy = copied as f64 / start.elapsed().as_secs_f64();
 
-    let mut cache = PermutationCache::default();
     let mut state = LoaderState::default();
     let start = Instant::now();
     let mut tokens = 0usize;
     for _ in 0..batches {
-        let b = batch_at(&corpus, &config, state, &mut cache);
+        let b = batch_at(&corpus, &config, state).unwrap();
         tokens += std::hint::black_box(&b).tokens;
         state = b.next;
     }

@@ -62,12 +62,20 @@ impl Default for ReadOptions {
 
 /// Files named by `inputs`: files as given, directories walked recursively (sorted, hidden
 /// entries skipped), and `*`/`?` globs. The result is sorted and de-duplicated, so the
-/// same inputs always give the same order.
+/// same inputs always give the same order. A directory reached twice through links (a
+/// link back to an ancestor, or two links to one place) is walked once, and a file
+/// reached twice is read once. `stopped` is asked between entries: a walk over a huge
+/// tree ends when a stop signal arrives ([`DataError::Interrupted`]).
 /// Names that are not UTF-8 are refused: `meta.json` records the sources as strings and
 /// the tokenizer trainer opens files by string, so such a file could not be recorded or
-/// would be looked for under a mangled name.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+/// would be looked for under a mangled name. So are inputs that are not regular files
+/// (a FIFO or a device would be read forever) and links that lead nowhere.
+pub fn expand_inputs(inputs: &[PathBuf], stopped: &dyn Fn() -> bool) -> Result<Vec<PathBuf>> {
+    let mut walk = Walk {
+        files: Vec::new(),
+        seen: std::collections::HashSet::new(),
+        stopped,
+    };
     for input in inputs {
         require_utf8(input)?;
         let text = input.to_string_lossy();
@@ -86,25 +94,25 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                     message: "the pattern matches no file".into(),
                 });
             }
-            files.extend(matches);
-        } else if input.is_dir() {
-            let before = files.len();
-            walk(input, &mut files)?;
-            if files.len() == before {
-                return Err(DataError::Corpus {
-                    path: input.clone(),
-                    message: "the directory holds no file".into(),
-                });
+            walk.files.extend(matches);
+            continue;
+        }
+        match kind(input)? {
+            Kind::Dir(id) => {
+                let before = walk.files.len();
+                walk.seen.insert(id);
+                walk.dir(input)?;
+                if walk.files.len() == before {
+                    return Err(DataError::Corpus {
+                        path: input.clone(),
+                        message: "the directory holds no file".into(),
+                    });
+                }
             }
-        } else if input.is_file() {
-            files.push(input.clone());
-        } else {
-            return Err(DataError::Corpus {
-                path: input.clone(),
-                message: "no such file or directory".into(),
-            });
+            Kind::File(_) => walk.files.push(input.clone()),
         }
     }
+    let mut files = walk.files;
     for file in &files {
         require_utf8(file)?;
     }
@@ -122,31 +130,130 @@ fn require_utf8(path: &Path) -> Result<()> {
     }
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let io = |source| DataError::Io {
-        path: dir.to_path_buf(),
-        source,
+/// What an input is, by the file it leads to: a directory or a regular file, with its
+/// identity (device and inode).
+enum Kind {
+    Dir((u64, u64)),
+    File((u64, u64)),
+}
+
+fn kind(path: &Path) -> Result<Kind> {
+    let corpus = |message: &str| DataError::Corpus {
+        path: path.to_path_buf(),
+        message: message.into(),
     };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .map_err(io)?;
-    entries.sort();
-    for path in entries {
-        if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        {
-            continue;
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            // ELOOP: 40 on Linux.
+            return Err(match (link, e.raw_os_error()) {
+                (true, Some(40)) => corpus("a symbolic link loop (it leads back to itself)"),
+                (true, _) => corpus("a symbolic link to nothing"),
+                (false, _) if e.kind() == std::io::ErrorKind::NotFound => {
+                    corpus("no such file or directory")
+                }
+                _ => DataError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                },
+            });
         }
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else {
-            out.push(path);
-        }
+    };
+    let id = identity(&meta);
+    if meta.is_dir() {
+        Ok(Kind::Dir(id))
+    } else if meta.is_file() {
+        Ok(Kind::File(id))
+    } else {
+        Err(corpus(&format!(
+            "not a regular file ({}): give files or directories of text",
+            special_kind(&meta)
+        )))
     }
-    Ok(())
+}
+
+#[cfg(unix)]
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+#[cfg(not(unix))]
+fn identity(_: &std::fs::Metadata) -> (u64, u64) {
+    // No inode numbers: every entry counts as new (cycles are a unix matter here).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    (0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+#[cfg(unix)]
+fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file or directory"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &std::fs::Metadata) -> &'static str {
+    "not a file or directory"
+}
+
+/// A walk over input directories: the files found, and every directory and file seen.
+struct Walk<'a> {
+    files: Vec<PathBuf>,
+    seen: std::collections::HashSet<(u64, u64)>,
+    stopped: &'a dyn Fn() -> bool,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, dir: &Path) -> Result<()> {
+        let io = |source| DataError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(io)?;
+        entries.sort();
+        for path in entries {
+            if (self.stopped)() {
+                return Err(DataError::Interrupted {
+                    path: dir.to_path_buf(),
+                });
+            }
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
+            match kind(&path)? {
+                Kind::Dir(id) => {
+                    if self.seen.insert(id) {
+                        self.dir(&path)?;
+                    }
+                }
+                Kind::File(id) => {
+                    if self.seen.insert(id) {
+                        self.files.push(path);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Streams the documents of `path` (each a list of sentences) into `sink`.
@@ -458,13 +565,62 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/b.txt"), "x").unwrap();
         std::fs::write(dir.path().join("a.txt"), "x").unwrap();
-        let files = expand_inputs(&[dir.path().to_path_buf()]).unwrap();
+        let files = expand_inputs(&[dir.path().to_path_buf()], &|| false).unwrap();
         assert_eq!(files.len(), 2);
         let glob = dir.path().join("*.txt");
-        assert_eq!(expand_inputs(&[glob]).unwrap().len(), 1);
+        assert_eq!(expand_inputs(&[glob], &|| false).unwrap().len(), 1);
         std::fs::create_dir(dir.path().join("empty")).unwrap();
-        assert!(expand_inputs(&[dir.path().join("empty")]).is_err());
-        assert!(expand_inputs(&[dir.path().join("*.none")]).is_err());
+        assert!(expand_inputs(&[dir.path().join("empty")], &|| false).is_err());
+        assert!(expand_inputs(&[dir.path().join("*.none")], &|| false).is_err());
+    }
+
+    /// `loop/self -> ../loop` and `loop/a/up -> ..` once made the walk run for ten
+    /// minutes and gigabytes: every directory is walked once now, every file read once.
+    #[cfg(unix)]
+    #[test]
+    fn links_back_into_the_tree_are_walked_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("loop");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/text.txt"), "x\n").unwrap();
+        std::fs::write(root.join("top.txt"), "x\n").unwrap();
+        symlink("../loop", root.join("self")).unwrap();
+        symlink("..", root.join("a/up")).unwrap();
+        symlink("top.txt", root.join("again.txt")).unwrap();
+        let files = expand_inputs(std::slice::from_ref(&root), &|| false).unwrap();
+        assert_eq!(files, [root.join("a/text.txt"), root.join("again.txt")]);
+        // A stop request ends the walk.
+        let err = expand_inputs(&[root], &|| true).unwrap_err();
+        assert!(matches!(err, DataError::Interrupted { .. }), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn inputs_that_are_not_files_say_what_they_are() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let me = dir.path().join("me");
+        symlink(&me, &me).unwrap();
+        let nowhere = dir.path().join("nowhere");
+        symlink(dir.path().join("absent"), &nowhere).unwrap();
+        for (input, says) in [
+            (
+                PathBuf::from("/dev/zero"),
+                "not a regular file (a character device)",
+            ),
+            (me, "a symbolic link loop"),
+            (nowhere, "a symbolic link to nothing"),
+            (dir.path().join("absent"), "no such file or directory"),
+        ] {
+            let err = expand_inputs(std::slice::from_ref(&input), &|| false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&input.display().to_string()) && err.contains(says),
+                "{err}"
+            );
+        }
     }
 
     #[cfg(target_os = "linux")]
@@ -476,7 +632,7 @@ mod tests {
         std::fs::write(&bad, "text\n").unwrap();
         std::fs::write(dir.path().join("good.txt"), "text\n").unwrap();
         for input in [dir.path().to_path_buf(), bad.clone()] {
-            let err = expand_inputs(&[input]).unwrap_err().to_string();
+            let err = expand_inputs(&[input], &|| false).unwrap_err().to_string();
             assert_eq!(
                 err,
                 format!(
@@ -486,7 +642,9 @@ mod tests {
             );
         }
         assert_eq!(
-            expand_inputs(&[dir.path().join("good.txt")]).unwrap().len(),
+            expand_inputs(&[dir.path().join("good.txt")], &|| false)
+                .unwrap()
+                .len(),
             1
         );
     }

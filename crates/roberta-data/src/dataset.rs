@@ -1,5 +1,5 @@
 //! A preprocessed corpus (`data-bin/`): `meta.json`, the tokenizer, and per split the
-//! shards; plus packing of its sentences into blocks (FULL-SENTENCES or DOC-SENTENCES).
+//! shards; and the blocks its sentences are served in (packed by [`crate::blocks`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,9 @@ use crate::shards::{Shard, TokenWidth};
 use crate::tokenizer::SpecialTokens;
 
 pub const META_FILE: &str = "meta.json";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: a content hash per split, and the validation split drawn from the keyed streams
+/// of [`crate::rng`]. Format 1 directories are read only to be rebuilt.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SplitMeta {
@@ -20,6 +22,11 @@ pub struct SplitMeta {
     pub documents: u64,
     pub sentences: u64,
     pub tokens: u64,
+    /// sha256 over the shards' content hashes (tokens, then index, per shard), computed
+    /// as they were written: a run records it, and a resume on other data is caught
+    /// without reading the shards again. Empty in format 1.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +54,16 @@ pub struct Meta {
     pub skipped_invalid: u64,
 }
 
+/// A split's content hash from its shards' ([`crate::shards::ShardWriter::finish`]).
+pub fn split_sha256(shard_digests: &[[u8; 32]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for d in shard_digests {
+        h.update(d);
+    }
+    format!("{:x}", h.finalize())
+}
+
 impl Meta {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(META_FILE);
@@ -63,13 +80,18 @@ impl Meta {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        if meta.format != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&meta.format) {
             return Err(DataError::BadMeta {
                 path,
                 message: format!("format {} (this build reads {FORMAT_VERSION})", meta.format),
             });
         }
         Ok(meta)
+    }
+
+    /// Made by an earlier release: `preprocess` rebuilds it, a run refuses it.
+    pub fn is_outdated(&self) -> bool {
+        self.format < FORMAT_VERSION
     }
 }
 
@@ -81,6 +103,8 @@ pub struct Split {
     pub shards: Vec<Shard>,
     pub specials: SpecialTokens,
     pub vocab_size: usize,
+    /// `meta.json`'s content hash of the split.
+    pub sha256: String,
 }
 
 impl Split {
@@ -88,6 +112,12 @@ impl Split {
     /// shards were made with: ids from another tokenizer would train garbage silently.
     pub fn open(dir: &Path, split: &str, tokenizer_sha256: Option<&str>) -> Result<Self> {
         let meta = Meta::read(dir)?;
+        if meta.is_outdated() {
+            return Err(DataError::OutdatedData {
+                path: dir.to_path_buf(),
+                format: meta.format,
+            });
+        }
         if let Some(expected) = tokenizer_sha256
             && expected != meta.tokenizer_sha256
         {
@@ -119,6 +149,7 @@ impl Split {
             shards,
             specials: meta.specials,
             vocab_size: meta.vocab_size,
+            sha256: split_meta.sha256.clone(),
         })
     }
 
@@ -153,6 +184,15 @@ pub enum BreakMode {
     DocSentences,
 }
 
+impl BreakMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FullSentences => "full-sentences",
+            Self::DocSentences => "doc-sentences",
+        }
+    }
+}
+
 /// A block: tokens `[start, end)` of one shard, served as `<s> … </s>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Block {
@@ -161,105 +201,66 @@ pub struct Block {
     pub end: u64,
 }
 
-/// Packs every sentence of `split` into blocks of at most `block_size` tokens, counting
-/// `<s>`, `</s>` and document separators. A sentence longer than a block is cut into
-/// block-sized pieces.
-pub fn pack(split: &Split, block_size: usize, mode: BreakMode) -> Vec<Block> {
-    assert!(block_size >= 3, "block_size must leave room for a token");
-    let capacity = (block_size - 2) as u64;
-    let mut blocks = Vec::new();
-    for (shard_index, shard) in split.shards.iter().enumerate() {
-        let shard_id = shard_index as u32;
-        let mut open: Option<(u64, u64)> = None; // (start, length with separators)
-        let flush = |open: &mut Option<(u64, u64)>, end: u64, blocks: &mut Vec<Block>| {
-            if let Some((start, _)) = open.take() {
-                blocks.push(Block {
-                    shard: shard_id,
-                    start,
-                    end,
-                });
-            }
-        };
-        for d in 0..shard.documents() {
-            let (first, last) = (shard.document_start(d), shard.document_start(d + 1));
-            if mode == BreakMode::DocSentences {
-                flush(&mut open, shard.sentence_start(first), &mut blocks);
-            }
-            for s in first..last {
-                let (start, end) = (shard.sentence_start(s), shard.sentence_start(s + 1));
-                let len = end - start;
-                let separator = u64::from(s == first && open.is_some());
-                if len > capacity {
-                    flush(&mut open, start, &mut blocks);
-                    let mut piece = start;
-                    while end - piece > capacity {
-                        blocks.push(Block {
-                            shard: shard_id,
-                            start: piece,
-                            end: piece + capacity,
-                        });
-                        piece += capacity;
-                    }
-                    open = Some((piece, end - piece));
-                    continue;
-                }
-                match open {
-                    Some((_, used)) if used + separator + len <= capacity => {
-                        open = open.map(|(b, u)| (b, u + separator + len));
-                    }
-                    Some(_) => {
-                        flush(&mut open, start, &mut blocks);
-                        open = Some((start, len));
-                    }
-                    None => open = Some((start, len)),
-                }
-            }
-        }
-        flush(&mut open, shard.tokens(), &mut blocks);
-    }
-    blocks
-}
-
 impl Split {
+    fn shard(&self, block: Block) -> Result<&Shard> {
+        self.shards
+            .get(block.shard as usize)
+            .ok_or_else(|| DataError::CorruptShard {
+                path: self.dir.clone(),
+                message: format!(
+                    "block of shard {}, of {} shards",
+                    block.shard,
+                    self.shards.len()
+                ),
+            })
+    }
+
     /// Documents of the block's shard that end strictly inside it: each gets a `</s>`.
     /// Looked up in the mmapped index, so nothing per document is held in memory.
-    fn documents_ending_inside(&self, block: Block) -> std::ops::Range<usize> {
-        let shard = &self.shards[block.shard as usize];
-        let doc_end = |d: usize| shard.sentence_start(shard.document_start(d + 1));
-        let first_after = |t: u64| {
+    fn documents_ending_inside(&self, block: Block) -> Result<std::ops::Range<usize>> {
+        let shard = self.shard(block)?;
+        let doc_end = |d: usize| shard.sentence_start(shard.document_start(d + 1)?);
+        let first_after = |t: u64| -> Result<usize> {
             let (mut lo, mut hi) = (0, shard.documents());
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                if doc_end(mid) <= t {
+                if doc_end(mid)? <= t {
                     lo = mid + 1;
                 } else {
                     hi = mid;
                 }
             }
-            lo
+            Ok(lo)
         };
-        first_after(block.start)..first_after(block.end - 1)
+        if block.start >= block.end {
+            return Err(shard.corrupt(format!("an empty block at token {}", block.start)));
+        }
+        let first = first_after(block.start)?;
+        Ok(first..first_after(block.end - 1)?.max(first))
     }
 
     /// Tokens the block is served as, without reading its token data.
-    pub fn block_len(&self, block: Block) -> usize {
-        (block.end - block.start) as usize + 2 + self.documents_ending_inside(block).len()
+    pub fn block_len(&self, block: Block) -> Result<usize> {
+        Ok((block.end.saturating_sub(block.start)) as usize
+            + 2
+            + self.documents_ending_inside(block)?.len())
     }
 
     /// `<s> tokens </s>` of a block, with `</s>` after every document that ends inside it.
-    pub fn block_tokens(&self, block: Block, out: &mut Vec<u32>) {
+    pub fn block_tokens(&self, block: Block, out: &mut Vec<u32>) -> Result<()> {
         out.clear();
         out.push(self.specials.bos);
-        let shard = &self.shards[block.shard as usize];
+        let shard = self.shard(block)?;
         let mut at = block.start;
-        for d in self.documents_ending_inside(block) {
-            let end = shard.sentence_start(shard.document_start(d + 1));
-            shard.tokens_into(at, end, out);
+        for d in self.documents_ending_inside(block)? {
+            let end = shard.sentence_start(shard.document_start(d + 1)?)?;
+            shard.tokens_into(at, end, out)?;
             out.push(self.specials.eos);
             at = end;
         }
-        shard.tokens_into(at, block.end, out);
+        shard.tokens_into(at, block.end, out)?;
         out.push(self.specials.eos);
+        Ok(())
     }
 }
 
@@ -280,13 +281,14 @@ pub(crate) mod tests {
         for d in docs {
             w.push_document(d).unwrap();
         }
-        let split = SplitMeta {
+        let mut split = SplitMeta {
             shards: vec!["train-00000".into()],
             documents: w.documents(),
             sentences: w.sentences(),
             tokens: w.tokens(),
+            sha256: String::new(),
         };
-        w.finish().unwrap();
+        split.sha256 = split_sha256(&[w.finish().unwrap()]);
         let meta = Meta {
             format: FORMAT_VERSION,
             token_width: TokenWidth::U16,
@@ -310,66 +312,6 @@ pub(crate) mod tests {
         )
         .unwrap();
         dir
-    }
-
-    fn blocks_as_tokens(split: &Split, blocks: &[Block]) -> Vec<Vec<u32>> {
-        blocks
-            .iter()
-            .map(|&b| {
-                let mut v = Vec::new();
-                split.block_tokens(b, &mut v);
-                assert_eq!(split.block_len(b), v.len());
-                v
-            })
-            .collect()
-    }
-
-    #[test]
-    fn full_sentences_cross_documents_with_a_separator() {
-        let dir = write_split(&[
-            vec![vec![10, 11], vec![12]],
-            vec![vec![20, 21, 22]],
-            vec![vec![30; 4]],
-        ]);
-        let split = Split::open(dir.path(), "train", Some("test")).unwrap();
-        let blocks = pack(&split, 9, BreakMode::FullSentences);
-        assert_eq!(
-            blocks_as_tokens(&split, &blocks),
-            vec![
-                vec![0, 10, 11, 12, 2, 20, 21, 22, 2],
-                vec![0, 30, 30, 30, 30, 2]
-            ]
-        );
-    }
-
-    #[test]
-    fn doc_sentences_never_cross() {
-        let dir = write_split(&[vec![vec![10, 11], vec![12]], vec![vec![20, 21, 22]]]);
-        let split = Split::open(dir.path(), "train", None).unwrap();
-        let blocks = pack(&split, 9, BreakMode::DocSentences);
-        assert_eq!(
-            blocks_as_tokens(&split, &blocks),
-            vec![vec![0, 10, 11, 12, 2], vec![0, 20, 21, 22, 2]]
-        );
-    }
-
-    #[test]
-    fn long_sentences_are_split_and_blocks_never_overflow() {
-        let dir = write_split(&[
-            vec![vec![5; 3], (40..57).collect(), vec![6; 2]],
-            vec![vec![7; 6]],
-        ]);
-        let split = Split::open(dir.path(), "train", None).unwrap();
-        for mode in [BreakMode::FullSentences, BreakMode::DocSentences] {
-            let blocks = pack(&split, 8, mode);
-            let tokens = blocks_as_tokens(&split, &blocks);
-            assert!(tokens.iter().all(|t| t.len() <= 8), "{tokens:?}");
-            let inner: usize = tokens
-                .iter()
-                .map(|t| t.iter().filter(|&&x| x >= 5).count())
-                .sum();
-            assert_eq!(inner, 3 + 17 + 2 + 6, "every token served exactly once");
-        }
     }
 
     #[test]

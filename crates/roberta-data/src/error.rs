@@ -17,6 +17,12 @@ pub enum DataError {
         "{path}: the tokenizer has no `{token}` token; RoBERTa needs <s> <pad> </s> <unk> <mask>"
     )]
     MissingSpecialToken { path: PathBuf, token: String },
+    #[error("writing the block index {path}: {source}")]
+    WriteIndex {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: corrupt shard: {message}")]
     CorruptShard { path: PathBuf, message: String },
     #[error(
@@ -25,6 +31,10 @@ pub enum DataError {
     NotADataDir { path: PathBuf },
     #[error("{path}: {message}")]
     BadMeta { path: PathBuf, message: String },
+    #[error(
+        "{path} was made by an earlier roberta-train (data format {format}: no content hashes, validation split drawn from the old random streams): preprocess its inputs again (`roberta-train preprocess`, or the pretraining run that made it, rebuilds it)"
+    )]
+    OutdatedData { path: PathBuf, format: u32 },
     #[error(
         "{path}: the shards were made with another tokenizer (sha256 {shards}, this tokenizer {tokenizer}); preprocess again with this tokenizer"
     )]

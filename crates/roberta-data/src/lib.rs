@@ -2,6 +2,7 @@
 //! packing, the streaming loader and dynamic masking. No tensors live here, so the data
 //! pipeline is the same whatever backend trains on it.
 
+pub mod blocks;
 pub mod columnar;
 pub mod corpus;
 pub mod dataset;
@@ -10,7 +11,7 @@ pub mod labeled;
 pub mod loader;
 pub mod masking;
 pub mod preprocess;
-mod rng;
+pub mod rng;
 pub mod shards;
 pub mod tokenizer;
 

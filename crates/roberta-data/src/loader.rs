@@ -1,10 +1,12 @@
-//! The streaming loader: a seeded permutation of blocks per epoch, masked on the fly,
-//! batched by a background thread into a bounded queue.
+//! The streaming loader: blocks in a keyed order per epoch, masked on the fly, batched
+//! by a background thread into a bounded queue.
 //!
 //! Everything a batch contains is a pure function of (corpus, config, state), where the
 //! state is (epoch, cursor): [`batch_at`] computes it, the thread only runs ahead. A
 //! checkpoint stores the state after the last consumed batch, and a loader built from it
-//! yields exactly the batches an uninterrupted one would have yielded next.
+//! yields exactly the batches an uninterrupted one would have yielded next. The block
+//! index is mmapped and the epoch order is a keyed bijection ([`Shuffle`]), so nothing
+//! held in memory grows with the corpus.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -12,44 +14,42 @@ use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Block, BreakMode, Split, pack};
-use crate::masking::{IGNORE_INDEX, MaskVocab, MaskingConfig, mask_tokens};
-use crate::rng::KeyedRng;
-
-/// Tag mixed into the permutation key so it never collides with a mask key.
-const PERMUTATION_TAG: u64 = 0x5045_524D;
-/// The epoch number under which validation masks are drawn: fixed, so that every
-/// evaluation of a run scores the same masked tokens.
-pub const VALIDATION_EPOCH: u64 = u64::MAX;
+use crate::blocks::BlockIndex;
+use crate::dataset::{BreakMode, Split};
+use crate::error::Result;
+use crate::masking::{IGNORE_INDEX, MaskKey, MaskVocab, MaskingConfig, mask_tokens};
+use crate::rng::Shuffle;
 
 /// A split packed into blocks, with what masking needs.
 pub struct Corpus {
     pub split: Split,
-    pub blocks: Vec<Block>,
+    pub blocks: BlockIndex,
     pub block_size: usize,
     pub vocab: MaskVocab,
     pub masking: MaskingConfig,
 }
 
 impl Corpus {
-    pub fn new(
+    /// Opens the split's block index for this block size and break mode, packing it
+    /// first when the data directory has none that is current.
+    pub fn open(
         split: Split,
         block_size: usize,
         mode: BreakMode,
         vocab: MaskVocab,
         masking: MaskingConfig,
-    ) -> Self {
-        let blocks = pack(&split, block_size, mode);
-        Self {
+    ) -> Result<Self> {
+        let blocks = BlockIndex::open(&split, block_size, mode)?;
+        Ok(Self {
             split,
             blocks,
             block_size,
             vocab,
             masking,
-        }
+        })
     }
 
-    pub fn len(&self) -> usize {
+    pub fn len(&self) -> u64 {
         self.blocks.len()
     }
 
@@ -57,11 +57,15 @@ impl Corpus {
         self.blocks.is_empty()
     }
 
-    /// Mean tokens per block over the block size (1.0 = every block full),
-    /// from block lengths alone: no token data is read, so it is cheap at start-up.
+    /// Mean tokens per block over the block size (1.0 = every block full), from the
+    /// index's header.
     pub fn fill_rate(&self) -> f64 {
-        let total: usize = self.blocks.iter().map(|&b| self.split.block_len(b)).sum();
-        total as f64 / (self.blocks.len().max(1) * self.block_size) as f64
+        self.blocks.served_tokens() as f64 / (self.len().max(1) as f64 * self.block_size as f64)
+    }
+
+    /// The tokens block `b` is served as.
+    pub fn block_tokens(&self, b: u64, out: &mut Vec<u32>) -> Result<()> {
+        self.split.block_tokens(self.blocks.get(b), out)
     }
 }
 
@@ -81,7 +85,7 @@ pub struct LoaderConfig {
 }
 
 /// Where the loader is: the next sample is position `cursor` of epoch `epoch`'s
-/// permutation (counted over all ranks).
+/// order (counted over all ranks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct LoaderState {
     pub epoch: u64,
@@ -106,13 +110,6 @@ pub struct Batch {
     pub epoch: u64,
     /// The loader's state after this batch: what a checkpoint records.
     pub next: LoaderState,
-}
-
-/// The permutation of `n` blocks for `epoch`.
-pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    KeyedRng::new(&[seed, epoch, PERMUTATION_TAG]).shuffle(&mut order);
-    order
 }
 
 /// Assembles padded rows into a [`Batch`].
@@ -157,52 +154,32 @@ pub fn collate(
     batch
 }
 
-/// Caches the current epoch's permutation across calls of [`batch_at`].
-#[derive(Default)]
-pub struct PermutationCache {
-    epoch: Option<u64>,
-    order: Vec<u32>,
-}
-
-impl PermutationCache {
-    fn get(&mut self, corpus: &Corpus, seed: u64, epoch: u64) -> &[u32] {
-        if self.epoch != Some(epoch) {
-            self.order = permutation(corpus.len(), seed, epoch);
-            self.epoch = Some(epoch);
-        }
-        &self.order
-    }
-}
-
 /// The batch a loader at `state` yields on this rank, and the state after it. Samples
 /// run on into the next epoch when one ends, so every batch is full.
-pub fn batch_at(
-    corpus: &Corpus,
-    config: &LoaderConfig,
-    state: LoaderState,
-    cache: &mut PermutationCache,
-) -> Batch {
+pub fn batch_at(corpus: &Corpus, config: &LoaderConfig, state: LoaderState) -> Result<Batch> {
     assert!(!corpus.is_empty(), "batch_at on an empty corpus");
-    let n = corpus.len() as u64;
+    let n = corpus.len();
     let group = (config.batch_size * config.world) as u64;
     let mut rows = Vec::with_capacity(config.batch_size);
     let mut tokens = Vec::new();
     let first_epoch = state.epoch + state.cursor / n;
+    let mut order: Option<Shuffle> = None;
+    let mut order_epoch = u64::MAX;
     for k in 0..config.batch_size as u64 {
         let global = state.cursor + (config.rank * config.batch_size) as u64 + k;
         let (epoch, position) = (state.epoch + global / n, global % n);
-        let block = cache.get(corpus, config.seed, epoch)[position as usize];
-        corpus
-            .split
-            .block_tokens(corpus.blocks[block as usize], &mut tokens);
-        let masked = mask_tokens(
-            &tokens,
-            &corpus.masking,
-            &corpus.vocab,
-            config.seed,
+        if order.is_none() || order_epoch != epoch {
+            order = Some(Shuffle::new(n, config.seed, epoch));
+            order_epoch = epoch;
+        }
+        let block = order.as_ref().expect("order").at(position);
+        corpus.block_tokens(block, &mut tokens)?;
+        let key = MaskKey::Train {
+            seed: config.seed,
             epoch,
-            u64::from(block),
-        );
+            block,
+        };
+        let masked = mask_tokens(&tokens, &corpus.masking, &corpus.vocab, key);
         rows.push((masked.input_ids, masked.labels));
     }
     let after = state.cursor + group;
@@ -210,60 +187,55 @@ pub fn batch_at(
         epoch: state.epoch + after / n,
         cursor: after % n,
     };
-    collate(
+    Ok(collate(
         rows,
         corpus.split.specials.pad,
         config.pad_to,
         first_epoch,
         next,
-    )
+    ))
 }
 
-/// Validation batches: blocks in corpus order with masks fixed by [`VALIDATION_EPOCH`].
-pub fn validation_batches(
+/// Validation batches of `batch_size` in corpus order, with masks fixed for the run
+/// ([`MaskKey::Validation`]): how many there are, at most `max_batches`.
+pub fn validation_batch_count(
     corpus: &Corpus,
     batch_size: usize,
-    seed: u64,
     max_batches: Option<usize>,
-) -> Vec<Batch> {
+) -> usize {
+    let all = corpus.len().div_ceil(batch_size as u64);
+    max_batches.map_or(all, |m| all.min(m as u64)) as usize
+}
+
+/// Validation batch `b`, computed when it is needed rather than held for the run.
+pub fn validation_batch(corpus: &Corpus, batch_size: usize, seed: u64, b: usize) -> Result<Batch> {
+    let first = (b * batch_size) as u64;
+    let last = (first + batch_size as u64).min(corpus.len());
     let mut tokens = Vec::new();
-    let mut batches = Vec::new();
-    for (b, chunk) in corpus.blocks.chunks(batch_size).enumerate() {
-        if max_batches.is_some_and(|m| b >= m) {
-            break;
-        }
-        let rows = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, &block)| {
-                corpus.split.block_tokens(block, &mut tokens);
-                let index = (b * batch_size + i) as u64;
-                let m = mask_tokens(
-                    &tokens,
-                    &corpus.masking,
-                    &corpus.vocab,
-                    seed,
-                    VALIDATION_EPOCH,
-                    index,
-                );
-                (m.input_ids, m.labels)
-            })
-            .collect();
-        batches.push(collate(
-            rows,
-            corpus.split.specials.pad,
-            None,
-            VALIDATION_EPOCH,
-            LoaderState::default(),
-        ));
+    let mut rows = Vec::with_capacity(batch_size);
+    for sample in first..last {
+        corpus.block_tokens(sample, &mut tokens)?;
+        let m = mask_tokens(
+            &tokens,
+            &corpus.masking,
+            &corpus.vocab,
+            MaskKey::Validation { seed, sample },
+        );
+        rows.push((m.input_ids, m.labels));
     }
-    batches
+    Ok(collate(
+        rows,
+        corpus.split.specials.pad,
+        None,
+        0,
+        LoaderState::default(),
+    ))
 }
 
 /// The background producer and its queue.
 pub struct Loader {
     /// `None` once dropping: closing the channel is what stops the producer.
-    receiver: Option<Receiver<Batch>>,
+    receiver: Option<Receiver<Result<Batch>>>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -280,8 +252,9 @@ impl Loader {
         }
     }
 
-    /// The next batch; blocks until the producer has it.
-    pub fn next_batch(&mut self) -> Batch {
+    /// The next batch; blocks until the producer has it. A shard that turned out
+    /// corrupt is the error.
+    pub fn next_batch(&mut self) -> Result<Batch> {
         self.receiver
             .as_ref()
             .and_then(|r| r.recv().ok())
@@ -289,18 +262,21 @@ impl Loader {
     }
 }
 
-/// Runs ahead until the loader is dropped, which closes the channel and fails the send.
+/// Runs ahead until the loader is dropped, which closes the channel and fails the send,
+/// or until a batch fails, which is sent as the last item.
 fn produce(
     corpus: &Corpus,
     config: &LoaderConfig,
     mut state: LoaderState,
-    sender: &SyncSender<Batch>,
+    sender: &SyncSender<Result<Batch>>,
 ) {
-    let mut cache = PermutationCache::default();
     loop {
-        let batch = batch_at(corpus, config, state, &mut cache);
-        state = batch.next;
-        if sender.send(batch).is_err() {
+        let batch = batch_at(corpus, config, state);
+        let failed = batch.is_err();
+        if let Ok(b) = &batch {
+            state = b.next;
+        }
+        if sender.send(batch).is_err() || failed {
             return;
         }
     }
@@ -331,13 +307,16 @@ mod tests {
             mask: 99,
         };
         let vocab = MaskVocab::new(specials, 100, |id| Some(format!("Ġ{id}")));
-        Arc::new(Corpus::new(
-            split,
-            8,
-            BreakMode::FullSentences,
-            vocab,
-            MaskingConfig::default(),
-        ))
+        Arc::new(
+            Corpus::open(
+                split,
+                8,
+                BreakMode::FullSentences,
+                vocab,
+                MaskingConfig::default(),
+            )
+            .unwrap(),
+        )
     }
 
     fn docs() -> Vec<Vec<Vec<u32>>> {
@@ -367,13 +346,13 @@ mod tests {
         let dir = write_split(&docs());
         let c = corpus(dir.path());
         let mut straight = Loader::new(c.clone(), config(3, 0, 1), LoaderState::default());
-        let all: Vec<Batch> = (0..30).map(|_| straight.next_batch()).collect();
+        let all: Vec<Batch> = (0..30).map(|_| straight.next_batch().unwrap()).collect();
         // Stop after 11 batches, serialise the state, build a new loader from it.
         let saved = serde_json::to_string(&all[10].next).unwrap();
         let state: LoaderState = serde_json::from_str(&saved).unwrap();
         let mut resumed = Loader::new(c, config(3, 0, 1), state);
         for expected in &all[11..] {
-            assert_eq!(&resumed.next_batch(), expected);
+            assert_eq!(&resumed.next_batch().unwrap(), expected);
         }
         assert!(
             all.last().unwrap().next.epoch >= 1,
@@ -385,39 +364,44 @@ mod tests {
     fn fresh_masks_and_order_every_epoch() {
         let dir = write_split(&docs());
         let c = corpus(dir.path());
-        let n = c.len() as u64;
-        let mut cache = PermutationCache::default();
-        let e0 = batch_at(
-            &c,
-            &config(4, 0, 1),
-            LoaderState {
-                epoch: 0,
-                cursor: 0,
-            },
-            &mut cache,
-        );
-        let e1 = batch_at(
-            &c,
-            &config(4, 0, 1),
-            LoaderState {
-                epoch: 1,
-                cursor: 0,
-            },
-            &mut cache,
-        );
-        assert_ne!(e0.input_ids, e1.input_ids);
-        assert_eq!(permutation(n as usize, 3, 0).len(), n as usize);
-        assert_ne!(permutation(n as usize, 3, 0), permutation(n as usize, 3, 1));
+        let at = |epoch| batch_at(&c, &config(4, 0, 1), LoaderState { epoch, cursor: 0 }).unwrap();
+        assert_ne!(at(0).input_ids, at(1).input_ids);
+        // Every block once per epoch.
+        let n = c.len();
+        let mut served: Vec<u64> = (0..n).map(|i| Shuffle::new(n, 3, 1).at(i)).collect();
+        served.sort();
+        assert_eq!(served, (0..n).collect::<Vec<_>>());
+    }
+
+    /// The defect of the first keying: `data inspect --seed 1 --epoch 0` printed the
+    /// batches of `--seed 0 --epoch 3`. Over seeds 0–3 × epochs 0–3, no two may serve
+    /// the same first batch.
+    #[test]
+    fn no_two_seed_epoch_pairs_serve_the_same_batches() {
+        let dir = write_split(&docs());
+        let c = corpus(dir.path());
+        let mut seen = std::collections::HashMap::new();
+        for seed in 0..4 {
+            for epoch in 0..4 {
+                let cfg = LoaderConfig {
+                    seed,
+                    ..config(6, 0, 1)
+                };
+                let b = batch_at(&c, &cfg, LoaderState { epoch, cursor: 0 }).unwrap();
+                if let Some(other) = seen.insert((b.input_ids, b.labels), (seed, epoch)) {
+                    panic!("seed {seed} epoch {epoch} serves the batch of {other:?}");
+                }
+            }
+        }
     }
 
     #[test]
     fn ranks_take_disjoint_shares_of_the_global_batch() {
         let dir = write_split(&docs());
         let c = corpus(dir.path());
-        let mut cache = PermutationCache::default();
-        let whole = batch_at(&c, &config(4, 0, 1), LoaderState::default(), &mut cache);
-        let r0 = batch_at(&c, &config(2, 0, 2), LoaderState::default(), &mut cache);
-        let r1 = batch_at(&c, &config(2, 1, 2), LoaderState::default(), &mut cache);
+        let whole = batch_at(&c, &config(4, 0, 1), LoaderState::default()).unwrap();
+        let r0 = batch_at(&c, &config(2, 0, 2), LoaderState::default()).unwrap();
+        let r1 = batch_at(&c, &config(2, 1, 2), LoaderState::default()).unwrap();
         assert_eq!(r0.next, whole.next);
         assert_eq!(r1.next, whole.next);
         let rows = |b: &Batch| -> Vec<Vec<u32>> {
@@ -442,20 +426,25 @@ mod tests {
     fn padding_and_validation_masks_are_fixed() {
         let dir = write_split(&docs());
         let c = corpus(dir.path());
-        let a = validation_batches(&c, 5, 9, Some(2));
-        assert_eq!(a, validation_batches(&c, 5, 9, Some(2)));
-        for b in &a {
-            for (m, l) in b.attention_mask.iter().zip(&b.labels) {
+        assert_eq!(validation_batch_count(&c, 5, Some(2)), 2);
+        assert_eq!(
+            validation_batch_count(&c, 5, None) as u64,
+            c.len().div_ceil(5)
+        );
+        for b in 0..2 {
+            let batch = validation_batch(&c, 5, 9, b).unwrap();
+            assert_eq!(batch, validation_batch(&c, 5, 9, b).unwrap());
+            assert_ne!(batch.labels, validation_batch(&c, 5, 10, b).unwrap().labels);
+            for (m, l) in batch.attention_mask.iter().zip(&batch.labels) {
                 assert!(*m == 1 || *l == IGNORE_INDEX);
             }
         }
-        let mut cache = PermutationCache::default();
         let cfg = LoaderConfig {
             pad_to: Some(8),
             ..config(3, 0, 1)
         };
         assert_eq!(
-            batch_at(&c, &cfg, LoaderState::default(), &mut cache).seq_len,
+            batch_at(&c, &cfg, LoaderState::default()).unwrap().seq_len,
             8
         );
     }

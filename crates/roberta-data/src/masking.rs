@@ -1,11 +1,11 @@
 //! Dynamic masking, RoBERTa's replacement for BERT's static masks: every time a sequence
-//! is served it gets a fresh mask, drawn from an RNG keyed by (seed, epoch, global sample
-//! index). It is a pure function, like fairseq's `MaskTokensDataset`: no hidden state,
-//! so resuming and parallel workers reproduce it exactly.
+//! is served it gets a fresh mask, drawn from a stream keyed by (seed, epoch, block). It
+//! is a pure function, like fairseq's `MaskTokensDataset`: no hidden state, so resuming
+//! and parallel workers reproduce it exactly.
 
 use serde::{Deserialize, Serialize};
 
-use crate::rng::KeyedRng;
+use crate::rng::{KeyedRng, Purpose, stream};
 use crate::tokenizer::SpecialTokens;
 
 /// Label of positions that carry no MLM target.
@@ -102,18 +102,34 @@ pub struct Masked {
     pub labels: Vec<i64>,
 }
 
-/// Masks `tokens` for sample `index` of `epoch`. Special tokens and padding are never
-/// chosen. The number of targets is exact per sequence, `floor(p·n + u)` with `u`
-/// uniform, as in fairseq, so short sequences are masked at rate `p` on average.
+/// Which mask a sequence gets: its key in the random streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskKey {
+    /// A training block, masked afresh every epoch.
+    Train { seed: u64, epoch: u64, block: u64 },
+    /// A validation sample, masked the same way at every evaluation of a run.
+    Validation { seed: u64, sample: u64 },
+}
+
+impl MaskKey {
+    fn stream(self) -> KeyedRng {
+        match self {
+            Self::Train { seed, epoch, block } => stream(Purpose::Mask, &[seed, epoch, block]),
+            Self::Validation { seed, sample } => stream(Purpose::ValidationMask, &[seed, sample]),
+        }
+    }
+}
+
+/// Masks `tokens` with the mask of `key`. Special tokens and padding are never chosen.
+/// The number of targets is exact per sequence, `floor(p·n + u)` with `u` uniform, as
+/// in fairseq, so short sequences are masked at rate `p` on average.
 pub fn mask_tokens(
     tokens: &[u32],
     config: &MaskingConfig,
     vocab: &MaskVocab,
-    seed: u64,
-    epoch: u64,
-    index: u64,
+    key: MaskKey,
 ) -> Masked {
-    let mut rng = KeyedRng::new(&[seed, epoch, index]);
+    let mut rng = key.stream();
     let specials = vocab.specials;
     // Units that can be chosen: single tokens, or whole words (runs from a word start).
     let mut units: Vec<(usize, usize)> = Vec::new();
@@ -178,6 +194,10 @@ mod tests {
         })
     }
 
+    fn train(seed: u64, epoch: u64, block: u64) -> MaskKey {
+        MaskKey::Train { seed, epoch, block }
+    }
+
     fn sequence(len: usize, salt: u32) -> Vec<u32> {
         let mut s = vec![0];
         s.extend((0..len as u32).map(|i| 4 + (i * 7 + salt) % 90));
@@ -192,7 +212,7 @@ mod tests {
         let (mut maskable, mut chosen, mut as_mask, mut as_random, mut kept) = (0usize, 0, 0, 0, 0);
         for index in 0..1_000u64 {
             let tokens = sequence(126, index as u32);
-            let m = mask_tokens(&tokens, &config, &v, 1, 0, index);
+            let m = mask_tokens(&tokens, &config, &v, train(1, 0, index));
             maskable += tokens.iter().filter(|t| !SPECIALS.contains(**t)).count();
             for (p, &l) in m.labels.iter().enumerate() {
                 if l == IGNORE_INDEX {
@@ -237,11 +257,90 @@ mod tests {
         let config = MaskingConfig::default();
         let v = vocab();
         let tokens = sequence(200, 3);
-        let a = mask_tokens(&tokens, &config, &v, 5, 0, 42);
-        assert_eq!(a, mask_tokens(&tokens, &config, &v, 5, 0, 42));
-        assert_ne!(a.labels, mask_tokens(&tokens, &config, &v, 5, 1, 42).labels);
-        assert_ne!(a.labels, mask_tokens(&tokens, &config, &v, 5, 0, 43).labels);
-        assert_ne!(a.labels, mask_tokens(&tokens, &config, &v, 6, 0, 42).labels);
+        let a = mask_tokens(&tokens, &config, &v, train(5, 0, 42));
+        assert_eq!(a, mask_tokens(&tokens, &config, &v, train(5, 0, 42)));
+        assert_ne!(
+            a.labels,
+            mask_tokens(&tokens, &config, &v, train(5, 1, 42)).labels
+        );
+        assert_ne!(
+            a.labels,
+            mask_tokens(&tokens, &config, &v, train(5, 0, 43)).labels
+        );
+        assert_ne!(
+            a.labels,
+            mask_tokens(&tokens, &config, &v, train(6, 0, 42)).labels
+        );
+    }
+
+    /// The defect of the first keying: block i of epoch 1 drew the mask block i ^ 7 had
+    /// at epoch 0. Over 4 epochs of 1,200 equal-length blocks, no (epoch, block) may
+    /// repeat another's masked positions, and validation masks are a stream of their own.
+    #[test]
+    fn no_block_reuses_another_blocks_mask_over_epochs() {
+        let config = MaskingConfig::default();
+        let v = vocab();
+        let tokens = sequence(62, 5);
+        let mut seen = std::collections::HashMap::new();
+        for epoch in 0..4 {
+            for block in 0..1200 {
+                let m = mask_tokens(&tokens, &config, &v, train(0, epoch, block));
+                let positions: Vec<usize> = (0..m.labels.len())
+                    .filter(|&p| m.labels[p] != IGNORE_INDEX)
+                    .collect();
+                if let Some(other) = seen.insert(positions, (epoch, block)) {
+                    panic!("epoch {epoch} block {block} repeats the mask of {other:?}");
+                }
+            }
+        }
+        for sample in 0..1200 {
+            let m = mask_tokens(
+                &tokens,
+                &config,
+                &v,
+                MaskKey::Validation { seed: 0, sample },
+            );
+            let positions: Vec<usize> = (0..m.labels.len())
+                .filter(|&p| m.labels[p] != IGNORE_INDEX)
+                .collect();
+            assert!(!seen.contains_key(&positions), "validation sample {sample}");
+        }
+    }
+
+    #[test]
+    fn masked_positions_are_uniform_and_uncorrelated() {
+        // 20,000 masks of a 64-token sequence (62 maskable): each position's count
+        // against its expectation (chi-square, 61 degrees of freedom), and whether
+        // position p being masked predicts p + 1 (it should not, beyond the fixed count).
+        let config = MaskingConfig::default();
+        let v = vocab();
+        let tokens = sequence(62, 9);
+        let mut counts = [0f64; 62];
+        let (mut both, mut total) = (0f64, 0f64);
+        let draws = 20_000u64;
+        for i in 0..draws {
+            let m = mask_tokens(&tokens, &config, &v, train(3, i % 7, i));
+            let chosen: Vec<bool> = m.labels[1..63].iter().map(|&l| l != IGNORE_INDEX).collect();
+            for (c, &x) in counts.iter_mut().zip(&chosen) {
+                *c += f64::from(u8::from(x));
+            }
+            both += chosen.windows(2).filter(|w| w[0] && w[1]).count() as f64;
+            total += chosen.iter().filter(|&&x| x).count() as f64;
+        }
+        let expected = total / 62.0;
+        let chi2: f64 = counts
+            .iter()
+            .map(|c| (c - expected).powi(2) / expected)
+            .sum();
+        // df 61: mean 61, sd 11; 110 is p ≈ 1e-4.
+        assert!(chi2 < 110.0, "chi-square {chi2}");
+        // Adjacent pairs both masked: k(k-1)/(n(n-1)) per pair for k of n chosen.
+        let k = total / draws as f64;
+        let pairs = draws as f64 * 61.0 * k * (k - 1.0) / (62.0 * 61.0);
+        assert!(
+            (both - pairs).abs() < 5.0 * pairs.sqrt(),
+            "{both} vs {pairs}"
+        );
     }
 
     #[test]
@@ -253,7 +352,7 @@ mod tests {
         let v = vocab();
         let mut tokens = sequence(50, 1);
         tokens.extend([1; 20]);
-        let m = mask_tokens(&tokens, &config, &v, 0, 0, 0);
+        let m = mask_tokens(&tokens, &config, &v, train(0, 0, 0));
         assert!(m.labels[52..].iter().all(|&l| l == IGNORE_INDEX));
         let chosen = m.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
         assert!((20..=21).contains(&chosen), "{chosen} of 50 at 0.4");
@@ -270,7 +369,7 @@ mod tests {
         // words: [4 5] [6 7 9] [8] [10 11] ...
         let tokens: Vec<u32> = [0, 4, 5, 6, 7, 9, 8, 10, 11, 12, 13, 15, 14, 2].to_vec();
         for index in 0..50 {
-            let m = mask_tokens(&tokens, &config, &v, 0, 0, index);
+            let m = mask_tokens(&tokens, &config, &v, train(0, 0, index));
             let chosen: Vec<bool> = m.labels.iter().map(|&l| l != IGNORE_INDEX).collect();
             for p in 1..tokens.len() - 1 {
                 if tokens[p] % 2 == 1 {

@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::blocks::is_index_file_name;
 use crate::corpus::{ReadOptions, expand_inputs, read_documents};
-use crate::dataset::{FORMAT_VERSION, META_FILE, Meta, SourceMeta, SplitMeta};
+use crate::dataset::{FORMAT_VERSION, META_FILE, Meta, SourceMeta, SplitMeta, split_sha256};
 use crate::error::{DataError, Result};
-use crate::rng::KeyedRng;
+use crate::rng::{Purpose, stream};
 use crate::shards::{ShardWriter, TokenWidth};
 use crate::tokenizer::{RobertaTokenizer, TOKENIZER_FILE};
 
@@ -84,6 +85,9 @@ pub struct Progress {
 pub enum Outcome {
     /// Shards were written.
     Written(Meta),
+    /// Shards were written in place of an earlier output of `preprocess`, for the
+    /// reason given.
+    Rebuilt { meta: Meta, why: String },
     /// The directory already holds shards of these inputs, tokenizer and options.
     UpToDate(Meta),
 }
@@ -134,11 +138,20 @@ pub fn preprocess(
             "--shard-tokens 0: a shard holds at least 1 token; give at least 1".into(),
         ));
     }
-    let train_files = expand_inputs(&options.inputs)?;
+    let stopped = || options.stopped();
+    let expand = |inputs: &[PathBuf]| {
+        expand_inputs(inputs, &stopped).map_err(|e| match e {
+            DataError::Interrupted { .. } => DataError::Interrupted {
+                path: out.to_path_buf(),
+            },
+            e => e,
+        })
+    };
+    let train_files = expand(&options.inputs)?;
     let valid_files = if options.valid.is_empty() {
         Vec::new()
     } else {
-        expand_inputs(&options.valid)?
+        expand(&options.valid)?
     };
     let mut all_sources = sources(&train_files)?;
     all_sources.extend(sources(&valid_files)?);
@@ -166,17 +179,29 @@ pub fn preprocess(
         options.inputs.iter().chain(&options.valid),
         train_files.iter().chain(&valid_files),
     )?;
+    let mut rebuild = None;
     if let Existing::Ours { meta, foreign } = &existing {
-        if !force && meta.tokenizer_sha256 != hash {
+        if !force && meta.tokenizer_sha256 != hash && !meta.is_outdated() {
             return Err(DataError::TokenizerChanged {
                 path: out.to_path_buf(),
                 shards: short_hash(&meta.tokenizer_sha256),
                 tokenizer: short_hash(&hash),
             });
         }
-        if !force && meta.sources == all_sources && meta.options == options_json {
+        rebuild = Some(if meta.is_outdated() {
+            format!(
+                "it was made by an earlier roberta-train (data format {}; this one writes {FORMAT_VERSION}: content hashes, and the validation split drawn from new random streams)",
+                meta.format
+            )
+        } else if force {
+            "--force".to_string()
+        } else if meta.sources != all_sources {
+            "its inputs changed".to_string()
+        } else if meta.options != options_json {
+            "the preprocessing options changed".to_string()
+        } else {
             return Ok(Outcome::UpToDate(meta.clone()));
-        }
+        });
         if !foreign.is_empty() {
             return Err(DataError::ForeignOutput {
                 path: out.to_path_buf(),
@@ -256,7 +281,10 @@ pub fn preprocess(
         .inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&tmp);
         })?;
-    Ok(Outcome::Written(meta))
+    Ok(match rebuild {
+        Some(why) => Outcome::Rebuilt { meta, why },
+        None => Outcome::Written(meta),
+    })
 }
 
 /// Refuses an output inside a directory the corpus is read from, and a corpus file inside
@@ -405,7 +433,7 @@ fn existing_output(target: &Path, out: &Path) -> Result<Existing> {
                 .flat_map(|base| [format!("{base}.bin"), format!("{base}.idx")]),
         )
         .collect();
-    names.retain(|n| !written.contains(n));
+    names.retain(|n| !written.contains(n) && !is_index_file_name(n));
     Ok(Existing::Ours {
         meta,
         foreign: names,
@@ -508,7 +536,7 @@ fn holds_only_our_files(dir: &Path) -> bool {
 }
 
 fn is_our_file_name(name: &str) -> bool {
-    if name == META_FILE || name == TOKENIZER_FILE {
+    if name == META_FILE || name == TOKENIZER_FILE || is_index_file_name(name) {
         return true;
     }
     let stem = [".bin", ".idx", ".idx.sentences.tmp", ".idx.documents.tmp"]
@@ -525,7 +553,7 @@ fn is_our_file_name(name: &str) -> bool {
 /// Whether `pid` may be a live process other than this one (which runs one
 /// preprocessing per output at a time). Without `/proc` nobody can tell, so every
 /// process counts as alive and its temporaries are left alone.
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return false;
     }
@@ -586,7 +614,8 @@ fn write_all(
                         let valid = held_out
                             || (valid_files.is_empty()
                                 && options.valid_fraction > 0.0
-                                && KeyedRng::new(&[options.seed, doc_index]).next_f64()
+                                && stream(Purpose::ValidSplit, &[options.seed, doc_index])
+                                    .next_f64()
                                     < options.valid_fraction);
                         doc_index += 1;
                         chunk.docs.push((valid, doc));
@@ -679,6 +708,8 @@ struct SplitWriter {
     name: &'static str,
     current: Option<ShardWriter>,
     meta: SplitMeta,
+    /// The content hash of each finished shard.
+    digests: Vec<[u8; 32]>,
 }
 
 impl SplitWriter {
@@ -716,7 +747,8 @@ impl SplitWriter {
             self.meta.documents += w.documents();
             self.meta.sentences += w.sentences();
             self.meta.tokens += w.tokens();
-            w.finish()?;
+            self.digests.push(w.finish()?);
+            self.meta.sha256 = split_sha256(&self.digests);
         }
         Ok(())
     }
@@ -736,16 +768,19 @@ fn write_in_order(
         documents: 0,
         sentences: 0,
         tokens: 0,
+        sha256: String::new(),
     };
     let mut train = SplitWriter {
         name: "train",
         current: None,
         meta: empty.clone(),
+        digests: Vec::new(),
     };
     let mut valid = SplitWriter {
         name: "valid",
         current: None,
         meta: empty,
+        digests: Vec::new(),
     };
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
@@ -890,9 +925,10 @@ mod tests {
         ));
         let mut changed = options(&input);
         changed.shard_tokens = 500;
-        let Outcome::Written(meta) = run(&tok, &changed, &out).unwrap() else {
+        let Outcome::Rebuilt { meta, why } = run(&tok, &changed, &out).unwrap() else {
             panic!("changed options rebuild");
         };
+        assert_eq!(why, "the preprocessing options changed");
         assert!(meta.splits["train"].shards.len() > 1);
         assert_eq!(Meta::read(&out).unwrap(), meta);
         assert_eq!(others(dir.path(), &[]), ["out", "train.txt"]);
@@ -933,7 +969,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(Meta::read(&out).unwrap(), before);
-        let Outcome::Written(meta) =
+        let Outcome::Rebuilt { meta, .. } =
             preprocess(&other, &options(&input), &out, true, &|_| {}).unwrap()
         else {
             panic!("--force rebuilds");

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
 
@@ -53,6 +54,8 @@ pub struct ShardWriter {
     sentences: u64,
     documents: u64,
     tokens: u64,
+    /// Everything written to `.bin`, then `.idx`: the shard's content hash.
+    digest: Sha256,
 }
 
 fn side_file(idx_path: &Path, what: &str) -> PathBuf {
@@ -90,6 +93,7 @@ impl ShardWriter {
             sentences: 0,
             documents: 0,
             tokens: 0,
+            digest: Sha256::new(),
         })
     }
 
@@ -111,8 +115,14 @@ impl ShardWriter {
         for sentence in sentences.iter().filter(|s| !s.is_empty()) {
             for &id in sentence {
                 let r = match self.width {
-                    TokenWidth::U16 => self.bin.write_all(&(id as u16).to_le_bytes()),
-                    TokenWidth::U32 => self.bin.write_all(&id.to_le_bytes()),
+                    TokenWidth::U16 => {
+                        self.digest.update((id as u16).to_le_bytes());
+                        self.bin.write_all(&(id as u16).to_le_bytes())
+                    }
+                    TokenWidth::U32 => {
+                        self.digest.update(id.to_le_bytes());
+                        self.bin.write_all(&id.to_le_bytes())
+                    }
                 };
                 r.map_err(io_error(&self.bin_path))?;
             }
@@ -132,14 +142,18 @@ impl ShardWriter {
     }
 
     /// Flushes and fsyncs the token file, then writes the index from the side files.
-    pub fn finish(mut self) -> Result<()> {
+    /// Returns the sha256 of the token file's bytes followed by the index's: what
+    /// `meta.json` records so that a run can tell its data from other data cheaply.
+    pub fn finish(mut self) -> Result<[u8; 32]> {
         self.bin.flush().map_err(io_error(&self.bin_path))?;
         self.bin
             .get_ref()
             .sync_all()
             .map_err(io_error(&self.bin_path))?;
-        let mut idx =
-            BufWriter::new(File::create(&self.idx_path).map_err(io_error(&self.idx_path))?);
+        let mut idx = HashingWriter {
+            inner: BufWriter::new(File::create(&self.idx_path).map_err(io_error(&self.idx_path))?),
+            digest: &mut self.digest,
+        };
         for v in [IDX_MAGIC, self.sentences, self.documents] {
             idx.write_all(&v.to_le_bytes())
                 .map_err(io_error(&self.idx_path))?;
@@ -157,16 +171,37 @@ impl ShardWriter {
             std::io::copy(&mut file, &mut idx).map_err(io_error(&self.idx_path))?;
             std::fs::remove_file(&path).map_err(io_error(&path))?;
         }
-        let file = idx.into_inner().map_err(|e| DataError::Io {
+        let file = idx.inner.into_inner().map_err(|e| DataError::Io {
             path: self.idx_path.clone(),
             source: e.into_error(),
         })?;
-        file.sync_all().map_err(io_error(&self.idx_path))
+        file.sync_all().map_err(io_error(&self.idx_path))?;
+        Ok(self.digest.finalize().into())
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<'a, W> {
+    inner: W,
+    digest: &'a mut Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.digest.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
 /// A memory-mapped shard.
 pub struct Shard {
+    /// The index file, named in errors about either file.
+    path: PathBuf,
     bin: Mmap,
     idx: Mmap,
     width: TokenWidth,
@@ -197,24 +232,39 @@ impl Shard {
         if idx.len() < 24 || read_u64(&idx, 0) != IDX_MAGIC {
             return Err(corrupt("not a roberta-rs index (bad magic)".into()));
         }
-        let sentences = read_u64(&idx, 1) as usize;
-        let documents = read_u64(&idx, 2) as usize;
-        if idx.len() != 8 * (3 + sentences + 1 + documents + 1) {
+        let sentences = read_u64(&idx, 1);
+        let documents = read_u64(&idx, 2);
+        let expected = sentences
+            .checked_add(documents)
+            .and_then(|n| n.checked_add(5))
+            .and_then(|n| n.checked_mul(8));
+        if expected != Some(idx.len() as u64) {
             return Err(corrupt(format!(
-                "{} bytes, expected {}",
+                "{} bytes, but its header counts {sentences} sentences and {documents} documents",
                 idx.len(),
-                8 * (5 + sentences + documents)
             )));
         }
+        let (sentences, documents) = (sentences as usize, documents as usize);
         let shard = Self {
+            path: idx_path.to_path_buf(),
             bin,
             idx,
             width,
             sentences,
             documents,
         };
-        let tokens = shard.sentence_start(sentences);
-        if shard.bin.len() as u64 != tokens * width.bytes() as u64 {
+        // The ends of both offset tables: O(1) checks here; the offsets in between are
+        // checked where they are read (packing, and every served block).
+        if read_u64(&shard.idx, 3) != 0
+            || shard.document_start(0).ok() != Some(0)
+            || shard.document_start(documents).ok() != Some(sentences)
+        {
+            return Err(corrupt(
+                "its offset tables do not start at 0 or do not end at its sentence count".into(),
+            ));
+        }
+        let tokens = shard.tokens();
+        if Some(shard.bin.len() as u64) != tokens.checked_mul(width.bytes() as u64) {
             return Err(DataError::CorruptShard {
                 path: bin_path.to_path_buf(),
                 message: format!("{} bytes, the index says {tokens} tokens", shard.bin.len()),
@@ -232,21 +282,63 @@ impl Shard {
     }
 
     pub fn tokens(&self) -> u64 {
-        self.sentence_start(self.sentences)
+        read_u64(&self.idx, 3 + self.sentences)
     }
 
-    /// Token offset where sentence `s` starts (`s == sentences()` gives the end).
-    pub fn sentence_start(&self, s: usize) -> u64 {
-        read_u64(&self.idx, 3 + s)
+    /// Token offset where sentence `s` starts (`s == sentences()` gives the end); an
+    /// offset past the tokens, or a sentence past the table, is a corrupt index.
+    pub fn sentence_start(&self, s: usize) -> Result<u64> {
+        if s > self.sentences {
+            return Err(self.corrupt(format!(
+                "sentence {s} asked of a shard of {} sentences",
+                self.sentences
+            )));
+        }
+        let offset = read_u64(&self.idx, 3 + s);
+        if s > 0 && offset > self.tokens() {
+            return Err(self.corrupt(format!(
+                "sentence {s} starts at token {offset}, past its {} tokens",
+                self.tokens()
+            )));
+        }
+        Ok(offset)
     }
 
     /// Sentence index where document `d` starts (`d == documents()` gives the end).
-    pub fn document_start(&self, d: usize) -> usize {
-        read_u64(&self.idx, 3 + self.sentences + 1 + d) as usize
+    pub fn document_start(&self, d: usize) -> Result<usize> {
+        if d > self.documents {
+            return Err(self.corrupt(format!(
+                "document {d} asked of a shard of {} documents",
+                self.documents
+            )));
+        }
+        let sentence = read_u64(&self.idx, 3 + self.sentences + 1 + d);
+        if sentence > self.sentences as u64 {
+            return Err(self.corrupt(format!(
+                "document {d} starts at sentence {sentence}, past its {} sentences",
+                self.sentences
+            )));
+        }
+        Ok(sentence as usize)
     }
 
-    /// Appends tokens `[start, end)` to `out`.
-    pub fn tokens_into(&self, start: u64, end: u64, out: &mut Vec<u32>) {
+    /// An error naming this shard: its offsets point where they cannot.
+    pub fn corrupt(&self, message: String) -> DataError {
+        DataError::CorruptShard {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// Appends tokens `[start, end)` to `out`; offsets outside the shard (a corrupt
+    /// index) are an error, not a panic.
+    pub fn tokens_into(&self, start: u64, end: u64, out: &mut Vec<u32>) -> Result<()> {
+        if start > end || end > self.tokens() {
+            return Err(self.corrupt(format!(
+                "tokens {start}..{end} asked of a shard of {} tokens",
+                self.tokens()
+            )));
+        }
         let (start, end) = (start as usize, end as usize);
         match self.width {
             TokenWidth::U16 => out.extend(
@@ -260,6 +352,7 @@ impl Shard {
                     .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             ),
         }
+        Ok(())
     }
 }
 
@@ -283,10 +376,12 @@ mod tests {
             w.finish().unwrap();
             let s = Shard::open(&bin, &idx, width).unwrap();
             assert_eq!((s.sentences(), s.documents(), s.tokens()), (3, 2, 6));
-            assert_eq!(s.document_start(1), 2);
+            assert_eq!(s.document_start(1).unwrap(), 2);
             let mut out = Vec::new();
-            s.tokens_into(0, 6, &mut out);
+            s.tokens_into(0, 6, &mut out).unwrap();
             assert_eq!(out, vec![5, 6, 7, 8, 9, 65_535]);
+            assert!(s.tokens_into(2, 7, &mut out).is_err());
+            assert!(s.tokens_into(3, 2, &mut out).is_err());
         }
     }
 

@@ -3,13 +3,14 @@
 //! sha256 checksums. Written into a temporary directory, fsynced, then renamed, so a
 //! crash never leaves a directory that verifies but is incomplete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::Backend;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, RecorderError};
+use roberta_data::rng::STREAMS_VERSION;
 use roberta_data::{LoaderState, RobertaTokenizer};
 use roberta_model::hf::{CONFIG_FILE, write_atomic};
 use roberta_model::save_pretrained;
@@ -80,10 +81,111 @@ pub struct TrainerState {
     /// Fine-tuning: the best evaluation so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<Best>,
+    /// The version of the random streams the run's masks, orders and dropout came
+    /// from ([`STREAMS_VERSION`]; 1 before they were keyed by a full hash).
+    #[serde(default = "first_streams")]
+    pub streams: u32,
+    /// What the run trains on, so that a resume on other data or another tokenizer is
+    /// caught. Absent in checkpoints of earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataFingerprint>,
+    /// The updates since the last metrics line: a resumed run's next line covers the
+    /// same updates, with the same values, as the uninterrupted run's.
+    #[serde(default)]
+    pub pending: LogInterval,
 }
 
 fn one_device() -> usize {
     1
+}
+
+fn first_streams() -> u32 {
+    1
+}
+
+/// Sums over the updates since the last metrics line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogInterval {
+    pub loss: f64,
+    pub targets: f64,
+    /// Masked LM: right predictions of the masked tokens.
+    pub correct: Option<f64>,
+    pub tokens: f64,
+    pub updates: u64,
+    pub allreduce_s: f64,
+    /// Seconds spent in these updates before the last checkpoint (for tokens/s).
+    pub seconds: f64,
+}
+
+/// The tokenizer and the training data of a run, as hashes, with a description of the
+/// data for messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    /// sha256 of the tokenizer's canonical JSON.
+    pub tokenizer: String,
+    /// sha256 of the training data: the train split's content hash (pretraining), or
+    /// the training file's (fine-tuning).
+    pub train: String,
+    /// What that data is: its path and size.
+    pub describe: String,
+}
+
+impl DataFingerprint {
+    /// Refuses to resume on other data or with another tokenizer than the checkpoint's
+    /// unless `force`: the loader would continue at its old position in data it never
+    /// saw, or the embeddings would meet other ids. Checkpoints without a fingerprint
+    /// (earlier releases) cannot be checked.
+    pub fn check_resume(&self, checkpoint: &Path, saved: &TrainerState, force: bool) -> Result<()> {
+        let Some(was) = &saved.data else {
+            return Ok(());
+        };
+        let short = |h: &str| h.chars().take(12).collect::<String>();
+        let change = if was.tokenizer != self.tokenizer {
+            format!(
+                "the tokenizer is another one (sha256 {}… → {}…): the embeddings were trained on the old one's ids",
+                short(&was.tokenizer),
+                short(&self.tokenizer)
+            )
+        } else if was.train != self.train {
+            format!(
+                "the training data changed ({} → {}): the loader would continue at its old position in other data",
+                was.describe, self.describe
+            )
+        } else {
+            return Ok(());
+        };
+        if force {
+            tracing::warn!("resuming anyway (--force): {change}");
+            return Ok(());
+        }
+        bail!(
+            "{}: {change}; pass --force to resume anyway, or start a new run in another --run-dir",
+            checkpoint.display()
+        )
+    }
+}
+
+/// Refuses a checkpoint whose masks, data orders and dropout came from another version
+/// of the random streams, unless `force`.
+pub fn check_streams(checkpoint: &Path, saved: &TrainerState, force: bool) -> Result<()> {
+    if saved.streams == STREAMS_VERSION {
+        return Ok(());
+    }
+    let why = format!(
+        "written by an earlier roberta-train whose masks, data orders and dropout came from random streams of version {} (this one draws from version {STREAMS_VERSION})",
+        saved.streams
+    );
+    if force {
+        tracing::warn!(
+            "{}: {why}; resuming with the new streams (--force): losses will not match the old run's bitwise",
+            checkpoint.display()
+        );
+        return Ok(());
+    }
+    bail!(
+        "{}: {why}; pass --force to resume with the new streams (losses will not match the old run's bitwise)",
+        checkpoint.display()
+    )
 }
 
 impl Default for TrainerState {
@@ -96,6 +198,9 @@ impl Default for TrainerState {
             tokens: 0,
             devices: 1,
             best: None,
+            streams: STREAMS_VERSION,
+            data: None,
+            pending: LogInterval::default(),
         }
     }
 }
@@ -148,9 +253,13 @@ pub fn is_step_dir_name(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+/// Streams the file through the hash: checkpoints hold files of gigabytes.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 fn fsync(path: &Path) -> Result<()> {
@@ -159,14 +268,57 @@ fn fsync(path: &Path) -> Result<()> {
         .with_context(|| format!("syncing {}", path.display()))
 }
 
+/// Which checkpoints a run keeps: the newest `keep` that verify, the one just written
+/// always among them. A directory that does not verify (corrupt, or not a checkpoint at
+/// all) neither counts nor is removed. Verifying reads every file, so each checkpoint is
+/// verified once per process: those this process wrote are known good.
+pub struct Retention {
+    pub keep: usize,
+    verified: BTreeSet<PathBuf>,
+}
+
+impl Retention {
+    pub fn new(keep: usize) -> Self {
+        Self {
+            keep,
+            verified: BTreeSet::new(),
+        }
+    }
+
+    /// Removes verified checkpoints beyond the newest `keep`, never `written`.
+    fn prune(&mut self, run_dir: &Path, written: &Path) -> Result<()> {
+        self.verified.insert(written.to_path_buf());
+        let mut kept = 1;
+        for dir in list(run_dir)? {
+            if dir == written {
+                continue;
+            }
+            if !self.verified.contains(&dir) {
+                if let Err(e) = verify(&dir) {
+                    tracing::warn!("not counted as a checkpoint to keep: {e:#}");
+                    continue;
+                }
+                self.verified.insert(dir.clone());
+            }
+            if kept < self.keep {
+                kept += 1;
+                continue;
+            }
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            self.verified.remove(&dir);
+        }
+        Ok(())
+    }
+}
+
 /// Writes a checkpoint: `write_files(tmp_dir)` puts the tensor files in place; this adds
 /// the trainer state, config and manifest, syncs everything, renames the directory into
-/// place and prunes all but the newest `keep`.
+/// place and prunes older ones as `retention` says.
 pub fn save(
     run_dir: &Path,
     state: &TrainerState,
     config_toml: &str,
-    keep: usize,
+    retention: &mut Retention,
     write_files: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let dir = checkpoints_dir(run_dir);
@@ -211,7 +363,7 @@ pub fn save(
     }
     let target =
         result.with_context(|| format!("writing checkpoint {name} in {}", dir.display()))?;
-    prune(&dir, keep)?;
+    retention.prune(run_dir, &target)?;
     Ok(target)
 }
 
@@ -356,20 +508,13 @@ pub fn list(run_dir: &Path) -> Result<Vec<PathBuf>> {
         .filter(|p| {
             p.is_dir()
                 && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_step_dir_name)
         })
         .collect();
     found.sort();
     found.reverse();
     Ok(found)
-}
-
-fn prune(dir: &Path, keep: usize) -> Result<()> {
-    let run_dir = dir.parent().unwrap_or(dir);
-    for old in list(run_dir)?.into_iter().skip(keep) {
-        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
-    }
-    Ok(())
 }
 
 /// Checks every file against the manifest; the error says which file is wrong.
@@ -435,7 +580,11 @@ mod tests {
     }
 
     fn write(dir: &Path, step: u64) -> PathBuf {
-        save(dir, &state(step), "x = 1", 2, |tmp| {
+        write_keeping(dir, step, &mut Retention::new(2))
+    }
+
+    fn write_keeping(dir: &Path, step: u64, retention: &mut Retention) -> PathBuf {
+        save(dir, &state(step), "x = 1", retention, |tmp| {
             Ok(std::fs::write(
                 tmp.join("model.bin"),
                 vec![step as u8; 100],
@@ -459,6 +608,38 @@ mod tests {
         let (found, skipped) = latest_valid(run.path()).unwrap();
         assert_eq!(found.unwrap().1.step, 30);
         assert!(skipped.is_empty());
+    }
+
+    /// A directory that does not verify, newer than the checkpoint just written (a
+    /// user's folder, or a corrupt checkpoint) once counted as the newest to keep, and
+    /// the valid ones were deleted.
+    #[test]
+    fn only_checkpoints_that_verify_count_and_the_new_one_stays() {
+        let run = tempfile::tempdir().unwrap();
+        let mut retention = Retention::new(1);
+        write_keeping(run.path(), 40, &mut retention);
+        let foreign = checkpoints_dir(run.path()).join("step-0000099");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+        let written = write_keeping(run.path(), 50, &mut retention);
+        assert!(written.exists());
+        assert_eq!(
+            std::fs::read_to_string(foreign.join("notes.txt")).unwrap(),
+            "mine"
+        );
+        assert!(!checkpoints_dir(run.path()).join("step-0000040").exists());
+        let (found, skipped) = latest_valid(run.path()).unwrap();
+        assert_eq!(found.unwrap().1.step, 50);
+        assert_eq!(skipped.len(), 1);
+
+        // A newer checkpoint that verifies counts, but never at the cost of the new one
+        // (a run resumed from an older checkpoint).
+        let mut fresh = Retention::new(1);
+        write_keeping(run.path(), 70, &mut fresh);
+        let resumed = write_keeping(run.path(), 60, &mut fresh);
+        assert!(resumed.exists());
+        let names: Vec<PathBuf> = list(run.path()).unwrap();
+        assert_eq!(names, [foreign, resumed]);
     }
 
     #[test]
@@ -511,7 +692,9 @@ mod tests {
     #[test]
     fn a_failed_write_leaves_nothing() {
         let run = tempfile::tempdir().unwrap();
-        let err = save(run.path(), &state(5), "", 2, |_| bail!("disk full"));
+        let err = save(run.path(), &state(5), "", &mut Retention::new(2), |_| {
+            bail!("disk full")
+        });
         assert!(err.is_err());
         assert!(list(run.path()).unwrap().is_empty());
         let leftovers = std::fs::read_dir(checkpoints_dir(run.path()))

@@ -324,9 +324,8 @@ impl PretrainConfig {
         if d.train.is_empty() {
             bail!("data.train names no input");
         }
-        if !(8..=8192).contains(&d.block_size) {
-            bail!("data.block_size = {} must be in [8, 8192]", d.block_size);
-        }
+        roberta_data::blocks::check_block_size("data.block_size", d.block_size)
+            .map_err(anyhow::Error::msg)?;
         if !(0.0..0.5).contains(&d.valid_fraction) {
             bail!(
                 "data.valid_fraction = {} must be in [0, 0.5)",

@@ -113,8 +113,9 @@ impl RunLock {
 
 /// Refuses a run directory that holds files a run does not write, and, for a fresh run
 /// (`resuming` false), one that already holds a run. A run killed before its first
-/// checkpoint may start over with `--resume auto`, but a finished one (`final/` or
-/// `best/` with no checkpoint left) may not.
+/// checkpoint may start over with `--resume auto` (a fine-tuning run's `best/` from
+/// then is replaced by the new run's), but a finished one (`final/` with no checkpoint
+/// left) may not.
 pub fn check_contents(run_dir: &Path, resuming: bool, has_checkpoint: bool) -> Result<()> {
     let mut foreign = Vec::new();
     let mut previous = Vec::new();
@@ -144,19 +145,11 @@ pub fn check_contents(run_dir: &Path, resuming: bool, has_checkpoint: bool) -> R
             previous.join(", ")
         );
     }
-    let finished: Vec<&String> = previous
-        .iter()
-        .filter(|n| [checkpoint::FINAL, checkpoint::BEST].contains(&n.as_str()))
-        .collect();
-    if resuming && !has_checkpoint && !finished.is_empty() {
+    if resuming && !has_checkpoint && previous.iter().any(|n| n == checkpoint::FINAL) {
         bail!(
-            "{} holds a finished run's {} but no checkpoint to continue from: choose another --run-dir",
+            "{} holds a finished run's {}/ but no checkpoint to continue from: choose another --run-dir",
             run_dir.display(),
-            finished
-                .iter()
-                .map(|n| format!("{n}/"))
-                .collect::<Vec<_>>()
-                .join(" and ")
+            checkpoint::FINAL
         );
     }
     Ok(())
@@ -258,5 +251,20 @@ mod tests {
             .to_string();
         assert!(err.contains("no checkpoint"), "{err}");
         check_contents(dir.path(), true, true).unwrap();
+    }
+
+    /// A fine-tuning run killed between its first `best/` and its first checkpoint was
+    /// refused both ways: "a finished run" with --resume auto, "already holds a run"
+    /// without. It starts over with --resume auto.
+    #[test]
+    fn best_without_a_checkpoint_starts_over_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(checkpoint::BEST)).unwrap();
+        std::fs::write(dir.path().join(METRICS), "").unwrap();
+        check_contents(dir.path(), true, false).unwrap();
+        let err = check_contents(dir.path(), false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--resume auto"), "{err}");
     }
 }

@@ -18,17 +18,20 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use roberta_data::RobertaTokenizer;
+use roberta_data::rng::{self, Purpose};
 use roberta_model::{Precision, RobertaConfig};
 use serde::Serialize;
 
-use crate::checkpoint::{self, Best, Recorder32, TrainerState};
+use crate::checkpoint::{
+    self, Best, DataFingerprint, LogInterval, Recorder32, Retention, TrainerState,
+};
 use crate::config::{OptimSection, RunConfig};
 use crate::metrics::{Metrics, format_metrics};
 use crate::optim::{AdamWGroups, learning_rate};
 use crate::parallel::{self, Group};
 use crate::processes::{self, Processes};
 use crate::run_dir::{self, METRICS};
-use crate::tasks::{BatchPlan, Task};
+use crate::tasks::{BatchPlan, Task, Window};
 
 /// How a run trains, whatever the task.
 #[derive(Debug, Clone)]
@@ -71,6 +74,8 @@ pub struct RunFiles {
     pub config_toml: String,
     pub model_config: RobertaConfig,
     pub tokenizer: RobertaTokenizer,
+    /// What the run trains on, recorded in every checkpoint.
+    pub data: DataFingerprint,
 }
 
 /// How a run ended.
@@ -83,7 +88,15 @@ pub struct Outcome {
 /// Makes dropout a function of (seed, update, micro-batch), so that a resumed run draws
 /// the same dropout masks as an uninterrupted one.
 pub fn seed_dropout<B: Backend>(device: &B::Device, seed: u64, step: u64, micro: usize) {
-    B::seed(device, seed ^ (step << 16) ^ micro as u64 ^ 0xD0_0000_0000);
+    B::seed(
+        device,
+        rng::seed(Purpose::Dropout, &[seed, step, micro as u64]),
+    );
+}
+
+/// Seeds the backend's generator for initialising fresh weights.
+pub fn seed_init<B: Backend>(device: &B::Device, seed: u64) {
+    B::seed(device, rng::seed(Purpose::Init, &[seed]));
 }
 
 /// One line of `metrics.jsonl`.
@@ -108,17 +121,6 @@ struct MetricsLine {
     bad_steps: u64,
 }
 
-/// Sums since the last metrics line.
-#[derive(Default)]
-struct Interval {
-    loss: f64,
-    targets: f64,
-    correct: Option<f64>,
-    tokens: f64,
-    updates: u64,
-    allreduce_s: f64,
-}
-
 /// Trains `model` on `task` over `devices` (one replica each), from a checkpoint when
 /// `resume` names one; writes checkpoints, `best/` and, unless `stop` is raised (a
 /// signal: see [`stop_flag`]), `final/`.
@@ -141,6 +143,7 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
     let world = processes::world(devices.len());
     let mut state = TrainerState {
         devices: world,
+        data: Some(files.data.clone()),
         ..TrainerState::default()
     };
     if let Some((path, saved)) = resume {
@@ -155,6 +158,8 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
             .with_context(|| format!("{}: model", path.display()))?;
         state = TrainerState {
             devices: world,
+            streams: roberta_data::rng::STREAMS_VERSION,
+            data: Some(files.data.clone()),
             ..saved.clone()
         };
         tracing::info!("resumed from {} at step {}", path.display(), state.step);
@@ -212,6 +217,7 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
                 metrics: MetricsFile::open(&files.run_dir, state.step)?,
                 bar: crate::progress::steps_bar(settings.total, state.step),
                 saved_step: state.step,
+                retention: Retention::new(settings.keep),
                 early_stop: false,
             }),
             false => None,
@@ -267,6 +273,7 @@ struct Leader<'a> {
     bar: indicatif::ProgressBar,
     /// The step of the newest checkpoint.
     saved_step: u64,
+    retention: Retention,
     early_stop: bool,
 }
 
@@ -302,16 +309,24 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             seed: s.seed,
             start: state.loader,
         });
-        let (mut interval, mut interval_start) = (Interval::default(), Instant::now());
+        // The updates since the last metrics line are in `state.pending` (a resumed run
+        // continues the interval its checkpoint was taken in); their time since here.
+        let mut interval_start = Instant::now();
         let mut stopped = false;
         while state.step < s.total {
             // 1. The window: this update's micro-batches, their target count over all
             //    replicas, and whether replica 0 was asked to stop.
-            let window = batches.next_window(s.accumulation);
+            //    A batch that could not be read (a corrupt shard) or that the model cannot
+            //    take stops every replica with its reason.
+            let (window, unreadable) = match batches.next_window(s.accumulation) {
+                Ok(window) => (window, None),
+                Err(e) => (Window::empty(state.loader), Some(format!("{e:#}"))),
+            };
             let local_targets: usize = window.batches.iter().map(|b| self.task.targets(b)).sum();
             let signal = stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
             let early = leader.as_ref().is_some_and(|l| l.early_stop);
-            let refused = window.batches.iter().find_map(|b| self.task.check(b).err());
+            let refused =
+                unreadable.or_else(|| window.batches.iter().find_map(|b| self.task.check(b).err()));
             let [window_targets, signal, early, refusals] = self.sum([
                 local_targets as f64,
                 f64::from(u8::from(signal)),
@@ -352,12 +367,13 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             drop(forward);
             let reduce = Instant::now();
             let grads = self.group.sum_gradients(accumulator.grads(), &model)?;
-            interval.allreduce_s += reduce.elapsed().as_secs_f64();
+            let allreduce_s = reduce.elapsed().as_secs_f64();
             let local_tokens: usize = window.batches.iter().map(|b| self.task.tokens(b)).sum();
             let [loss_sum, correct, tokens] = self.sum([loss_sum, correct, local_tokens as f64])?;
             let loss = loss_sum / window_targets.max(1.0);
             state.tokens += tokens as u64;
-            interval.tokens += tokens;
+            state.pending.tokens += tokens;
+            state.pending.allreduce_s += allreduce_s;
 
             // 3. A non-finite loss skips the update; too many in a row abort.
             if !loss.is_finite() || window_targets == 0.0 {
@@ -371,17 +387,17 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             let (stepped, norm) = optim.step(lr, model, grads, &self.device);
             model = stepped;
             state.step += 1;
-            interval.loss += loss_sum;
-            interval.targets += window_targets;
-            interval.updates += 1;
+            let pending = &mut state.pending;
+            pending.loss += loss_sum;
+            pending.targets += window_targets;
+            pending.updates += 1;
             if counts_correct {
-                *interval.correct.get_or_insert(0.0) += correct;
+                *pending.correct.get_or_insert(0.0) += correct;
             }
 
             // 5. Log, evaluate, checkpoint (replica 0).
             if let Some(leader) = leader.as_mut() {
-                let done = std::mem::take(&mut interval);
-                let logged = self.after_update(
+                self.after_update(
                     leader,
                     &model,
                     &optim,
@@ -391,21 +407,18 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
                         norm,
                         epoch: window.epoch,
                         epoch_done,
-                        interval: done,
-                        seconds: interval_start.elapsed().as_secs_f64(),
                     },
+                    &mut interval_start,
                 )?;
-                match logged {
-                    Some(kept) => interval = kept,
-                    None => interval_start = Instant::now(),
-                }
+            } else if self.logs_at(state.step, epoch_done) {
+                state.pending = LogInterval::default();
             }
         }
         if let Some(leader) = leader.as_mut() {
             leader.bar.finish_and_clear();
             if leader.saved_step != state.step {
                 leader.metrics.sync();
-                self.save(leader, &model, &optim, &state)?;
+                self.save(leader, &model, &optim, &state, interval_start)?;
             }
         }
         self.group.leave()?;
@@ -417,8 +430,26 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
         Ok(<[f64; N]>::try_from(summed).expect("one sum per value"))
     }
 
+    /// Whether the metrics line (and an evaluation, if due) is written after `step`.
+    fn evaluates_at(&self, step: u64, epoch_done: bool) -> bool {
+        let s = self.settings;
+        self.task.has_valid()
+            && (step == s.total
+                || if s.eval_every > 0 {
+                    step.is_multiple_of(s.eval_every)
+                } else {
+                    epoch_done
+                })
+    }
+
+    fn logs_at(&self, step: u64, epoch_done: bool) -> bool {
+        step.is_multiple_of(self.settings.log_every)
+            || step == self.settings.total
+            || self.evaluates_at(step, epoch_done)
+    }
+
     /// Replica 0 after an update: the metrics line, the evaluation (and `best/`), the
-    /// checkpoint. Returns the interval back when no line was written yet.
+    /// checkpoint.
     fn after_update(
         &self,
         leader: &mut Leader<'_>,
@@ -426,69 +457,68 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
         optim: &AdamWGroups<B, T::Model>,
         state: &mut TrainerState,
         update: Update,
-    ) -> Result<Option<Interval>> {
+        interval_start: &mut Instant,
+    ) -> Result<()> {
         let s = self.settings;
         let step = state.step;
-        let evaluate_now = self.task.has_valid()
-            && (step == s.total
-                || if s.eval_every > 0 {
-                    step.is_multiple_of(s.eval_every)
-                } else {
-                    update.epoch_done
-                });
-        let log_now = step.is_multiple_of(s.log_every) || evaluate_now || step == s.total;
+        let evaluate_now = self.evaluates_at(step, update.epoch_done);
         leader.bar.set_position(step);
-        if !log_now {
-            return Ok(Some(update.interval));
-        }
-        let i = &update.interval;
-        let mut line = MetricsLine {
-            step,
-            epoch: update.epoch,
-            loss: i.loss / i.targets.max(1.0),
-            lr: update.lr,
-            grad_norm: update.norm,
-            tokens_per_s: i.tokens / update.seconds.max(1e-9),
-            masked_acc: i.correct.map(|c| c / i.targets.max(1.0)),
-            allreduce_s: (self.world > 1).then(|| i.allreduce_s / i.updates.max(1) as f64),
-            valid: BTreeMap::new(),
-            bad_steps: state.bad_steps,
-        };
-        let summary = format!(
-            "loss {:.4} lr {:.2e} {:.0} tok/s",
-            line.loss, line.lr, line.tokens_per_s
-        );
-        crate::progress::log_line(&format!("step {step}/{} {summary}", s.total));
-        leader.bar.set_message(summary);
-        if evaluate_now {
-            let inner = model.valid();
-            let scores = self.task.evaluate(&inner, &self.device)?;
-            let improved = match &s.best {
-                Some(policy) => self.keep_best(leader, &inner, state, policy, &scores)?,
-                None => false,
+        let log_now = self.logs_at(step, update.epoch_done);
+        if log_now {
+            let i = std::mem::take(&mut state.pending);
+            let seconds = i.seconds + interval_start.elapsed().as_secs_f64();
+            let mut line = MetricsLine {
+                step,
+                epoch: update.epoch,
+                loss: i.loss / i.targets.max(1.0),
+                lr: update.lr,
+                grad_norm: update.norm,
+                tokens_per_s: i.tokens / seconds.max(1e-9),
+                masked_acc: i.correct.map(|c| c / i.targets.max(1.0)),
+                allreduce_s: (self.world > 1).then(|| i.allreduce_s / i.updates.max(1) as f64),
+                valid: BTreeMap::new(),
+                bad_steps: state.bad_steps,
             };
-            crate::progress::report(
-                &leader.bar,
-                &format!(
-                    "step {step} valid {}{}",
-                    format_metrics(&scores),
-                    if improved { "  (best)" } else { "" }
-                ),
+            let summary = format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                line.loss, line.lr, line.tokens_per_s
             );
-            line.valid = scores
-                .into_iter()
-                .map(|(k, v)| (format!("valid_{k}"), v))
-                .collect();
+            crate::progress::log_line(&format!("step {step}/{} {summary}", s.total));
+            leader.bar.set_message(summary);
+            if evaluate_now {
+                let inner = model.valid();
+                let scores = self.task.evaluate(&inner, &self.device)?;
+                let improved = match &s.best {
+                    Some(policy) => self.keep_best(leader, &inner, state, policy, &scores)?,
+                    None => false,
+                };
+                crate::progress::report(
+                    &leader.bar,
+                    &format!(
+                        "step {step} valid {}{}",
+                        format_metrics(&scores),
+                        if improved { "  (best)" } else { "" }
+                    ),
+                );
+                line.valid = scores
+                    .into_iter()
+                    .map(|(k, v)| (format!("valid_{k}"), v))
+                    .collect();
+            }
+            leader.metrics.write(&line)?;
         }
-        leader.metrics.write(&line)?;
         let periodic = s.checkpoint_every > 0 && step.is_multiple_of(s.checkpoint_every);
         // With a best model, the state records the best and the evaluations since: a
         // checkpoint keeps them in step with `best/`.
         if periodic || step == s.total || (evaluate_now && s.best.is_some()) {
             leader.metrics.sync();
-            self.save(leader, model, optim, state)?;
+            self.save(leader, model, optim, state, *interval_start)?;
         }
-        Ok(None)
+        if log_now {
+            // Evaluation and checkpoint time is not training time.
+            *interval_start = Instant::now();
+        }
+        Ok(())
     }
 
     /// Compares an evaluation with the best so far; an improvement is written to
@@ -543,19 +573,24 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
         Ok(improved)
     }
 
+    /// Writes a checkpoint; the time of the pending updates goes into it, so a resumed
+    /// run's tokens/s covers them too.
     fn save(
         &self,
         leader: &mut Leader<'_>,
         model: &T::Model,
         optim: &AdamWGroups<B, T::Model>,
         state: &TrainerState,
+        interval_start: Instant,
     ) -> Result<()> {
+        let mut state = state.clone();
+        state.pending.seconds += interval_start.elapsed().as_secs_f64();
         let files = leader.files;
         let path = checkpoint::save(
             &files.run_dir,
-            state,
+            &state,
             &files.config_toml,
-            self.settings.keep,
+            &mut leader.retention,
             |tmp| {
                 checkpoint::write_model(tmp, model, &files.model_config, &files.tokenizer)?;
                 optim.save(tmp)
@@ -573,8 +608,6 @@ struct Update {
     norm: f64,
     epoch: u64,
     epoch_done: bool,
-    interval: Interval,
-    seconds: f64,
 }
 
 /// The checkpoint a run starts from, after checking the run directory (see
@@ -601,6 +634,7 @@ pub fn start_run<C: RunConfig>(
         resume_point(run_dir, resume)?
     };
     if let Some((path, saved_state)) = &found {
+        checkpoint::check_streams(path, saved_state, force)?;
         let mut saved = C::from_saved(&path.join(checkpoint::CONFIG))?;
         if saved_state.devices != world {
             let (batch_size, saved_accumulation) = saved.accumulation_mut();

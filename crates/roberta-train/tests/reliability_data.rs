@@ -292,7 +292,7 @@ fn data_dir(dir: &Path) -> PathBuf {
     out
 }
 
-fn inspect(data: &Path, output: &Path) -> std::process::Output {
+fn inspect_into(data: &Path, output: &Path) -> std::process::Output {
     run(&[
         "data",
         "inspect",
@@ -317,7 +317,7 @@ fn data_inspect_refuses_a_vocabulary_larger_than_the_tokenizers() {
     let vocab = meta["vocab_size"].as_u64().unwrap();
     meta["vocab_size"] = (vocab + 1000).into();
     std::fs::write(&meta_path, meta.to_string()).unwrap();
-    let err = fails(&inspect(&data, &dir.path().join("i.jsonl")));
+    let err = fails(&inspect_into(&data, &dir.path().join("i.jsonl")));
     assert!(
         err.contains(s(&data))
             && err.contains(&format!("{} tokens", vocab + 1000))
@@ -338,7 +338,7 @@ fn data_inspect_reports_ids_outside_the_vocabulary() {
     let len = std::fs::metadata(&bin).unwrap().len() as usize;
     std::fs::write(&bin, vec![0xff; len]).unwrap();
     let output = dir.path().join("i.jsonl");
-    let err = fails(&inspect(&data, &output));
+    let err = fails(&inspect_into(&data, &output));
     assert!(
         err.contains(s(&data))
             && err.contains("outside the tokenizer's")
@@ -516,7 +516,7 @@ fn encode_and_inspect_write_new_files_only() {
         std::fs::write(&theirs, "my notes").unwrap();
         let write = || match command {
             "encode" => encode(&input, &output),
-            _ => inspect(&data, &output),
+            _ => inspect_into(&data, &output),
         };
         ok(&write());
         assert!(std::fs::read_to_string(&output).unwrap().starts_with('{'));
@@ -572,6 +572,20 @@ fn encode_and_inspect_on_a_full_disk_name_the_output_and_leave_nothing() {
         "--output",
         s(&output),
     ];
+    // Inspecting packs the data directory's blocks first (its block index): on a full
+    // disk that fails naming the index, leaving no temporary behind.
+    let before = names(&data);
+    let err = fails(&run_on_a_full_disk(&inspect));
+    assert!(
+        err.contains(&format!(
+            "writing the block index {}: File too large",
+            data.join("blocks-train-full-sentences-64.idx").display()
+        )),
+        "{err}"
+    );
+    assert_eq!(names(&data), before);
+    ok(&inspect_into(&data, &dir.path().join("first.jsonl")));
+    std::fs::remove_file(dir.path().join("first.jsonl")).unwrap();
     for args in [&encode[..], &inspect[..]] {
         let err = fails(&run_on_a_full_disk(args));
         assert!(

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail, ensure};
 use roberta_data::corpus::{ReadOptions, expand_inputs};
-use roberta_data::loader::{PermutationCache, batch_at};
+use roberta_data::loader::batch_at;
 use roberta_data::masking::IGNORE_INDEX;
 use roberta_data::preprocess::{Outcome, PreprocessOptions, preprocess};
 use roberta_data::tokenizer::train_bpe;
@@ -28,7 +28,7 @@ pub fn tokenizer_train(
     refuse_existing(out, "--out")?;
     // Everything is read before anything is written, and the output is new, so a
     // tokenizer written inside an input directory is never read back as training text.
-    let files = expand_inputs(inputs)?;
+    let files = expand_inputs(inputs, &|| false)?;
     let tokenizer = train_bpe(&files, vocab_size, min_frequency)?;
     tokenizer.save_new_dir(out)?;
     println!(
@@ -187,12 +187,15 @@ pub fn run_preprocess(args: PreprocessArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     let outcome = outcome?;
+    if let Outcome::Rebuilt { why, .. } = &outcome {
+        println!("{} rebuilt: {why}", args.out.display());
+    }
     match outcome {
         Outcome::UpToDate(_) => println!(
             "{} is up to date (pass --force to rebuild)",
             args.out.display()
         ),
-        Outcome::Written(meta) => {
+        Outcome::Written(meta) | Outcome::Rebuilt { meta, .. } => {
             let seconds = start.elapsed().as_secs_f64();
             let bytes: u64 = meta.sources.iter().map(|s| s.bytes).sum();
             for (name, split) in &meta.splits {
@@ -234,6 +237,8 @@ pub struct InspectArgs {
 pub fn inspect(args: InspectArgs) -> Result<()> {
     refuse_existing(&args.output, "--output")?;
     args.masking.validate().map_err(|e| anyhow::anyhow!(e))?;
+    roberta_data::blocks::check_block_size("--block-size", args.block_size)
+        .map_err(anyhow::Error::msg)?;
     ensure!(
         args.batch_size > 0 && args.batches > 0,
         "--batches and --batch-size must be at least 1"
@@ -249,13 +254,13 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
         tokenizer.id_to_token(id)
     });
-    let corpus = Corpus::new(
+    let corpus = Corpus::open(
         split,
         args.block_size,
         args.break_mode,
         vocab,
         args.masking.clone(),
-    );
+    )?;
     ensure!(
         !corpus.is_empty(),
         "{}: the {} split has no blocks",
@@ -274,7 +279,6 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         epoch: args.epoch,
         cursor: 0,
     };
-    let mut cache = PermutationCache::default();
     let mut out = NewOutput::create(&args.output)?;
     let mask = tokenizer.specials().mask;
     let (mut maskable, mut chosen, mut as_mask, mut as_random, mut kept) =
@@ -284,7 +288,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let vocab_size = tokenizer.vocab_size();
     let (mut out_of_vocab, mut first_out_of_vocab) = (0usize, None);
     for b in 0..args.batches {
-        let batch = batch_at(&corpus, &config, state, &mut cache);
+        let batch = batch_at(&corpus, &config, state)?;
         for row in 0..batch.batch_size {
             let range = row * batch.seq_len..(row + 1) * batch.seq_len;
             let len = batch.attention_mask[range.clone()]

@@ -7,9 +7,10 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use roberta_data::RobertaTokenizer;
+use roberta_data::preprocess::tokenizer_sha256;
 use roberta_model::{LoadOptions, Pretrained, RobertaConfig};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, DataFingerprint};
 use crate::config::{FinetuneConfig, RunConfig, TaskKind};
 use crate::models::{ScratchDir, init_dir, load_model, load_tokenizer};
 use crate::processes::Processes;
@@ -94,7 +95,7 @@ where
         section.clone(),
         T::train_labels(&config.data.train, &section)?,
     );
-    B::seed(&device, config.train.seed);
+    crate::trainer::seed_init::<B>(&device, config.train.seed);
     let (model, model_config) = build_model::<B, T>(
         &config,
         &task,
@@ -136,6 +137,21 @@ where
         settings.warmup
     );
 
+    let train_file = &config.data.train;
+    let train_sha256 = checkpoint::sha256_file(train_file)?;
+    let data = DataFingerprint {
+        tokenizer: tokenizer_sha256(&tokenizer),
+        describe: format!(
+            "{}: {} bytes, sha256 {}…",
+            train_file.display(),
+            std::fs::metadata(train_file).map_or(0, |m| m.len()),
+            &train_sha256[..12]
+        ),
+        train: train_sha256,
+    };
+    if let Some((path, saved)) = &resume {
+        data.check_resume(path, saved, args.force)?;
+    }
     let metric = config.metric().to_string();
     let finetuning = Finetuning {
         task,
@@ -149,6 +165,7 @@ where
         config_toml: config.to_toml(),
         model_config,
         tokenizer,
+        data,
     };
     let outcome = trainer::train(
         &finetuning,

@@ -7,17 +7,17 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::backend::AutodiffBackend;
-use roberta_data::loader::validation_batches;
+use roberta_data::loader::validation_batch_count;
 use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha256};
 use roberta_data::{Corpus, DataError, MaskVocab, Meta, RobertaTokenizer, Split};
 use roberta_model::{LoadOptions, RobertaForMaskedLM};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, DataFingerprint};
 use crate::config::{PretrainConfig, RunConfig};
 use crate::models::load_model;
 use crate::processes::Processes;
-use crate::tasks::mlm::Mlm;
-use crate::trainer::{self, RunFiles, Settings, check_precision, start_run, stop_flag};
+use crate::tasks::mlm::{Mlm, Validation};
+use crate::trainer::{self, RunFiles, Settings, check_precision, seed_init, start_run, stop_flag};
 
 pub struct PretrainArgs {
     pub config: PretrainConfig,
@@ -79,9 +79,55 @@ pub fn prepare_data(
             meta.splits["train"].tokens,
             data.data_dir.display()
         ),
+        Outcome::Rebuilt { meta, why } => tracing::info!(
+            "preprocessed {} train tokens into {} again: {why}",
+            meta.splits["train"].tokens,
+            data.data_dir.display()
+        ),
         Outcome::UpToDate(_) => tracing::info!("{} is up to date", data.data_dir.display()),
     }
     Ok(data.data_dir.clone())
+}
+
+/// The train split packed into blocks, and the validation split when there is one.
+fn open_corpora(
+    config: &PretrainConfig,
+    tokenizer: &RobertaTokenizer,
+    stop: &Arc<AtomicBool>,
+) -> Result<(Corpus, Option<Validation>)> {
+    let data_dir = prepare_data(config, tokenizer, stop)?;
+    let hash = tokenizer_sha256(tokenizer);
+    let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
+        tokenizer.id_to_token(id)
+    });
+    let corpus = |split: Split| {
+        Corpus::open(
+            split,
+            config.data.block_size,
+            config.data.break_mode,
+            vocab.clone(),
+            config.masking.clone(),
+        )
+    };
+    let train = corpus(Split::open(&data_dir, "train", Some(&hash))?)?;
+    if train.is_empty() {
+        bail!("{}: the train split has no blocks", data_dir.display());
+    }
+    let valid = match Split::open(&data_dir, "valid", Some(&hash)) {
+        Ok(split) => {
+            let corpus = corpus(split)?;
+            let max = (config.eval.batches > 0).then_some(config.eval.batches);
+            Some(Validation {
+                batches: validation_batch_count(&corpus, config.train.batch_size, max),
+                corpus,
+                batch_size: config.train.batch_size,
+                seed: config.train.seed,
+            })
+        }
+        Err(DataError::MissingSplit { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok((train, valid))
 }
 
 /// How the trainer runs a pretraining config.
@@ -120,55 +166,27 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
     let tokenizer = RobertaTokenizer::load(&config.data.tokenizer)
         .with_context(|| format!("loading the tokenizer {}", config.data.tokenizer.display()))?;
     let stop = stop_flag()?;
-    // Rank 0 writes the shards; the other ranks find them up to date.
+    // Rank 0 writes the shards and packs them (the block indexes); the other ranks
+    // find both up to date.
     let processes = Processes::current();
     if !processes.is_leader() {
         processes.barrier();
     }
-    let data_dir = prepare_data(&config, &tokenizer, &stop)?;
+    let opened = open_corpora(&config, &tokenizer, &stop);
     if processes.is_leader() {
         processes.barrier();
     }
-    let hash = tokenizer_sha256(&tokenizer);
-    let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
-        tokenizer.id_to_token(id)
-    });
-    let corpus = |split: Split| {
-        Corpus::new(
-            split,
-            config.data.block_size,
-            config.data.break_mode,
-            vocab.clone(),
-            config.masking.clone(),
-        )
-    };
-    let train = corpus(Split::open(&data_dir, "train", Some(&hash))?);
-    if train.is_empty() {
-        bail!("{}: the train split has no blocks", data_dir.display());
-    }
-    let valid = match Split::open(&data_dir, "valid", Some(&hash)) {
-        Ok(split) => {
-            let max = (config.eval.batches > 0).then_some(config.eval.batches);
-            validation_batches(
-                &corpus(split),
-                config.train.batch_size,
-                config.train.seed,
-                max,
-            )
-        }
-        Err(roberta_data::DataError::MissingSplit { .. }) => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
+    let (train, valid) = opened?;
     tracing::info!(
         "{} train blocks of ≤{} tokens ({} fill), {} validation batches",
         train.len(),
         config.data.block_size,
         format_args!("{:.0}%", train.fill_rate() * 100.0),
-        valid.len()
+        valid.as_ref().map_or(0, |v| v.batches)
     );
 
     // The model, on the first device; the trainer copies it to the others.
-    B::seed(&device, config.train.seed);
+    seed_init::<B>(&device, config.train.seed);
     let mut model_config = config.model_config(tokenizer.vocab_size());
     let model: RobertaForMaskedLM<B> = match &config.model.init {
         Some(dir) => {
@@ -195,6 +213,19 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         tokenizer.vocab_size(),
         model_config.vocab_size
     );
+    let data = DataFingerprint {
+        tokenizer: tokenizer_sha256(&tokenizer),
+        train: train.split.sha256.clone(),
+        describe: format!(
+            "{}: {} train tokens, sha256 {}…",
+            train.split.dir.display(),
+            train.split.tokens(),
+            train.split.sha256.chars().take(12).collect::<String>()
+        ),
+    };
+    if let Some((path, saved)) = &resume {
+        data.check_resume(path, saved, args.force)?;
+    }
     let task = Mlm {
         corpus: Arc::new(train),
         valid,
@@ -206,6 +237,7 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         config_toml: config.to_toml(),
         model_config,
         tokenizer,
+        data,
     };
     let outcome = trainer::train(
         &task,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use roberta_data::loader::validation_batch;
 use roberta_data::{Batch, Corpus, Loader, LoaderConfig};
 use roberta_model::loss::cross_entropy_sum;
 use roberta_model::{RobertaForMaskedLM, RobertaInput};
@@ -16,12 +17,21 @@ use crate::metrics::Metrics;
 
 pub struct Mlm {
     pub corpus: Arc<Corpus>,
-    /// Validation batches, masked once with the run's seed.
-    pub valid: Vec<Batch>,
+    /// Validation data, masked the same way at every evaluation of the run.
+    pub valid: Option<Validation>,
     /// Batches the background loader may prepare ahead.
     pub queue_depth: usize,
     /// The model's vocabulary: every token id must be below it.
     pub vocab_size: usize,
+}
+
+/// The validation split and how it is cut into batches: each batch is built when it is
+/// evaluated, so the split costs no memory between evaluations.
+pub struct Validation {
+    pub corpus: Corpus,
+    pub batches: usize,
+    pub batch_size: usize,
+    pub seed: u64,
 }
 
 /// A batch as tensors: the model input, flat indices of the masked positions, targets.
@@ -76,15 +86,16 @@ fn loss_and_correct<B: Backend>(
     (cross_entropy_sum(logits, t.targets), correct)
 }
 
-/// Mean loss, perplexity and accuracy over validation batches.
-pub fn evaluate<B: Backend>(
+/// Mean loss, perplexity and accuracy over the validation batches.
+fn evaluate<B: Backend>(
     model: &RobertaForMaskedLM<B>,
-    batches: &[Batch],
+    valid: &Validation,
     device: &B::Device,
-) -> Metrics {
+) -> Result<Metrics> {
     let (mut loss, mut correct, mut count) = (0.0, 0.0, 0.0);
-    for batch in batches {
-        let Some(t) = to_tensors::<B>(batch, device) else {
+    for b in 0..valid.batches {
+        let batch = validation_batch(&valid.corpus, valid.batch_size, valid.seed, b)?;
+        let Some(t) = to_tensors::<B>(&batch, device) else {
             continue;
         };
         count += t.targets.dims()[0] as f64;
@@ -93,24 +104,26 @@ pub fn evaluate<B: Backend>(
         correct += right;
     }
     let mean = loss / f64::max(count, 1.0);
-    Metrics::from([
+    Ok(Metrics::from([
         ("loss".into(), mean),
         ("ppl".into(), mean.exp()),
         ("acc".into(), correct / f64::max(count, 1.0)),
-    ])
+    ]))
 }
 
 struct LoaderBatches(Loader);
 
 impl Batches<Batch> for LoaderBatches {
     /// Windows run across epoch ends: blocks are served as one stream.
-    fn next_window(&mut self, accumulation: usize) -> Window<Batch> {
-        let batches: Vec<Batch> = (0..accumulation).map(|_| self.0.next_batch()).collect();
-        Window {
+    fn next_window(&mut self, accumulation: usize) -> Result<Window<Batch>> {
+        let batches = (0..accumulation)
+            .map(|_| self.0.next_batch())
+            .collect::<roberta_data::Result<Vec<Batch>>>()?;
+        Ok(Window {
             epoch: batches[0].epoch,
             next: batches.last().expect("accumulation ≥ 1").next,
             batches,
-        }
+        })
     }
 }
 
@@ -170,7 +183,7 @@ impl<B: AutodiffBackend> Task<B> for Mlm {
     }
 
     fn has_valid(&self) -> bool {
-        !self.valid.is_empty()
+        self.valid.as_ref().is_some_and(|v| v.batches > 0)
     }
 
     fn evaluate(
@@ -178,6 +191,9 @@ impl<B: AutodiffBackend> Task<B> for Mlm {
         model: &RobertaForMaskedLM<B::InnerBackend>,
         device: &B::Device,
     ) -> Result<Metrics> {
-        Ok(evaluate(model, &self.valid, device))
+        match &self.valid {
+            Some(valid) => evaluate(model, valid, device),
+            None => Ok(Metrics::new()),
+        }
     }
 }

@@ -17,7 +17,7 @@ use burn::module::AutodiffModule;
 use burn::nn::DropoutConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use roberta_data::loader::permutation;
+use roberta_data::rng::Shuffle;
 use roberta_data::{LoaderState, RobertaTokenizer};
 use roberta_model::{
     Pretrained, RobertaConfig, RobertaForQuestionAnswering, RobertaForSequenceClassification,
@@ -39,11 +39,22 @@ pub struct Window<T> {
     pub next: LoaderState,
 }
 
+impl<T> Window<T> {
+    /// No batches, the data where it was: what a replica holds when its read failed.
+    pub fn empty(at: LoaderState) -> Self {
+        Self {
+            batches: Vec::new(),
+            epoch: at.epoch,
+            next: at,
+        }
+    }
+}
+
 /// A replica's stream of training batches.
 pub trait Batches<T>: Send {
     /// The next update's micro-batches: `accumulation` of them, or fewer where the
     /// source ends its windows at an epoch's end.
-    fn next_window(&mut self, accumulation: usize) -> Window<T>;
+    fn next_window(&mut self, accumulation: usize) -> Result<Window<T>>;
 }
 
 /// Where replica `rank` of `world` starts reading, and how much per micro-batch.
@@ -322,12 +333,12 @@ where
     }
 }
 
-/// Fine-tuning's batches: the features in a seeded permutation per epoch. Each
+/// Fine-tuning's batches: the features in a keyed order per epoch. Each
 /// micro-batch takes `world × batch_size` rows of it, of which replica `rank` trains on
 /// its slice; a window ends early at the end of an epoch, so an update never mixes two.
 struct FeatureBatches<'a, F> {
     features: &'a [F],
-    order: Vec<u32>,
+    order: Shuffle,
     plan: BatchPlan,
     state: LoaderState,
 }
@@ -336,7 +347,7 @@ impl<'a, F> FeatureBatches<'a, F> {
     fn new(features: &'a [F], plan: BatchPlan) -> Self {
         Self {
             features,
-            order: permutation(features.len(), plan.seed, plan.start.epoch),
+            order: Shuffle::new(features.len() as u64, plan.seed, plan.start.epoch),
             plan,
             state: plan.start,
         }
@@ -344,7 +355,7 @@ impl<'a, F> FeatureBatches<'a, F> {
 }
 
 impl<F: Clone + Send + Sync> Batches<Vec<F>> for FeatureBatches<'_, F> {
-    fn next_window(&mut self, accumulation: usize) -> Window<Vec<F>> {
+    fn next_window(&mut self, accumulation: usize) -> Result<Window<Vec<F>>> {
         let n = self.features.len();
         let BatchPlan {
             rank,
@@ -361,9 +372,7 @@ impl<F: Clone + Send + Sync> Batches<Vec<F>> for FeatureBatches<'_, F> {
             let mine =
                 (start + rank * batch_size).min(end)..(start + (rank + 1) * batch_size).min(end);
             batches.push(
-                self.order[mine]
-                    .iter()
-                    .map(|&i| self.features[i as usize].clone())
+                mine.map(|i| self.features[self.order.at(i as u64) as usize].clone())
                     .collect(),
             );
             if end == n {
@@ -371,16 +380,16 @@ impl<F: Clone + Send + Sync> Batches<Vec<F>> for FeatureBatches<'_, F> {
                     epoch: epoch + 1,
                     cursor: 0,
                 };
-                self.order = permutation(n, seed, epoch + 1);
+                self.order = Shuffle::new(n as u64, seed, epoch + 1);
                 break;
             }
             self.state.cursor = end as u64;
         }
-        Window {
+        Ok(Window {
             batches,
             epoch,
             next: self.state,
-        }
+        })
     }
 }
 
@@ -406,8 +415,11 @@ mod tests {
             .map(|r| FeatureBatches::new(&features, plan(r, 2, 2)))
             .collect();
         for _ in 0..3 {
-            let whole = one.next_window(2);
-            let parts: Vec<_> = halves.iter_mut().map(|h| h.next_window(2)).collect();
+            let whole = one.next_window(2).unwrap();
+            let parts: Vec<_> = halves
+                .iter_mut()
+                .map(|h| h.next_window(2).unwrap())
+                .collect();
             assert_eq!(whole.batches.len(), parts[0].batches.len());
             for (i, batch) in whole.batches.iter().enumerate() {
                 let joined: Vec<u32> =
@@ -419,8 +431,8 @@ mod tests {
         // 10 features in micro-batches of 4: the second window holds the last 2 and ends
         // the epoch; the third starts epoch 1 in a new order.
         let mut one = FeatureBatches::new(&features, plan(0, 1, 4));
-        let first = one.next_window(2);
-        let second = one.next_window(2);
+        let first = one.next_window(2).unwrap();
+        let second = one.next_window(2).unwrap();
         assert_eq!((first.batches.len(), second.batches.len()), (2, 1));
         assert_eq!(second.batches[0].len(), 2);
         assert_eq!(

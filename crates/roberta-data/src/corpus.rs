@@ -2,16 +2,13 @@
 //! corpus in memory. Plain text (one sentence per line, a blank line ends a document; or
 //! one document per line) and JSONL (a text field per record).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
-
-/// Longest line a text or JSONL corpus may hold. Longer ones are not text a model could
-/// use as a sentence or a document, and would be held whole in memory.
-pub const MAX_LINE_BYTES: usize = 16 << 20;
+use crate::input::{self, Kind, MAX_LINE_BYTES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,7 +94,7 @@ pub fn expand_inputs(inputs: &[PathBuf], stopped: &dyn Fn() -> bool) -> Result<V
             walk.files.extend(matches);
             continue;
         }
-        match kind(input)? {
+        match input::kind(input)? {
             Kind::Dir(id) => {
                 let before = walk.files.len();
                 walk.seen.insert(id);
@@ -128,84 +125,6 @@ fn require_utf8(path: &Path) -> Result<()> {
             path: path.to_path_buf(),
         }),
     }
-}
-
-/// What an input is, by the file it leads to: a directory or a regular file, with its
-/// identity (device and inode).
-enum Kind {
-    Dir((u64, u64)),
-    File((u64, u64)),
-}
-
-fn kind(path: &Path) -> Result<Kind> {
-    let corpus = |message: &str| DataError::Corpus {
-        path: path.to_path_buf(),
-        message: message.into(),
-    };
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) => {
-            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-            // ELOOP: 40 on Linux.
-            return Err(match (link, e.raw_os_error()) {
-                (true, Some(40)) => corpus("a symbolic link loop (it leads back to itself)"),
-                (true, _) => corpus("a symbolic link to nothing"),
-                (false, _) if e.kind() == std::io::ErrorKind::NotFound => {
-                    corpus("no such file or directory")
-                }
-                _ => DataError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                },
-            });
-        }
-    };
-    let id = identity(&meta);
-    if meta.is_dir() {
-        Ok(Kind::Dir(id))
-    } else if meta.is_file() {
-        Ok(Kind::File(id))
-    } else {
-        Err(corpus(&format!(
-            "not a regular file ({}): give files or directories of text",
-            special_kind(&meta)
-        )))
-    }
-}
-
-#[cfg(unix)]
-fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (meta.dev(), meta.ino())
-}
-
-#[cfg(not(unix))]
-fn identity(_: &std::fs::Metadata) -> (u64, u64) {
-    // No inode numbers: every entry counts as new (cycles are a unix matter here).
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    (0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-}
-
-#[cfg(unix)]
-fn special_kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a file or directory"
-    }
-}
-
-#[cfg(not(unix))]
-fn special_kind(_: &std::fs::Metadata) -> &'static str {
-    "not a file or directory"
 }
 
 /// A walk over input directories: the files found, and every directory and file seen.
@@ -239,7 +158,7 @@ impl Walk<'_> {
             {
                 continue;
             }
-            match kind(&path)? {
+            match input::kind(&path)? {
                 Kind::Dir(id) => {
                     if self.seen.insert(id) {
                         self.dir(&path)?;
@@ -263,20 +182,17 @@ pub fn read_documents(
     options: &ReadOptions,
     sink: &mut dyn FnMut(Vec<String>) -> Result<()>,
 ) -> Result<u64> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let format = options
         .format
         .unwrap_or_else(|| CorpusFormat::from_path(path));
     match format {
         CorpusFormat::Parquet | CorpusFormat::Arrow => {
-            return read_columnar_documents(path, file, &options.text_field, sink);
+            return read_columnar_documents(path, input::open(path)?, &options.text_field, sink);
         }
         CorpusFormat::Text | CorpusFormat::Jsonl => {}
     }
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    // A byte-order mark is not text to train on.
+    let mut reader = input::text(path)?;
     let mut line = Vec::new();
     let mut offset = 0u64;
     let mut line_no = 0u64;

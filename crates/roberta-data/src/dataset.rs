@@ -33,9 +33,12 @@ pub struct SplitMeta {
 pub struct SourceMeta {
     pub path: PathBuf,
     pub bytes: u64,
-    /// Modification time, seconds since the epoch: with `bytes`, how a re-run tells
-    /// that an input changed.
+    /// Modification time, seconds since the epoch, and its nanoseconds: with `bytes`,
+    /// how a re-run tells that an input changed (an edit within the same second that
+    /// keeps the size, such as reordered lines, still moves the nanoseconds).
     pub modified: u64,
+    #[serde(default)]
+    pub modified_nanos: u32,
 }
 
 /// `meta.json`: what the shards hold and how they were made. Written last, so a

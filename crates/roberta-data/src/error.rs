@@ -100,6 +100,10 @@ pub enum DataError {
         "the input {input} lies inside the output {path}: preprocess would read its own output as corpus text; choose another --out (data.data_dir when pretraining), outside every input"
     )]
     InputInOutput { path: PathBuf, input: PathBuf },
+    #[error(
+        "{path} is being written by another roberta-train (PID {pid}): wait for it to finish, or choose another --out (data.data_dir when pretraining)"
+    )]
+    InUse { path: PathBuf, pid: String },
     #[error("interrupted: nothing written to {path}")]
     Interrupted { path: PathBuf },
     #[error("{0}")]

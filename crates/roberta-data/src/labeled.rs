@@ -4,7 +4,6 @@
 //! line and the column.
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -13,6 +12,7 @@ use arrow_array::cast::AsArray;
 
 use crate::columnar::{self, Table, cell_text};
 use crate::error::{DataError, Result};
+use crate::input;
 use crate::masking::IGNORE_INDEX;
 use crate::tokenizer::RobertaTokenizer;
 
@@ -59,7 +59,8 @@ pub struct Example {
 /// files) by column, anything else as TSV (`.csv`: comma with CSV quoting). TSV fields
 /// are taken verbatim: GLUE files hold unbalanced quotes.
 pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
-    let bytes = std::fs::metadata(path)
+    let bytes = input::open(path)?
+        .metadata()
         .map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
@@ -79,6 +80,13 @@ pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
     if examples.is_empty() {
         return Err(error(path, "no examples (empty split)"));
     }
+    // An empty label would become a class named "".
+    if let Some(e) = examples
+        .iter()
+        .find(|e| e.label.as_deref().is_some_and(|l| l.trim().is_empty()))
+    {
+        return Err(error(path, format!("line {}: the label is empty", e.line)));
+    }
     Ok(examples)
 }
 
@@ -93,8 +101,7 @@ fn read_delimited(
         .quoting(quoting)
         .has_headers(columns.header)
         .flexible(true)
-        .from_path(path)
-        .map_err(|e| error(path, e.to_string()))?;
+        .from_reader(input::text(path)?);
     let index = |name: &str, headers: &[String]| -> Result<usize> {
         if columns.header {
             headers.iter().position(|h| h == name).ok_or_else(|| {
@@ -143,9 +150,32 @@ fn read_delimited(
         .map(|c| index(c, &headers))
         .transpose()?;
     let mut examples = Vec::new();
+    // Every row has as many fields as the header (or, without one, the first row): GLUE
+    // TSV is read verbatim, so a tab inside a quoted text splits it into two fields,
+    // and an extra field read as text or label would train on the wrong column.
+    let mut width = columns.header.then_some(headers.len());
     for record in reader.records() {
         let record = record.map_err(|e| error(path, e.to_string()))?;
         let line = record.position().map_or(0, |p| p.line() as usize);
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        let expected = *width.get_or_insert(record.len());
+        if record.len() > expected {
+            return Err(error(
+                path,
+                format!(
+                    "line {line}: {} fields where {} has {expected} (a {} inside a text field?)",
+                    record.len(),
+                    if columns.header {
+                        "the header"
+                    } else {
+                        "the first row"
+                    },
+                    if delimiter == b'\t' { "tab" } else { "comma" }
+                ),
+            ));
+        }
         let field = |i: usize, name: &str| -> Result<String> {
             record.get(i).map(str::to_string).ok_or_else(|| {
                 error(
@@ -157,9 +187,6 @@ fn read_delimited(
                 )
             })
         };
-        if record.iter().all(|f| f.trim().is_empty()) {
-            continue;
-        }
         examples.push(Example {
             text_a: field(a, &columns.text_a)?,
             text_b: b
@@ -177,17 +204,10 @@ fn read_delimited(
     Ok(examples)
 }
 
-fn open(path: &Path) -> Result<std::fs::File> {
-    std::fs::File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// Parquet or Arrow IPC rows; `line` is the 1-based row. Integer labels (an HF
 /// `ClassLabel`) read as their numbers.
 fn read_columnar(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
-    let table = Table::open(path, open(path)?)?;
+    let table = Table::open(path, input::open(path)?)?;
     let names: Vec<&str> = [
         Some(columns.text_a.as_str()),
         columns.text_b.as_deref(),
@@ -220,14 +240,9 @@ fn read_columnar(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
 }
 
 fn read_jsonl(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
-    let file = open(path)?;
     let mut examples = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line_no = n + 1;
-        let line = line.map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    for line in input::lines(path)? {
+        let (line_no, line) = line?;
         if line.trim().is_empty() {
             continue;
         }
@@ -294,12 +309,21 @@ pub fn regression_targets(path: &Path, examples: &[Example]) -> Result<Vec<f32>>
                 .label
                 .as_deref()
                 .ok_or_else(|| error(path, format!("line {}: no label", e.line)))?;
-            label.parse().map_err(|_| {
-                error(
+            match label.parse::<f32>() {
+                Ok(v) if v.is_finite() => Ok(v),
+                // `nan`, `inf` and numbers past f32's range would make every loss NaN.
+                Ok(_) => Err(error(
+                    path,
+                    format!(
+                        "line {}: label \"{label}\" is not a finite number (NaN, infinite, or beyond ±3.4e38)",
+                        e.line
+                    ),
+                )),
+                Err(_) => Err(error(
                     path,
                     format!("line {}: label \"{label}\" is not a number", e.line),
-                )
-            })
+                )),
+            }
         })
         .collect()
 }
@@ -361,10 +385,7 @@ pub fn read_squad(path: &Path) -> Result<Vec<QaExample>> {
 }
 
 fn read_squad_json(path: &Path) -> Result<Vec<QaExample>> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = input::read_to_string(path)?;
     let file: SquadFile =
         serde_json::from_str(&text).map_err(|e| error(path, format!("not SQuAD JSON: {e}")))?;
     let mut examples = Vec::new();
@@ -387,7 +408,7 @@ fn read_squad_json(path: &Path) -> Result<Vec<QaExample>> {
 }
 
 fn read_squad_columnar(path: &Path) -> Result<Vec<QaExample>> {
-    let table = Table::open(path, open(path)?)?;
+    let table = Table::open(path, input::open(path)?)?;
     let hint = "; SQuAD as HF datasets writes it has id, question, context and answers";
     let flat = table.has("answers.text") && table.has("answers.answer_start");
     let mut wanted = vec!["id", "question", "context"];
@@ -616,21 +637,17 @@ pub struct TaggedSentence {
 /// Reads CoNLL-style files: one `word … tag` per line (the tag is the last
 /// whitespace-separated column), blank lines between sentences, `-DOCSTART-` ignored.
 pub fn read_conll(path: &Path) -> Result<Vec<TaggedSentence>> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let mut sentences = Vec::new();
     let mut current = TaggedSentence {
         words: Vec::new(),
         tags: Vec::new(),
         line: 1,
     };
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    // Every token line has the columns of the first: with one fewer, the last column
+    // would be another one (a POS tag) taken as the tag.
+    let mut width: Option<(usize, usize)> = None;
+    for line in input::lines(path)? {
+        let (n, line) = line?;
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.is_empty() || fields[0] == "-DOCSTART-" {
             if !current.words.is_empty() {
@@ -639,18 +656,28 @@ pub fn read_conll(path: &Path) -> Result<Vec<TaggedSentence>> {
                     TaggedSentence {
                         words: Vec::new(),
                         tags: Vec::new(),
-                        line: n + 2,
+                        line: n + 1,
                     },
                 ));
             } else {
-                current.line = n + 2;
+                current.line = n + 1;
             }
             continue;
         }
         if fields.len() < 2 {
             return Err(error(
                 path,
-                format!("line {}: expected a word and a tag, found {line:?}", n + 1),
+                format!("line {n}: expected a word and a tag, found {line:?}"),
+            ));
+        }
+        let (columns, first) = *width.get_or_insert((fields.len(), n));
+        if fields.len() != columns {
+            return Err(error(
+                path,
+                format!(
+                    "line {n}: {} columns where line {first} has {columns}: the tag is the last column of every line",
+                    fields.len()
+                ),
             ));
         }
         current.words.push(fields[0].to_string());

@@ -7,6 +7,7 @@ pub mod columnar;
 pub mod corpus;
 pub mod dataset;
 pub mod error;
+pub mod input;
 pub mod labeled;
 pub mod loader;
 pub mod masking;

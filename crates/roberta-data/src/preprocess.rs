@@ -110,11 +110,12 @@ fn sources(files: &[PathBuf]) -> Result<Vec<SourceMeta>> {
                 .modified()
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
+                .unwrap_or_default();
             Ok(SourceMeta {
                 path: path.clone(),
                 bytes: m.len(),
-                modified,
+                modified: modified.as_secs(),
+                modified_nanos: modified.subsec_nanos(),
             })
         })
         .collect()
@@ -171,14 +172,18 @@ pub fn preprocess(
             path: out.to_path_buf(),
             why: "names no directory".into(),
         })?;
-    remove_stale_temporaries(parent, &name, &target);
-    let existing = existing_output(&target, out)?;
+    // What the output holds decides whether it may be written at all (checked again
+    // under the lock, which is taken only for an output that may be).
+    existing_output(&target, out)?;
     refuse_overlap(
         &target,
         out,
         options.inputs.iter().chain(&options.valid),
         train_files.iter().chain(&valid_files),
     )?;
+    let _lock = OutputLock::acquire(parent, &name, out)?;
+    remove_stale_temporaries(parent, &name, &target);
+    let existing = existing_output(&target, out)?;
     let mut rebuild = None;
     if let Existing::Ours { meta, foreign } = &existing {
         if !force && meta.tokenizer_sha256 != hash && !meta.is_outdated() {
@@ -285,6 +290,79 @@ pub fn preprocess(
         Some(why) => Outcome::Rebuilt { meta, why },
         None => Outcome::Written(meta),
     })
+}
+
+/// The lock of an output: `.NAME.lock` beside it, holding its holder's PID, removed
+/// when the lock is dropped. Two processes preprocessing into one output (two
+/// `preprocess`, or two first pretraining runs sharing a `data.data_dir`) would replace
+/// each other's work; the second is refused, naming the first.
+struct OutputLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl OutputLock {
+    fn acquire(parent: &Path, name: &str, out: &Path) -> Result<Self> {
+        use std::io::Write;
+        std::fs::create_dir_all(parent).map_err(|source| DataError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+        let path = parent.join(format!(".{name}.lock"));
+        let io = |source| DataError::Io {
+            path: path.clone(),
+            source,
+        };
+        loop {
+            let mut file = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    return Err(DataError::InUse {
+                        path: out.to_path_buf(),
+                        pid: holder.trim().to_string(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+            // The holder before us removes the file as it lets go: if what we locked is
+            // no longer at `path`, lock what is there now.
+            if !same_file(&file, &path) {
+                continue;
+            }
+            file.set_len(0)
+                .and_then(|()| write!(file, "{}", std::process::id()))
+                .map_err(io)?;
+            return Ok(Self { path, _file: file });
+        }
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(unix)]
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::File, path: &Path) -> bool {
+    path.exists()
 }
 
 /// Refuses an output inside a directory the corpus is read from, and a corpus file inside
@@ -1070,6 +1148,28 @@ mod tests {
         assert_eq!(Meta::read(&out).unwrap(), before);
         // Beside the inputs is fine, and so is a name that merely starts like one.
         run(&tok, &options(&cin), &dir.path().join("cin-bin")).unwrap();
+    }
+
+    #[test]
+    fn a_second_process_on_one_output_is_refused_naming_the_first() {
+        let tok = repo_tokenizer();
+        let dir = tempfile::tempdir().unwrap();
+        let input = corpus(dir.path(), "train.txt", 50);
+        let out = dir.path().join("out");
+        // A lock is held per open file: a second open conflicts, as another process's.
+        let held = OutputLock::acquire(dir.path(), "out", &out).unwrap();
+        let err = run(&tok, &options(&input), &out).err().unwrap();
+        assert!(matches!(err, DataError::InUse { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "another roberta-train (PID {})",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(held);
+        run(&tok, &options(&input), &out).unwrap();
+        assert_eq!(others(dir.path(), &[]), ["out", "train.txt"]);
     }
 
     #[test]

@@ -261,12 +261,7 @@ pub fn train_bpe(
         .map(|f| f.to_string_lossy().into_owned())
         .collect();
     for f in files {
-        if !f.is_file() {
-            return Err(DataError::Corpus {
-                path: f.clone(),
-                message: "no such file".into(),
-            });
-        }
+        crate::input::open(f)?;
     }
     if !any_text(files)? {
         const SHOWN: usize = 3;
@@ -317,7 +312,7 @@ fn any_text(files: &[PathBuf]) -> Result<bool> {
             path: f.clone(),
             source,
         };
-        let mut file = std::fs::File::open(f).map_err(io)?;
+        let mut file = crate::input::open(f)?;
         loop {
             let n = file.read(&mut buf).map_err(io)?;
             if n == 0 {

@@ -88,6 +88,7 @@ mod tests {
 
     #[test]
     fn padding_rows_start_at_zero() {
+        let _generator = crate::generator_lock();
         let device = Default::default();
         let config = RobertaConfig::tiny(50);
         let e = RobertaEmbeddings::<Flex>::new(&config, &device);

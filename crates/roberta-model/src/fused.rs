@@ -265,11 +265,13 @@ mod tests {
 
     #[test]
     fn gelu_matches_the_composed_erf_gelu() {
+        let _generator = crate::generator_lock();
         same_function([3, 5, 70], gelu, activation::gelu, 2e-6);
     }
 
     #[test]
     fn cross_entropy_matches_the_composed_loss() {
+        let _generator = crate::generator_lock();
         let logits = random([6, 301], 17).mul_scalar(4.0).require_grad();
         let targets =
             Tensor::<T, 1, Int>::from_ints([3, -100, 300, 0, 17, -1], &Default::default());
@@ -295,6 +297,7 @@ mod tests {
 
     #[test]
     fn layer_norm_matches_burns_with_parameter_gradients() {
+        let _generator = crate::generator_lock();
         let device = Default::default();
         T::seed(&device, 3);
         let mut norm = LayerNormConfig::new(96).init::<T>(&device);
@@ -336,6 +339,7 @@ mod tests {
     /// size where heads run on several threads: values and the gradients of q, k, v.
     #[test]
     fn attention_matches_the_composed_attention() {
+        let _generator = crate::generator_lock();
         let device = Default::default();
         let keep = Tensor::<T, 2, Int>::from_data([[1; 9], [1, 1, 1, 1, 1, 1, 0, 0, 0]], &device);
         let bias = crate::attention::attention_bias(keep);
@@ -375,6 +379,7 @@ mod tests {
 
     #[test]
     fn dropout_zeroes_its_share_scales_the_rest_and_repeats_under_a_seed() {
+        let _generator = crate::generator_lock();
         let device = Default::default();
         let layer = DropoutConfig::new(0.1).init();
         let x = Tensor::<T, 2>::ones([64, 1001], &device).require_grad();
@@ -402,6 +407,7 @@ mod tests {
     /// the product is cut into blocks across threads.
     #[test]
     fn linear_matches_burns_with_parameter_gradients() {
+        let _generator = crate::generator_lock();
         let device = Default::default();
         T::seed(&device, 9);
         let mut layer = burn::nn::LinearConfig::new(70, 300).init::<T>(&device);
@@ -433,6 +439,7 @@ mod tests {
 
     #[test]
     fn tied_decoder_matches_the_transposed_product() {
+        let _generator = crate::generator_lock();
         let embeddings = random([500, 40], 13).require_grad();
         let bias = random([500], 14).require_grad();
         let x = random([30, 40], 15).require_grad();

@@ -28,3 +28,12 @@ pub use heads::{
 pub use hf::{LoadOptions, LoadReport, Loaded, Pretrained, load_pretrained, save_pretrained};
 pub use model::{RobertaInput, RobertaModel, RobertaModelOutput};
 pub use precision::Precision;
+
+/// burn's CPU generator is one per process: tests that seed it, or draw from it (a
+/// model's initialisation does), hold this while they run, or another test's draws
+/// would land between a seed and its use.
+#[cfg(test)]
+pub(crate) fn generator_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

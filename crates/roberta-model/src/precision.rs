@@ -121,6 +121,7 @@ mod tests {
 
     #[test]
     fn bf16_forward_keeps_layer_norm_in_f32_and_trains_the_f32_master() {
+        let _generator = crate::generator_lock();
         let device = Default::default();
         let mut config = RobertaConfig::tiny(40);
         config.hidden_dropout_prob = 0.0;

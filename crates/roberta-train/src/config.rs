@@ -679,8 +679,7 @@ impl FinetuneConfig {
     /// Reads `path`, applies `--set` overrides, checks every value. Also returns a
     /// warning per deprecated key it read.
     pub fn load(path: &Path, sets: &[String]) -> Result<(Self, Vec<String>)> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = roberta_data::input::read_to_string(path)?;
         Self::parse(path, &text, sets)
     }
 
@@ -848,8 +847,7 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned {
 
     /// A config saved in a run directory or checkpoint (possibly by an earlier release).
     fn from_saved(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = roberta_data::input::read_to_string(path)?;
         let mut table: toml::Table =
             toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
         rename_deprecated(&mut table, Self::RENAMED)
@@ -927,12 +925,31 @@ fn blame(path: &Path, sets: &[String], e: anyhow::Error) -> anyhow::Error {
     let message = format!("{e:#}");
     let set = sets.iter().rev().find(|set| {
         set.split_once('=')
-            .is_some_and(|(key, _)| message.starts_with(&format!("{} ", key.trim())))
+            .is_some_and(|(key, _)| mentions(&message, key.trim()))
     });
     match set {
         Some(set) => anyhow::anyhow!("--set {set}: {message}"),
         None => e.context(format!("{}: invalid config", path.display())),
     }
+}
+
+/// Whether `message` names `key` (`task.n_best`) as a whole, not inside a longer key.
+fn mentions(message: &str, key: &str) -> bool {
+    let part_of_key = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    message.match_indices(key).any(|(at, _)| {
+        !message[..at].ends_with(part_of_key) && !message[at + key.len()..].starts_with(part_of_key)
+    })
+}
+
+/// The `--set` (the last, as it wins) that gave the value at `key`, or a value inside
+/// it (a section or key the config does not have).
+fn set_for<'a>(sets: &'a [String], key: &str) -> Option<&'a String> {
+    sets.iter().rev().find(|set| {
+        set.split_once('=').is_some_and(|(k, _)| {
+            let k = k.trim();
+            k == key || k.starts_with(&format!("{key}."))
+        })
+    })
 }
 
 /// A TOML syntax error in one line: where, and what (toml's own message draws the
@@ -955,8 +972,7 @@ fn read_table(
     sets: &[String],
     renamed: &[(&str, &str)],
 ) -> Result<(toml::Table, Vec<String>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = roberta_data::input::read_to_string(path)?;
     parse_table(path, &text, sets, renamed)
 }
 
@@ -994,11 +1010,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let key = e.path().to_string();
         let message = e.inner().message().to_string();
-        let set = sets
-            .iter()
-            .rev()
-            .find(|set| set.split_once('=').is_some_and(|(k, _)| k.trim() == key));
-        match set {
+        match set_for(sets, &key) {
             Some(set) => anyhow::anyhow!("--set {set}: {message}"),
             None => {
                 let line = std::fs::read_to_string(path)
@@ -1040,10 +1052,33 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
     let [section, name] = path.as_slice() else {
         bail!("--set {set}: the key must be section.key, such as train.batch_size");
     };
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    if section.is_empty() || name.is_empty() {
+        bail!("--set {set}: the key must be section.key, such as train.batch_size");
+    }
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed as v"),
+        // TOML's integers are 64-bit signed; anything longer is not a string either.
+        Err(_)
+            if raw
+                .trim_start_matches(['-', '+'])
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                && !raw.trim_start_matches(['-', '+']).is_empty() =>
+        {
+            bail!(
+                "--set {set}: the number is too large (at most {})",
+                i64::MAX
+            )
+        }
+        Err(e) if raw.starts_with(['[', '{', '"']) => {
+            bail!(
+                "--set {set}: not a TOML value ({}); quote strings, as in data.train=[\"a.txt\", \"b.txt\"]",
+                e.message().trim()
+            )
+        }
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
     let entry = table
         .entry(section.to_string())
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -1254,6 +1289,23 @@ batch_size = 4
             err.starts_with("--set train.batchsize=3: unknown field"),
             "{err}"
         );
+        // The hostile campaign's: each once blamed the config file.
+        for (set, says) in [
+            ("nonexistent.key=1", "unknown field `nonexistent`"),
+            (".=1", "the key must be section.key"),
+            ("data.train=[ok, 5]", "not a TOML value"),
+            (
+                "schedule.total_steps=18446744073709551616",
+                "the number is too large",
+            ),
+            ("train.batch_size=0", "train.batch_size"),
+        ] {
+            let err = format!("{:#}", load(MINIMAL, &[set]).unwrap_err());
+            assert!(
+                err.starts_with(&format!("--set {set}: ")) && err.contains(says),
+                "{err}"
+            );
+        }
         let typo = MINIMAL.replace("batch_size = 4", "batch_size = 4\nbatchsize = 2");
         let err = format!("{:#}", load(&typo, &[]).unwrap_err());
         assert!(

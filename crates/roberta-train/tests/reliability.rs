@@ -489,3 +489,161 @@ fn integer_weights_are_refused_not_run() {
         "{err}"
     );
 }
+
+/// Keeps only checkpoint `step` of a run (and no `final/`), as if it had been killed
+/// just after writing it.
+fn back_to(run_dir: &Path, step: u64) {
+    for entry in std::fs::read_dir(run_dir.join("checkpoints")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().as_ref() > format!("step-{step:07}").as_str() {
+            std::fs::remove_dir_all(p).unwrap();
+        }
+    }
+    let _ = std::fs::remove_dir_all(run_dir.join("final"));
+}
+
+/// Edits a checkpoint's trainer state and writes its manifest entry anew, as a
+/// checkpoint of an earlier release would read.
+fn edit_trainer_state(checkpoint: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    use sha2::Digest;
+    let path = checkpoint.join("trainer.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut state);
+    let bytes = serde_json::to_vec_pretty(&state).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let manifest_path = checkpoint.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["files"]["trainer.json"] = format!("{:x}", sha2::Sha256::digest(&bytes)).into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+}
+
+/// A resume continues at the checkpoint's loader position, with its masks, orders and
+/// embeddings: on an edited corpus, after a swapped tokenizer, or from a checkpoint whose
+/// masks came from the first (defective) random streams, it is refused without --force
+/// and says what changed. These once resumed without a word.
+#[test]
+fn resumes_on_other_data_another_tokenizer_or_old_streams_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = dir.path().join("tokenizer");
+    common::copy_dir(&common::repo().join("data/tokenizer"), &tokenizer);
+    let config = tiny_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        common::repo().join("data/tokenizer").to_str().unwrap(),
+        tokenizer.to_str().unwrap(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let run_dir = dir.path().join("run");
+    ok(&pretrain(&config, &run_dir, &[]));
+    let step4 = run_dir.join("checkpoints/step-0000004");
+
+    // The corpus edited: its lines reversed.
+    let corpus = dir.path().join("corpus.txt");
+    let original = std::fs::read_to_string(&corpus).unwrap();
+    let reversed: Vec<&str> = original.lines().rev().collect();
+    std::fs::write(&corpus, reversed.join("\n") + "\n").unwrap();
+    back_to(&run_dir, 4);
+    let err = fails(&pretrain(&config, &run_dir, &["--resume", "auto"]));
+    assert_no_panic(&err);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains(&step4.display().to_string())
+            && last.contains("the training data changed")
+            && last.contains("--force"),
+        "{err}"
+    );
+    let out = pretrain(&config, &run_dir, &["--resume", "auto", "--force"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming anyway (--force)"));
+    std::fs::write(&corpus, &original).unwrap();
+
+    // The tokenizer swapped for one of the same size (two tokens' ids exchanged), the
+    // shards rebuilt with it as preprocess's own hint says.
+    let fresh = dir.path().join("fresh");
+    ok(&pretrain(&config, &fresh, &[]));
+    let file = tokenizer.join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    let (a, b) = (vocab["Ġthe"].clone(), vocab["Ġand"].clone());
+    vocab.insert("Ġthe".into(), b);
+    vocab.insert("Ġand".into(), a);
+    std::fs::write(&file, serde_json::to_string(&json).unwrap()).unwrap();
+    std::fs::remove_dir_all(dir.path().join("data-bin")).unwrap();
+    back_to(&fresh, 4);
+    let err = fails(&pretrain(&config, &fresh, &["--resume", "auto"]));
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .contains("the tokenizer is another one"),
+        "{err}"
+    );
+
+    // A checkpoint of an earlier release: no streams version, no data fingerprint.
+    let old = dir.path().join("old");
+    common::copy_dir(&common::repo().join("data/tokenizer"), &tokenizer);
+    std::fs::remove_dir_all(dir.path().join("data-bin")).unwrap();
+    ok(&pretrain(&config, &old, &[]));
+    back_to(&old, 4);
+    edit_trainer_state(&old.join("checkpoints/step-0000004"), |state| {
+        let state = state.as_object_mut().unwrap();
+        state.remove("streams");
+        state.remove("data");
+    });
+    let err = fails(&pretrain(&config, &old, &["--resume", "auto"]));
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains("random streams of version 1") && last.contains("--force"),
+        "{err}"
+    );
+    ok(&pretrain(&config, &old, &["--resume", "auto", "--force"]));
+}
+
+/// The metrics file of a run killed after a checkpoint between two metrics lines and
+/// resumed reads like the uninterrupted run's, line for line and value for value
+/// (throughput aside). Its first line after the resume once averaged only the updates
+/// after the resume, and a checkpoint due between two metrics lines was not written.
+#[test]
+fn metrics_of_a_resumed_run_equal_the_uninterrupted_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let every = [
+        "--set",
+        "log.every=4",
+        "--set",
+        "checkpoint.every=3",
+        "--set",
+        "schedule.total_steps=12",
+    ];
+    let straight = dir.path().join("straight");
+    ok(&pretrain(&config, &straight, &every));
+    let resumed = dir.path().join("resumed");
+    ok(&pretrain(&config, &resumed, &every));
+    assert!(resumed.join("checkpoints/step-0000003").exists());
+    back_to(&resumed, 3);
+    let mut args = vec!["--resume", "auto"];
+    args.extend(every);
+    ok(&pretrain(&config, &resumed, &args));
+    let lines = |run: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("tokens_per_s");
+                v
+            })
+            .collect()
+    };
+    let expected = lines(&straight);
+    assert_eq!(
+        expected
+            .iter()
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [4, 8, 12]
+    );
+    assert_eq!(lines(&resumed), expected);
+}

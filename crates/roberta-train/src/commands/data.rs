@@ -2,7 +2,7 @@
 
 use std::fmt::Display;
 use std::fs::File;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,11 +138,10 @@ pub fn tokenizer_encode(
     refuse_existing(output, "--output")?;
     // The error names the path already.
     let tokenizer = RobertaTokenizer::load(tokenizer)?;
-    let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let lines = roberta_data::input::lines(input)?;
     let mut out = NewOutput::create(output)?;
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line =
-            line.with_context(|| format!("{}:{}: not UTF-8 text", input.display(), n + 1))?;
+    for line in lines {
+        let (_, line) = line?;
         let e = tokenizer.encode(&line, special_tokens)?;
         let offsets: Vec<[usize; 2]> = e.offsets.iter().map(|&(a, b)| [a, b]).collect();
         out.write_line(serde_json::json!({ "ids": e.ids, "offsets": offsets }))?;

@@ -1,7 +1,6 @@
 //! Inference commands on HF model directories: `fill-mask` and `embed`.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -249,13 +248,12 @@ fn read_embed_input(
     config: &roberta_model::RobertaConfig,
     truncate: bool,
 ) -> Result<Vec<Vec<u32>>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut tokenizer: Option<RobertaTokenizer> = None;
     let max = config.max_sequence_length();
     let mut rows = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let at = || format!("{}:{}", path.display(), n + 1);
-        let line = line.with_context(at)?;
+    for line in roberta_data::input::lines(path)? {
+        let (n, line) = line?;
+        let at = || format!("{}:{n}", path.display());
         if line.trim().is_empty() {
             continue;
         }

@@ -40,7 +40,7 @@ fn stream(dir: &std::path::Path) {
         pad_to: None,
         queue_depth: 8,
     };
-    let mut loader = Loader::new(corpus, config, LoaderState::default());
+    let mut loader = Loader::new(corpus, config, LoaderState::default(), None);
     let start = Instant::now();
     let mut tokens = 0;
     for _ in 0..batches {
@@ -153,7 +153,7 @@ fn main() {
     let start = Instant::now();
     let mut tokens = 0usize;
     for _ in 0..batches {
-        let b = batch_at(&corpus, &config, state).unwrap();
+        let b = batch_at(&corpus, &config, state, None).unwrap();
         tokens += std::hint::black_box(&b).tokens;
         state = b.next;
     }

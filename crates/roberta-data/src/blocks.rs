@@ -35,8 +35,13 @@ pub fn check_block_size(name: &str, block_size: usize) -> std::result::Result<()
     if BLOCK_SIZES.contains(&block_size) {
         return Ok(());
     }
+    let given = if name.starts_with("--") {
+        format!("{name} {block_size}")
+    } else {
+        format!("{name} = {block_size}")
+    };
     Err(format!(
-        "{name} = {block_size} must be in [{}, {}]",
+        "{given} must be in [{}, {}]",
         BLOCK_SIZES.start(),
         BLOCK_SIZES.end()
     ))

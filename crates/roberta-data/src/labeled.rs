@@ -901,6 +901,47 @@ mod tests {
         );
     }
 
+    /// The hostile campaign's labeled inputs, each once accepted: non-finite regression
+    /// labels, an empty label, a row wider than its header, a CoNLL line short of a
+    /// column, and a byte-order mark in JSONL.
+    #[test]
+    fn hostile_labels_rows_and_columns_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cols = Columns {
+            text_a: "text".into(),
+            ..Default::default()
+        };
+        let p = dir.path().join("r.tsv");
+        for bad in ["nan", "inf", "-inf", "1e999"] {
+            std::fs::write(&p, format!("text\tlabel\nfine\t0.5\nodd\t{bad}\n")).unwrap();
+            let ex = read_examples(&p, &cols).unwrap();
+            let err = regression_targets(&p, &ex).unwrap_err().to_string();
+            assert!(
+                err.contains("line 3") && err.contains("not a finite number"),
+                "{err}"
+            );
+        }
+        std::fs::write(&p, "text\tlabel\nfine\t1\nblank\t\n").unwrap();
+        let err = read_examples(&p, &cols).unwrap_err().to_string();
+        assert!(err.contains("line 3: the label is empty"), "{err}");
+        std::fs::write(&p, "text\tlabel\n\"a quoted\ttab inside\"\t1\n").unwrap();
+        let err = read_examples(&p, &cols).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2: 3 fields where the header has 2 (a tab inside a text field?)"),
+            "{err}"
+        );
+        let conll = dir.path().join("t.conll");
+        std::fs::write(&conll, "EU NNP B-ORG\nrejects VBZ O\n\nGerman JJ\n").unwrap();
+        let err = read_conll(&conll).err().unwrap().to_string();
+        assert!(
+            err.contains("line 4: 2 columns where line 1 has 3"),
+            "{err}"
+        );
+        let j = dir.path().join("b.jsonl");
+        std::fs::write(&j, "\u{feff}{\"text\": \"a\", \"label\": \"x\"}\n").unwrap();
+        assert_eq!(read_examples(&j, &cols).unwrap()[0].text_a, "a");
+    }
+
     #[test]
     fn bad_columns_labels_and_empty_splits_are_named() {
         let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@
 //! held in memory grows with the corpus.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blocks::BlockIndex;
 use crate::dataset::{BreakMode, Split};
-use crate::error::Result;
+use crate::error::{DataError, Result};
 use crate::masking::{IGNORE_INDEX, MaskKey, MaskVocab, MaskingConfig, mask_tokens};
 use crate::rng::Shuffle;
 
@@ -155,8 +156,15 @@ pub fn collate(
 }
 
 /// The batch a loader at `state` yields on this rank, and the state after it. Samples
-/// run on into the next epoch when one ends, so every batch is full.
-pub fn batch_at(corpus: &Corpus, config: &LoaderConfig, state: LoaderState) -> Result<Batch> {
+/// run on into the next epoch when one ends, so every batch is full. `stop`, raised by
+/// a signal, ends the building of a batch between two samples
+/// ([`DataError::Interrupted`]).
+pub fn batch_at(
+    corpus: &Corpus,
+    config: &LoaderConfig,
+    state: LoaderState,
+    stop: Option<&AtomicBool>,
+) -> Result<Batch> {
     assert!(!corpus.is_empty(), "batch_at on an empty corpus");
     let n = corpus.len();
     let group = (config.batch_size * config.world) as u64;
@@ -166,6 +174,11 @@ pub fn batch_at(corpus: &Corpus, config: &LoaderConfig, state: LoaderState) -> R
     let mut order: Option<Shuffle> = None;
     let mut order_epoch = u64::MAX;
     for k in 0..config.batch_size as u64 {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(DataError::Interrupted {
+                path: corpus.split.dir.clone(),
+            });
+        }
         let global = state.cursor + (config.rank * config.batch_size) as u64 + k;
         let (epoch, position) = (state.epoch + global / n, global % n);
         if order.is_none() || order_epoch != epoch {
@@ -240,11 +253,18 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn new(corpus: Arc<Corpus>, config: LoaderConfig, state: LoaderState) -> Self {
+    /// A loader from `state` on; `stop` (a signal's flag) interrupts the batch being
+    /// built, which then arrives as [`DataError::Interrupted`].
+    pub fn new(
+        corpus: Arc<Corpus>,
+        config: LoaderConfig,
+        state: LoaderState,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> Self {
         let (sender, receiver) = sync_channel(config.queue_depth.max(1));
         let worker = std::thread::Builder::new()
             .name("roberta-loader".into())
-            .spawn(move || produce(&corpus, &config, state, &sender))
+            .spawn(move || produce(&corpus, &config, state, stop.as_deref(), &sender))
             .expect("spawn the loader thread");
         Self {
             receiver: Some(receiver),
@@ -268,10 +288,11 @@ fn produce(
     corpus: &Corpus,
     config: &LoaderConfig,
     mut state: LoaderState,
+    stop: Option<&AtomicBool>,
     sender: &SyncSender<Result<Batch>>,
 ) {
     loop {
-        let batch = batch_at(corpus, config, state);
+        let batch = batch_at(corpus, config, state, stop);
         let failed = batch.is_err();
         if let Ok(b) = &batch {
             state = b.next;
@@ -345,12 +366,12 @@ mod tests {
     fn resume_from_saved_state_yields_the_same_batches() {
         let dir = write_split(&docs());
         let c = corpus(dir.path());
-        let mut straight = Loader::new(c.clone(), config(3, 0, 1), LoaderState::default());
+        let mut straight = Loader::new(c.clone(), config(3, 0, 1), LoaderState::default(), None);
         let all: Vec<Batch> = (0..30).map(|_| straight.next_batch().unwrap()).collect();
         // Stop after 11 batches, serialise the state, build a new loader from it.
         let saved = serde_json::to_string(&all[10].next).unwrap();
         let state: LoaderState = serde_json::from_str(&saved).unwrap();
-        let mut resumed = Loader::new(c, config(3, 0, 1), state);
+        let mut resumed = Loader::new(c, config(3, 0, 1), state, None);
         for expected in &all[11..] {
             assert_eq!(&resumed.next_batch().unwrap(), expected);
         }
@@ -364,7 +385,8 @@ mod tests {
     fn fresh_masks_and_order_every_epoch() {
         let dir = write_split(&docs());
         let c = corpus(dir.path());
-        let at = |epoch| batch_at(&c, &config(4, 0, 1), LoaderState { epoch, cursor: 0 }).unwrap();
+        let at =
+            |epoch| batch_at(&c, &config(4, 0, 1), LoaderState { epoch, cursor: 0 }, None).unwrap();
         assert_ne!(at(0).input_ids, at(1).input_ids);
         // Every block once per epoch.
         let n = c.len();
@@ -387,7 +409,7 @@ mod tests {
                     seed,
                     ..config(6, 0, 1)
                 };
-                let b = batch_at(&c, &cfg, LoaderState { epoch, cursor: 0 }).unwrap();
+                let b = batch_at(&c, &cfg, LoaderState { epoch, cursor: 0 }, None).unwrap();
                 if let Some(other) = seen.insert((b.input_ids, b.labels), (seed, epoch)) {
                     panic!("seed {seed} epoch {epoch} serves the batch of {other:?}");
                 }
@@ -399,9 +421,9 @@ mod tests {
     fn ranks_take_disjoint_shares_of_the_global_batch() {
         let dir = write_split(&docs());
         let c = corpus(dir.path());
-        let whole = batch_at(&c, &config(4, 0, 1), LoaderState::default()).unwrap();
-        let r0 = batch_at(&c, &config(2, 0, 2), LoaderState::default()).unwrap();
-        let r1 = batch_at(&c, &config(2, 1, 2), LoaderState::default()).unwrap();
+        let whole = batch_at(&c, &config(4, 0, 1), LoaderState::default(), None).unwrap();
+        let r0 = batch_at(&c, &config(2, 0, 2), LoaderState::default(), None).unwrap();
+        let r1 = batch_at(&c, &config(2, 1, 2), LoaderState::default(), None).unwrap();
         assert_eq!(r0.next, whole.next);
         assert_eq!(r1.next, whole.next);
         let rows = |b: &Batch| -> Vec<Vec<u32>> {
@@ -444,7 +466,9 @@ mod tests {
             ..config(3, 0, 1)
         };
         assert_eq!(
-            batch_at(&c, &cfg, LoaderState::default()).unwrap().seq_len,
+            batch_at(&c, &cfg, LoaderState::default(), None)
+                .unwrap()
+                .seq_len,
             8
         );
     }

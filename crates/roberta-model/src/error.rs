@@ -31,8 +31,13 @@ pub enum ModelError {
     NoWeights { path: PathBuf },
     #[error("{path}: not a readable PyTorch checkpoint: {message}")]
     Pytorch { path: PathBuf, message: String },
-    #[error("{path}: weights do not match the config:{details}")]
-    WeightMismatch { path: PathBuf, details: String },
+    /// `summary` is one line; `details` lists every key, one kind per line.
+    #[error("{path}: weights do not match config.json: {summary}")]
+    WeightMismatch {
+        path: PathBuf,
+        summary: String,
+        details: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -628,20 +628,25 @@ pub fn load_pretrained<B: Backend, M: Pretrained<B>>(
         }
     }
 
-    let mut details = String::new();
-    if !loader.missing.is_empty() {
-        details += &format!("\n  missing keys: {}", loader.missing.join(", "));
+    // One line that says how much is wrong and the first of each kind; every key in
+    // `details`, for a log.
+    let mut summary = Vec::new();
+    let mut details = Vec::new();
+    for (what, keys) in [
+        ("tensors have other shapes", &loader.mismatched),
+        ("keys are missing", &loader.missing),
+        ("keys are unexpected", &unexpected),
+    ] {
+        if let Some(first) = keys.first() {
+            summary.push(format!("{} {what} (first: {first})", keys.len()));
+            details.push(format!("{what}: {}", keys.join("; ")));
+        }
     }
-    if !loader.mismatched.is_empty() {
-        details += &format!("\n  wrong shapes: {}", loader.mismatched.join("; "));
-    }
-    if !unexpected.is_empty() {
-        details += &format!("\n  unexpected keys: {}", unexpected.join(", "));
-    }
-    if !details.is_empty() {
+    if !summary.is_empty() {
         return Err(ModelError::WeightMismatch {
             path: weights.path.clone(),
-            details,
+            summary: summary.join(", "),
+            details: details.join("\n"),
         });
     }
     Ok(Loaded {

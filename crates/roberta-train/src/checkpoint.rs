@@ -43,13 +43,8 @@ pub fn write_error(e: RecorderError) -> anyhow::Error {
     let (RecorderError::FileNotFound(m)
     | RecorderError::DeserializeError(m)
     | RecorderError::Unknown(m)) = e;
-    // The encoder's error arrives as its Debug text, `Io { inner: Os { code: 28, … } }`.
-    let os_code = m
-        .split_once("code: ")
-        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|digits| digits.parse::<i32>().ok());
-    match os_code {
-        Some(code) => anyhow::Error::new(std::io::Error::from_raw_os_error(code)),
+    match crate::outputs::os_error_in(&m) {
+        Some(io) => anyhow::Error::new(io),
         None => anyhow::anyhow!("{m}"),
     }
 }
@@ -519,11 +514,24 @@ pub fn list(run_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Checks every file against the manifest; the error says which file is wrong.
 pub fn verify(checkpoint: &Path) -> Result<TrainerState> {
+    verify_files(checkpoint, |_| true)
+}
+
+/// [`verify`] without the optimizer's files, which an export does not read: a
+/// checkpoint whose optimizer state was deleted to save space still exports.
+pub fn verify_model(checkpoint: &Path) -> Result<TrainerState> {
+    verify_files(checkpoint, |file| !file.starts_with(OPTIMIZER_FILES))
+}
+
+/// Names of the optimizer's files in a checkpoint start so.
+pub const OPTIMIZER_FILES: &str = "optim-";
+
+fn verify_files(checkpoint: &Path, needed: impl Fn(&str) -> bool) -> Result<TrainerState> {
     let text = std::fs::read_to_string(checkpoint.join(MANIFEST))
         .with_context(|| format!("{}: no readable manifest", checkpoint.display()))?;
     let manifest: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: corrupt manifest", checkpoint.display()))?;
-    for (file, expected) in &manifest.files {
+    for (file, expected) in manifest.files.iter().filter(|(f, _)| needed(f)) {
         let path = checkpoint.join(file);
         let actual = sha256_file(&path)?;
         if &actual != expected {
@@ -554,6 +562,18 @@ pub type Found = (PathBuf, TrainerState);
 
 /// The newest checkpoint that verifies; each one that does not is reported in `skipped`.
 pub fn latest_valid(run_dir: &Path) -> Result<(Option<Found>, Vec<String>)> {
+    latest_verifying(run_dir, verify)
+}
+
+/// The newest checkpoint whose model verifies ([`verify_model`]), for an export.
+pub fn latest_valid_model(run_dir: &Path) -> Result<(Option<Found>, Vec<String>)> {
+    latest_verifying(run_dir, verify_model)
+}
+
+fn latest_verifying(
+    run_dir: &Path,
+    verify: fn(&Path) -> Result<TrainerState>,
+) -> Result<(Option<Found>, Vec<String>)> {
     let mut skipped = Vec::new();
     for dir in list(run_dir)? {
         match verify(&dir) {

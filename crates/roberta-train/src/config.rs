@@ -530,9 +530,8 @@ impl TaskSection {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if !(8..=8192).contains(&self.max_length) {
-            bail!("task.max_length = {} must be in [8, 8192]", self.max_length);
-        }
+        roberta_data::blocks::check_block_size("task.max_length", self.max_length)
+            .map_err(anyhow::Error::msg)?;
         if self.kind == TaskKind::Qa {
             if self.doc_stride == 0 || self.doc_stride >= self.max_length {
                 bail!(

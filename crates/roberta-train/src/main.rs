@@ -80,7 +80,11 @@ fn main() {
     // One process per run directory, before anything is written there (the log included);
     // under MPI, rank 0 holds it for the job and is the only one to write there.
     let owned_dir = run_dir.as_deref().filter(|_| leader);
-    let _lock = match owned_dir.map(RunLock::acquire).transpose() {
+    let flag = match cli.command {
+        Command::Evaluate { .. } => "--out",
+        _ => "--run-dir",
+    };
+    let _lock = match owned_dir.map(|d| RunLock::acquire(d, flag)).transpose() {
         Ok(lock) => lock,
         Err(e) => fail(&e),
     };
@@ -97,6 +101,13 @@ fn main() {
 
 /// Reports the error on one line and exits; under MPI the whole job ends with it.
 fn fail(e: &anyhow::Error) -> ! {
+    for cause in e.chain() {
+        if let Some(roberta_model::ModelError::WeightMismatch { details, .. }) =
+            cause.downcast_ref()
+        {
+            tracing::debug!("every key that does not match:\n{details}");
+        }
+    }
     let rank = Processes::current();
     if rank.count > 1 {
         eprintln!(

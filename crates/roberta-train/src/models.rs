@@ -88,10 +88,10 @@ pub fn init_dir<B: Backend>(dir: &Path, scratch: &Path, device: &B::Device) -> R
         return Ok(last);
     }
     let checkpoint = if dir.join(checkpoint::MANIFEST).exists() {
-        checkpoint::verify(dir)?;
+        checkpoint::verify_model(dir)?;
         dir.to_path_buf()
     } else {
-        match checkpoint::latest_valid(dir)? {
+        match checkpoint::latest_valid_model(dir)? {
             (Some((found, _)), _) => found,
             _ => bail!(
                 "{}: neither an HF model directory (config.json + model.safetensors), nor a run directory, nor a checkpoint",

@@ -354,6 +354,7 @@ mod cpu {
     }
 }
 
+/// Both start with [`crate::checkpoint::OPTIMIZER_FILES`], which an export skips.
 const OPTIM_DECAY: &str = "optim-decay";
 const OPTIM_PLAIN: &str = "optim-no-decay";
 

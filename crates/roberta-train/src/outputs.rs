@@ -17,6 +17,20 @@ pub fn refuse_existing(path: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
+/// The OS error inside a library's error that only carries it as Debug text
+/// (`… Os { code: 28, kind: StorageFull, … }`): burn's recorder and plotters' image
+/// writer do so. The error of a full or read-only disk then reads as the OS says it.
+pub fn os_error_in(debug: &str) -> Option<std::io::Error> {
+    let code = debug
+        .split_once("code: ")?
+        .1
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse::<i32>()
+        .ok()?;
+    Some(std::io::Error::from_raw_os_error(code))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

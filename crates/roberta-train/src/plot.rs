@@ -95,9 +95,9 @@ pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {
     // looks complete.
     let name = output.file_name().unwrap_or_default().to_string_lossy();
     let tmp = output.with_file_name(format!(".{name}.tmp-{}.png", std::process::id()));
-    let drawn = draw_into(&curves, last, &tmp).and_then(|()| {
-        std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))
-    });
+    let drawn = draw_into(&curves, last, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, output).map_err(anyhow::Error::new))
+        .with_context(|| format!("writing {}", output.display()));
     if drawn.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -168,8 +168,12 @@ fn draw_into(curves: &Curves, last: f64, output: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A drawing error; one that is the image file's write failing reads as the OS says it.
 fn draw<E: std::error::Error>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("drawing the plot: {e}")
+    match crate::outputs::os_error_in(&format!("{e:?}")) {
+        Some(io) => anyhow::Error::new(io),
+        None => anyhow::anyhow!("drawing the plot: {e}"),
+    }
 }
 
 #[cfg(test)]

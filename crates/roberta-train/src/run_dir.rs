@@ -62,7 +62,8 @@ impl RunLock {
     /// Creates the run directory if needed and takes its lock, or says which process
     /// holds it. A directory that holds anything but was never a run (no lock file, no
     /// checkpoints) is the user's: it is refused before anything is written into it.
-    pub fn acquire(run_dir: &Path) -> Result<Self> {
+    /// `flag` names the option that chose the directory (`--run-dir`, `--out`).
+    pub fn acquire(run_dir: &Path, flag: &str) -> Result<Self> {
         if let Ok(entries) = std::fs::read_dir(run_dir) {
             let mut names: Vec<String> = entries
                 .filter_map(|e| e.ok())
@@ -74,7 +75,7 @@ impl RunLock {
             if !ours && !names.is_empty() {
                 names.sort();
                 bail!(
-                    "{} holds files that roberta-train did not write ({}): choose another --run-dir",
+                    "{} holds files that roberta-train did not write ({}): choose another {flag}",
                     run_dir.display(),
                     names.join(", ")
                 );
@@ -95,7 +96,7 @@ impl RunLock {
             Err(TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
                 bail!(
-                    "{} is in use by another roberta-train (PID {}): wait for it to finish, or choose another --run-dir",
+                    "{} is in use by another roberta-train (PID {}): wait for it to finish, or choose another {flag}",
                     run_dir.display(),
                     holder.trim()
                 );
@@ -213,8 +214,11 @@ mod tests {
     #[test]
     fn a_second_lock_names_the_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = RunLock::acquire(dir.path()).unwrap();
-        let err = RunLock::acquire(dir.path()).err().unwrap().to_string();
+        let _held = RunLock::acquire(dir.path(), "--run-dir").unwrap();
+        let err = RunLock::acquire(dir.path(), "--run-dir")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains(&format!("PID {}", std::process::id())),
             "{err}"
@@ -225,7 +229,10 @@ mod tests {
     fn a_directory_that_was_never_a_run_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.toml"), "mine").unwrap();
-        let err = RunLock::acquire(dir.path()).err().unwrap().to_string();
+        let err = RunLock::acquire(dir.path(), "--run-dir")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("config.toml"), "{err}");
         assert!(!dir.path().join(LOCK).exists(), "nothing written");
     }

@@ -67,6 +67,21 @@ pub struct BestPolicy {
     pub patience: u64,
 }
 
+impl BestPolicy {
+    /// Whether `value` beats the best so far. A NaN metric (a diverged model) is never
+    /// the best.
+    fn improves(&self, value: f64, best: Option<f64>) -> bool {
+        !value.is_nan()
+            && best.is_none_or(|b| {
+                if self.higher_is_better {
+                    value > b
+                } else {
+                    value < b
+                }
+            })
+    }
+}
+
 /// What a run writes beside the tensors: its config, and the model's HF config and
 /// tokenizer (into checkpoints, `best/` and `final/`).
 pub struct RunFiles {
@@ -308,6 +323,7 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             batch_size: s.batch_size,
             seed: s.seed,
             start: state.loader,
+            stop: stop.clone(),
         });
         // The updates since the last metrics line are in `state.pending` (a resumed run
         // continues the interval its checkpoint was taken in); their time since here.
@@ -333,12 +349,13 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
                 f64::from(u8::from(early)),
                 f64::from(u8::from(refused.is_some())),
             ])?;
-            if refusals > 0.0 {
-                bail!(refused.unwrap_or_else(|| "another replica's batch was refused".into()));
-            }
+            // A signal first: it may have interrupted the reading of this window.
             if signal > 0.0 || early > 0.0 {
                 stopped = signal > 0.0;
                 break;
+            }
+            if refusals > 0.0 {
+                bail!(refused.unwrap_or_else(|| "another replica's batch was refused".into()));
             }
             state.loader = window.next;
             let epoch_done = window.next.epoch > window.epoch;
@@ -538,13 +555,7 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
                 scores.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         };
-        let improved = state.best.as_ref().is_none_or(|b| {
-            if policy.higher_is_better {
-                value > b.value
-            } else {
-                value < b.value
-            }
-        });
+        let improved = policy.improves(value, state.best.as_ref().map(|b| b.value));
         if improved {
             state.best = Some(Best {
                 step: state.step,
@@ -727,13 +738,71 @@ pub fn check_precision<B: Backend>(precision: Precision, devices: &[B::Device]) 
 }
 
 /// SIGINT and SIGTERM set the returned flag; the loop finishes its update, saves, exits.
+/// A second signal ends the process at once (exit status 128 + the signal), for an
+/// update that takes longer than the user will wait; nothing half-written is left in
+/// place (every output is renamed into place complete), only temporaries that the next
+/// run removes.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, stop.clone())
+            .context("installing the signal handler")?;
         signal_hook::flag::register(signal, stop.clone())
             .context("installing the signal handler")?;
     }
     Ok(stop)
+}
+
+/// Refuses a micro-batch that no memory of this machine can hold, before any update:
+/// its token ids, attention mask and labels on the host (the loader's queue of
+/// `queue` batches included) and, where the model runs in host memory, a lower bound
+/// of what the backward pass keeps per token (the inputs of the query, key and value,
+/// attention-output, and both feed-forward matmuls, in fp32). `key` names the setting.
+pub fn check_batch_memory<B: Backend>(
+    device: &B::Device,
+    key: &str,
+    rows: usize,
+    seq_len: usize,
+    queue: usize,
+    model: &RobertaConfig,
+) -> Result<()> {
+    let Some(memory) = machine_memory() else {
+        return Ok(());
+    };
+    let tokens = rows as f64 * seq_len as f64;
+    let batch = tokens * 16.0 * (queue as f64 + 2.0);
+    let name = B::name(device);
+    let on_host = name.contains("flex") || name.contains("libtorch<cpu>");
+    let per_token = 4.0
+        * model.num_hidden_layers as f64
+        * (3.0 * model.hidden_size as f64 + model.intermediate_size as f64);
+    let activations = if on_host { tokens * per_token } else { 0.0 };
+    let gib = |bytes: f64| bytes / f64::from(1u32 << 30);
+    if batch + activations > memory as f64 {
+        bail!(
+            "{key} = {rows}: a micro-batch of {rows} × {seq_len} tokens needs at least {:.1} GiB ({:.1} GiB of token ids, masks and labels{}), more than this machine's {:.1} GiB: lower {key} and raise train.accumulation to keep the update's size",
+            gib(batch + activations),
+            gib(batch),
+            if on_host {
+                format!(
+                    ", {:.1} GiB of activations kept for the backward pass",
+                    gib(activations)
+                )
+            } else {
+                String::new()
+            },
+            gib(memory as f64)
+        );
+    }
+    Ok(())
+}
+
+/// Physical memory in bytes (`MemTotal`), where the system says.
+fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// `metrics.jsonl`: one JSON object per logged step, appended and flushed as it comes.
@@ -781,6 +850,21 @@ impl MetricsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_metric_is_never_the_best() {
+        for higher_is_better in [true, false] {
+            let policy = BestPolicy {
+                metric: "mse".into(),
+                higher_is_better,
+                patience: 0,
+            };
+            assert!(!policy.improves(f64::NAN, None));
+            assert!(!policy.improves(f64::NAN, Some(0.5)));
+            assert!(policy.improves(0.5, None));
+            assert_eq!(policy.improves(0.6, Some(0.5)), higher_is_better);
+        }
+    }
 
     #[test]
     fn metrics_past_the_checkpoint_are_dropped_on_resume() {

@@ -647,3 +647,223 @@ fn metrics_of_a_resumed_run_equal_the_uninterrupted_runs() {
     );
     assert_eq!(lines(&resumed), expected);
 }
+
+/// The campaign's messages, each once naming the wrong thing or spreading over lines.
+#[test]
+fn messages_name_their_culprit_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| common::run(args);
+    let one_line = |err: &str| {
+        assert_no_panic(err);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        err.trim_end().to_string()
+    };
+    // evaluate's output directory is --out.
+    let out = dir.path().join("ev");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let err = one_line(&fails(&run(&[
+        "evaluate",
+        "--init",
+        &mlm_fixture(),
+        "--out",
+        s(&out),
+        "--tasks",
+        "sst2",
+    ])));
+    assert!(err.ends_with("choose another --out"), "{err}");
+    // predict's --max-length is the flag, with the one range of every length.
+    let tsv = dir.path().join("p.tsv");
+    std::fs::write(&tsv, "sentence\tlabel\nhello\t1\n").unwrap();
+    let seqcls = common::repo().join("crates/roberta-model/tests/fixtures/seqcls");
+    let err = one_line(&fails(&run(&[
+        "predict",
+        "--model",
+        s(&seqcls),
+        "--input",
+        s(&tsv),
+        "--output",
+        s(&dir.path().join("p.jsonl")),
+        "--max-length",
+        "1",
+    ])));
+    assert!(
+        err.ends_with("--max-length 1 must be in [8, 8192]"),
+        "{err}"
+    );
+    // data inspect's --block-size once panicked below 3.
+    let err = one_line(&fails(&run(&[
+        "data",
+        "inspect",
+        "--data",
+        s(dir.path()),
+        "--block-size",
+        "1",
+        "--batches",
+        "1",
+        "--output",
+        s(&dir.path().join("i.jsonl")),
+    ])));
+    assert!(err.contains("--block-size 1 must be in [8, 8192]"), "{err}");
+    // export of an HF directory, and of a checkpoint without its optimizer files.
+    let config = tiny_config(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    ok(&pretrain(
+        &config,
+        &run_dir,
+        &["--set", "schedule.total_steps=2"],
+    ));
+    let err = one_line(&fails(&run(&[
+        "export",
+        "--checkpoint",
+        s(&run_dir.join("final")),
+        "--out",
+        s(&dir.path().join("x")),
+    ])));
+    assert!(err.contains("is already an HF model directory"), "{err}");
+    let step = run_dir.join("checkpoints/step-0000002");
+    for entry in std::fs::read_dir(&step).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("optim-")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    ok(&run(&[
+        "export",
+        "--checkpoint",
+        s(&run_dir),
+        "--out",
+        s(&dir.path().join("x")),
+    ]));
+    // A plot that cannot be written names the PNG and the OS's reason.
+    let blocked = dir.path().join("file");
+    std::fs::write(&blocked, "mine").unwrap();
+    let png = blocked.join("curves.png");
+    let err = one_line(&fails(&run(&[
+        "plot",
+        "--run",
+        s(&run_dir),
+        "--output",
+        s(&png),
+    ])));
+    assert!(
+        err.ends_with(&format!(
+            "writing {}: Not a directory (os error 20)",
+            png.display()
+        )),
+        "{err}"
+    );
+    // A config.json whose sizes do not fit the weights: one summary line.
+    let model = dir.path().join("model");
+    common::copy_dir(Path::new(&mlm_fixture()), &model);
+    let path = model.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["hidden_size"] = 64.into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    let err = one_line(&fails(&run(&[
+        "fill-mask",
+        "--model",
+        s(&model),
+        "a <mask> b",
+    ])));
+    assert!(
+        err.contains("tensors have other shapes (first: ") && err.len() < 400,
+        "{err}"
+    );
+}
+
+/// Inputs that are not regular files once read as "no such file", or as empty, or hung.
+#[cfg(unix)]
+#[test]
+fn inputs_that_are_not_files_are_named_for_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let me = dir.path().join("me");
+    std::os::unix::fs::symlink(&me, &me).unwrap();
+    // A classifier with the MLM fixture's tokenizer (the same vocabulary).
+    let seqcls = dir.path().join("seqcls");
+    common::copy_dir(
+        &common::repo().join("crates/roberta-model/tests/fixtures/seqcls"),
+        &seqcls,
+    );
+    std::fs::copy(
+        Path::new(&mlm_fixture()).join("tokenizer.json"),
+        seqcls.join("tokenizer.json"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    for input in [fifo.as_path(), Path::new("/dev/zero"), me.as_path()] {
+        for args in [
+            vec![
+                "preprocess",
+                "--input",
+                s(input),
+                "--tokenizer",
+                "data/tokenizer",
+                "--out",
+                s(&out),
+            ],
+            vec![
+                "tokenizer",
+                "train",
+                "--input",
+                s(input),
+                "--vocab-size",
+                "300",
+                "--out",
+                s(&out),
+            ],
+            vec![
+                "tokenizer",
+                "encode",
+                "--tokenizer",
+                "data/tokenizer",
+                "--input",
+                s(input),
+                "--output",
+                s(&out),
+            ],
+            vec![
+                "predict",
+                "--model",
+                s(&seqcls),
+                "--input",
+                s(input),
+                "--output",
+                s(&out),
+            ],
+            vec![
+                "embed",
+                "--model",
+                &mlm_fixture(),
+                "--input",
+                s(input),
+                "--output",
+                s(&out),
+            ],
+        ] {
+            let err = fails(&common::run(&args));
+            assert_no_panic(&err);
+            let says = if input == me {
+                "a symbolic link loop"
+            } else {
+                "not a regular file"
+            };
+            assert!(err.contains(says), "{}: {err}", args[0]);
+            assert!(!out.exists());
+        }
+    }
+}

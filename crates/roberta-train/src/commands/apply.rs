@@ -64,6 +64,7 @@ fn resolve_task(config: &RobertaConfig, dir: &Path, o: &TaskOverrides) -> Result
         task.header = false;
     }
     if let Some(n) = o.max_length {
+        roberta_data::blocks::check_block_size("--max-length", n).map_err(anyhow::Error::msg)?;
         task.max_length = n;
     }
     Ok(task)

@@ -287,7 +287,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let vocab_size = tokenizer.vocab_size();
     let (mut out_of_vocab, mut first_out_of_vocab) = (0usize, None);
     for b in 0..args.batches {
-        let batch = batch_at(&corpus, &config, state)?;
+        let batch = batch_at(&corpus, &config, state, None)?;
         for row in 0..batch.batch_size {
             let range = row * batch.seq_len..(row + 1) * batch.seq_len;
             let len = batch.attention_mask[range.clone()]

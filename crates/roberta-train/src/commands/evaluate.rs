@@ -239,7 +239,7 @@ fn run_task<B: AutodiffBackend>(
     }
     let metric = config.metric().to_string();
     let start = Instant::now();
-    let trained = RunLock::acquire(run_dir).and_then(|_lock| {
+    let trained = RunLock::acquire(run_dir, "--out").and_then(|_lock| {
         finetune::<B>(
             devices.to_vec(),
             FinetuneArgs {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint;
@@ -16,11 +16,19 @@ pub fn export<B: AutodiffBackend>(
     out: PathBuf,
 ) -> Result<()> {
     crate::outputs::refuse_existing(&out, "--out")?;
+    if !checkpoint.join(checkpoint::MANIFEST).exists()
+        && roberta_model::hf::has_weights(&checkpoint)
+    {
+        bail!(
+            "{} is already an HF model directory (config.json and weights): use it as it is, or copy it",
+            checkpoint.display()
+        );
+    }
     let dir = if checkpoint.join(checkpoint::MANIFEST).exists() {
-        checkpoint::verify(&checkpoint)?;
+        checkpoint::verify_model(&checkpoint)?;
         checkpoint
     } else {
-        let (found, skipped) = checkpoint::latest_valid(&checkpoint)?;
+        let (found, skipped) = checkpoint::latest_valid_model(&checkpoint)?;
         for s in &skipped {
             tracing::warn!("skipping a checkpoint that does not verify: {s}");
         }

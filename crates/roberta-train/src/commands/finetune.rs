@@ -120,6 +120,14 @@ where
         .map(|p| task.read(p, &tokenizer, max_length, true))
         .transpose()?;
 
+    trainer::check_batch_memory::<B>(
+        &device,
+        "train.batch_size",
+        config.train.batch_size.min(train.features.len()),
+        max_length,
+        0,
+        &model_config,
+    )?;
     // Schedule: whole epochs, or fewer updates.
     let t = &config.train;
     let per_update = t.batch_size * t.accumulation * crate::processes::world(devices.len());

@@ -206,6 +206,14 @@ pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         None => RobertaForMaskedLM::new(&model_config, &device),
     };
 
+    trainer::check_batch_memory::<B>(
+        &device,
+        "train.batch_size",
+        config.train.batch_size,
+        config.data.block_size,
+        config.train.loader_queue,
+        &model_config,
+    )?;
     ensure!(
         model_config.vocab_size >= tokenizer.vocab_size(),
         "the tokenizer {} has {} tokens but the model's vocabulary only {}: use the model's own tokenizer (data.tokenizer)",

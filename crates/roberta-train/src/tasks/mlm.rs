@@ -144,6 +144,7 @@ impl<B: AutodiffBackend> Task<B> for Mlm {
             self.corpus.clone(),
             config,
             plan.start,
+            plan.stop,
         )))
     }
 

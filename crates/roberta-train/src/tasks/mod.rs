@@ -58,7 +58,7 @@ pub trait Batches<T>: Send {
 }
 
 /// Where replica `rank` of `world` starts reading, and how much per micro-batch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BatchPlan {
     pub rank: usize,
     pub world: usize,
@@ -66,6 +66,8 @@ pub struct BatchPlan {
     pub batch_size: usize,
     pub seed: u64,
     pub start: LoaderState,
+    /// Raised by a signal: a loader building a batch stops midway.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One micro-batch's summed loss, and (masked LM) how many of its targets the model
@@ -348,8 +350,8 @@ impl<'a, F> FeatureBatches<'a, F> {
         Self {
             features,
             order: Shuffle::new(features.len() as u64, plan.seed, plan.start.epoch),
-            plan,
             state: plan.start,
+            plan,
         }
     }
 }
@@ -363,7 +365,7 @@ impl<F: Clone + Send + Sync> Batches<Vec<F>> for FeatureBatches<'_, F> {
             batch_size,
             seed,
             ..
-        } = self.plan;
+        } = self.plan.clone();
         let epoch = self.state.epoch;
         let mut batches = Vec::with_capacity(accumulation);
         for _ in 0..accumulation {
@@ -404,6 +406,7 @@ mod tests {
             batch_size,
             seed: 7,
             start: LoaderState::default(),
+            stop: None,
         }
     }
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Memory of preprocessing and streaming, against corpus size: generates a corpus of
---gb gigabytes (and one 10x smaller) from the embedded default corpus's generator,
-preprocesses each with `roberta-train preprocess` and streams one epoch of it through
-the loader (`cargo bench --bench loader -- DIR`), sampling the process's resident memory
+"""Memory of preprocessing and streaming, against corpus size: generates corpora of
+--small and --large gigabytes (0.2 and 10 by default) from the embedded default
+corpus's generator, preprocesses each with `roberta-train preprocess` and streams it
+through the loader for one epoch or 60 s, whichever ends first (`cargo bench --bench
+loader -- DIR`: it packs the block index first), sampling the process's resident memory
 every 50 ms. Prints peak anonymous RSS (the process's own memory) and peak file-backed
-RSS (mmapped shard pages: page cache the kernel reclaims at will) for each. Nothing
-generated is kept.
+RSS (mmapped shard and block-index pages: page cache the kernel reclaims at will) for
+each, and the ratio of the large corpus's anonymous RSS to the small one's. Nothing
+generated is kept (the generated text is removed once preprocessed).
 
-    python3 scripts/bench_rss.py [--gb 2]
+    python3 scripts/bench_rss.py [--small 0.2] [--large 10] [--dir /tmp]
 """
 import argparse
 import os
@@ -24,13 +26,24 @@ import make_default_corpus as corpus  # noqa: E402
 
 
 def generate(path, size):
+    """`size` bytes of documents: up to 64 MB generated, then repeated (generating 10 GB
+    in Python would take longer than preprocessing it; memory does not depend on the
+    text)."""
     rng = random.Random(size)
+    unique = []
+    generated = 0
+    while generated < min(size, 64_000_000):
+        block = "".join("\n".join(corpus.document(rng)) + "\n\n" for _ in range(2000))
+        unique.append(block)
+        generated += len(block)
     written = 0
     with open(path, "w") as f:
         while written < size:
-            block = "".join("\n".join(corpus.document(rng)) + "\n\n" for _ in range(2000))
-            f.write(block)
-            written += len(block)
+            for block in unique:
+                f.write(block)
+                written += len(block)
+                if written >= size:
+                    break
 
 
 def peak_rss(cmd):
@@ -55,7 +68,9 @@ def peak_rss(cmd):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--gb", type=float, default=2.0)
+    parser.add_argument("--small", type=float, default=0.2)
+    parser.add_argument("--large", type=float, default=10.0)
+    parser.add_argument("--dir", default=None, help="where to generate (needs ~2.5x --large GB free)")
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "bench", "-q", "-p", "roberta-data", "--bench", "loader", "--no-run"], cwd=ROOT, check=True,
@@ -65,9 +80,10 @@ def main():
     import json
     exe = [json.loads(l)["executable"] for l in bench.splitlines()
            if '"executable":"' in l and "loader" in l and json.loads(l).get("executable")][-1]
-    work = tempfile.mkdtemp()
+    work = tempfile.mkdtemp(dir=args.dir)
+    streamed = {}
     try:
-        for gb in [args.gb / 10, args.gb]:
+        for gb in [args.small, args.large]:
             text = os.path.join(work, "corpus.txt")
             generate(text, int(gb * 1e9))
             out = os.path.join(work, "bin")
@@ -78,8 +94,10 @@ def main():
             print(f"{gb:5.2f} GB preprocess: {seconds:6.0f} s ({gb * 1e3 / seconds:.1f} MB/s), peak RSS anon {anon:7.1f} MiB, file {file:7.1f} MiB")
             os.remove(text)
             anon, file, line = peak_rss([exe, out])
+            streamed[gb] = anon
             print(f"{gb:5.2f} GB stream:     peak RSS anon {anon:7.1f} MiB, file {file:7.1f} MiB; {line}")
             shutil.rmtree(out)
+        print(f"loader anonymous RSS, {args.large:g} GB vs {args.small:g} GB: {streamed[args.large] / streamed[args.small]:.2f}x")
     finally:
         shutil.rmtree(work)
 

@@ -5,8 +5,8 @@
 //!     cargo bench -p roberta-data --bench loader
 //!
 //! Given a preprocessed directory instead (`cargo bench … -- DATA_DIR`), it streams one
-//! epoch of it through the background [`Loader`], as `scripts/bench_rss.py` does to
-//! watch memory.
+//! epoch of it, or 60 s of it, whichever ends first, through the background [`Loader`],
+//! as `scripts/bench_rss.py` does to watch memory.
 
 use std::time::Instant;
 
@@ -31,7 +31,7 @@ fn stream(dir: &std::path::Path) {
         )
         .unwrap(),
     );
-    let batches = corpus.len() / 32;
+    let epoch = corpus.len() / 32;
     let config = LoaderConfig {
         batch_size: 32,
         seed: 0,
@@ -42,9 +42,10 @@ fn stream(dir: &std::path::Path) {
     };
     let mut loader = Loader::new(corpus, config, LoaderState::default(), None);
     let start = Instant::now();
-    let mut tokens = 0;
-    for _ in 0..batches {
+    let (mut tokens, mut batches) = (0, 0);
+    while batches < epoch && start.elapsed().as_secs() < 60 {
         tokens += std::hint::black_box(loader.next_batch().unwrap()).tokens;
+        batches += 1;
     }
     let seconds = start.elapsed().as_secs_f64();
     println!(

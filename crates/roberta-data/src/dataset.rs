@@ -222,24 +222,23 @@ impl Split {
     /// Looked up in the mmapped index, so nothing per document is held in memory.
     fn documents_ending_inside(&self, block: Block) -> Result<std::ops::Range<usize>> {
         let shard = self.shard(block)?;
-        let doc_end = |d: usize| shard.sentence_start(shard.document_start(d + 1)?);
-        let first_after = |t: u64| -> Result<usize> {
+        let first_after = |t: u64| {
             let (mut lo, mut hi) = (0, shard.documents());
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                if doc_end(mid)? <= t {
+                if shard.document_end(mid) <= t {
                     lo = mid + 1;
                 } else {
                     hi = mid;
                 }
             }
-            Ok(lo)
+            lo
         };
         if block.start >= block.end {
             return Err(shard.corrupt(format!("an empty block at token {}", block.start)));
         }
-        let first = first_after(block.start)?;
-        Ok(first..first_after(block.end - 1)?.max(first))
+        let first = first_after(block.start);
+        Ok(first..first_after(block.end - 1).max(first))
     }
 
     /// Tokens the block is served as, without reading its token data.
@@ -256,7 +255,7 @@ impl Split {
         let shard = self.shard(block)?;
         let mut at = block.start;
         for d in self.documents_ending_inside(block)? {
-            let end = shard.sentence_start(shard.document_start(d + 1)?)?;
+            let end = shard.document_end(d);
             shard.tokens_into(at, end, out)?;
             out.push(self.specials.eos);
             at = end;

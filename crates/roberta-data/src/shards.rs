@@ -322,6 +322,17 @@ impl Shard {
         Ok(sentence as usize)
     }
 
+    /// The token offset where document `d` ends, for serving blocks: read with every
+    /// index clamped into its table, so a corrupt index gives wrong offsets (which
+    /// [`Self::tokens_into`] refuses) rather than a read outside the file; no branch
+    /// to report, as it runs several times per served block.
+    #[inline]
+    pub fn document_end(&self, d: usize) -> u64 {
+        let first = 3 + self.sentences + 1;
+        let sentence = read_u64(&self.idx, first + (d + 1).min(self.documents));
+        read_u64(&self.idx, 3 + sentence.min(self.sentences as u64) as usize)
+    }
+
     /// An error naming this shard: its offsets point where they cannot.
     pub fn corrupt(&self, message: String) -> DataError {
         DataError::CorruptShard {

@@ -2,8 +2,8 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
 use burn::prelude::*;
 
 use crate::config::RobertaConfig;
-use crate::fused;
 use crate::init;
+use crate::kernels::{self, Kernels};
 use crate::precision::in_f32;
 
 /// Added to the scores of padded keys. Large enough that `exp` underflows to exactly 0 in
@@ -57,13 +57,15 @@ impl<B: Backend> RobertaSelfAttention<B> {
             num_attention_heads: config.num_attention_heads,
         }
     }
+}
 
+impl<B: Kernels> RobertaSelfAttention<B> {
     /// `hidden`: `[batch, seq, hidden]`; `bias`: from [`attention_bias`].
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let q = fused::linear(&self.query, hidden.clone());
-        let k = fused::linear(&self.key, hidden.clone());
-        let v = fused::linear(&self.value, hidden);
-        fused::attention(q, k, v, bias, self.num_attention_heads, &self.dropout)
+        let q = kernels::linear(&self.query, hidden.clone());
+        let k = kernels::linear(&self.key, hidden.clone());
+        let v = kernels::linear(&self.value, hidden);
+        kernels::attention(q, k, v, bias, self.num_attention_heads, &self.dropout)
     }
 }
 
@@ -76,11 +78,13 @@ impl<B: Backend> RobertaSelfOutput<B> {
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
         }
     }
+}
 
+impl<B: Kernels> RobertaSelfOutput<B> {
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = fused::dropout(&self.dropout, fused::linear(&self.dense, hidden));
+        let hidden = kernels::dropout(&self.dropout, kernels::linear(&self.dense, hidden));
         in_f32(hidden + residual, |x| {
-            fused::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
+            kernels::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
         })
     }
 }
@@ -92,7 +96,9 @@ impl<B: Backend> RobertaAttention<B> {
             output: RobertaSelfOutput::new(config, device),
         }
     }
+}
 
+impl<B: Kernels> RobertaAttention<B> {
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let context = self.self_attn.forward(hidden.clone(), bias);
         self.output.forward(context, hidden)

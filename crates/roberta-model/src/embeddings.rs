@@ -2,8 +2,8 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
 use burn::prelude::*;
 
 use crate::config::RobertaConfig;
-use crate::fused;
 use crate::init;
+use crate::kernels::{self, Kernels};
 use crate::precision::in_f32;
 
 /// `RobertaEmbeddings`: word + position + token type, then LayerNorm and dropout.
@@ -42,7 +42,9 @@ impl<B: Backend> RobertaEmbeddings<B> {
             padding_idx: config.pad_token_id,
         }
     }
+}
 
+impl<B: Kernels> RobertaEmbeddings<B> {
     /// `input_ids`, `token_type_ids`: `[batch, seq]` → `[batch, seq, hidden]`.
     pub fn forward(
         &self,
@@ -56,9 +58,9 @@ impl<B: Backend> RobertaEmbeddings<B> {
             + self.position_embeddings.forward(position_ids)
             + self.token_type_embeddings.forward(token_type_ids);
         let embeddings = in_f32(embeddings, |x| {
-            fused::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
+            kernels::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
         });
-        fused::dropout(&self.dropout, embeddings)
+        kernels::dropout(&self.dropout, embeddings)
     }
 }
 

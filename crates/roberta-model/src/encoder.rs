@@ -3,8 +3,8 @@ use burn::prelude::*;
 
 use crate::attention::RobertaAttention;
 use crate::config::RobertaConfig;
-use crate::fused;
 use crate::init;
+use crate::kernels::{self, Kernels};
 use crate::precision::in_f32;
 
 /// `RobertaIntermediate`: the FFN's expansion with exact GELU.
@@ -53,16 +53,19 @@ impl<B: Backend> RobertaLayer<B> {
             },
         }
     }
+}
 
+impl<B: Kernels> RobertaLayer<B> {
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let attention = self.attention.forward(hidden, bias);
-        let intermediate = fused::gelu(fused::linear(&self.intermediate.dense, attention.clone()));
-        let output = fused::dropout(
+        let intermediate =
+            kernels::gelu(kernels::linear(&self.intermediate.dense, attention.clone()));
+        let output = kernels::dropout(
             &self.output.dropout,
-            fused::linear(&self.output.dense, intermediate),
+            kernels::linear(&self.output.dense, intermediate),
         );
         in_f32(output + attention, |x| {
-            fused::layer_norm(&self.output.layer_norm, self.output.layer_norm_eps, x)
+            kernels::layer_norm(&self.output.layer_norm, self.output.layer_norm_eps, x)
         })
     }
 }
@@ -75,7 +78,9 @@ impl<B: Backend> RobertaEncoder<B> {
                 .collect(),
         }
     }
+}
 
+impl<B: Kernels> RobertaEncoder<B> {
     /// Returns the last hidden state and, when `all_layers`, the output of every layer.
     pub fn forward(
         &self,

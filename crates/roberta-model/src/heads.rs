@@ -6,8 +6,8 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
 use burn::prelude::*;
 
 use crate::config::RobertaConfig;
-use crate::fused;
 use crate::init;
+use crate::kernels::{self, Kernels};
 use crate::model::{RobertaInput, RobertaModel, first_token};
 use crate::precision::in_f32;
 
@@ -31,13 +31,15 @@ impl<B: Backend> RobertaLMHead<B> {
             bias: Param::from_tensor(Tensor::zeros([config.vocab_size], device)),
         }
     }
+}
 
+impl<B: Kernels> RobertaLMHead<B> {
     /// `features`: `[n, hidden]`; `word_embeddings`: `[vocab, hidden]` → logits `[n, vocab]`.
     pub fn forward(&self, features: Tensor<B, 2>, word_embeddings: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = in_f32(fused::gelu(fused::linear(&self.dense, features)), |x| {
-            fused::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
+        let x = in_f32(kernels::gelu(kernels::linear(&self.dense, features)), |x| {
+            kernels::layer_norm(&self.layer_norm, self.layer_norm_eps, x)
         });
-        fused::tied_decoder(x, word_embeddings, self.bias.val())
+        kernels::tied_decoder(x, word_embeddings, self.bias.val())
     }
 }
 
@@ -55,7 +57,9 @@ impl<B: Backend> RobertaForMaskedLM<B> {
             lm_head: RobertaLMHead::new(config, device),
         }
     }
+}
 
+impl<B: Kernels> RobertaForMaskedLM<B> {
     /// Logits at every position: `[batch, seq, vocab]`.
     pub fn forward(&self, input: RobertaInput<B>) -> Tensor<B, 3> {
         let hidden = self.roberta.forward(input, false).last_hidden_state;
@@ -114,17 +118,19 @@ impl<B: Backend> RobertaForSequenceClassification<B> {
         }
     }
 
+    pub fn num_labels(&self) -> usize {
+        self.classifier.out_proj.weight.dims()[1]
+    }
+}
+
+impl<B: Kernels> RobertaForSequenceClassification<B> {
     /// `[batch, num_labels]`.
     pub fn forward(&self, input: RobertaInput<B>) -> Tensor<B, 2> {
         let hidden = self.roberta.forward(input, false).last_hidden_state;
         let head = &self.classifier;
-        let x = fused::dropout(&head.dropout, first_token(hidden));
-        let x = fused::dropout(&head.dropout, head.dense.forward(x).tanh());
+        let x = kernels::dropout(&head.dropout, first_token(hidden));
+        let x = kernels::dropout(&head.dropout, head.dense.forward(x).tanh());
         head.out_proj.forward(x)
-    }
-
-    pub fn num_labels(&self) -> usize {
-        self.classifier.out_proj.weight.dims()[1]
     }
 }
 
@@ -145,14 +151,16 @@ impl<B: Backend> RobertaForTokenClassification<B> {
         }
     }
 
+    pub fn num_labels(&self) -> usize {
+        self.classifier.weight.dims()[1]
+    }
+}
+
+impl<B: Kernels> RobertaForTokenClassification<B> {
     /// `[batch, seq, num_labels]`.
     pub fn forward(&self, input: RobertaInput<B>) -> Tensor<B, 3> {
         let hidden = self.roberta.forward(input, false).last_hidden_state;
-        fused::linear(&self.classifier, fused::dropout(&self.dropout, hidden))
-    }
-
-    pub fn num_labels(&self) -> usize {
-        self.classifier.weight.dims()[1]
+        kernels::linear(&self.classifier, kernels::dropout(&self.dropout, hidden))
     }
 }
 
@@ -170,12 +178,14 @@ impl<B: Backend> RobertaForQuestionAnswering<B> {
             qa_outputs: init::linear(config, config.hidden_size, 2, device),
         }
     }
+}
 
+impl<B: Kernels> RobertaForQuestionAnswering<B> {
     /// `(start_logits, end_logits)`, each `[batch, seq]`.
     pub fn forward(&self, input: RobertaInput<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let hidden = self.roberta.forward(input, false).last_hidden_state;
         let [batch, seq, _] = hidden.dims();
-        let logits = fused::linear(&self.qa_outputs, hidden);
+        let logits = kernels::linear(&self.qa_outputs, hidden);
         let start = logits
             .clone()
             .slice([0..batch, 0..seq, 0..1])

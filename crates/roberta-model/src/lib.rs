@@ -11,10 +11,10 @@ pub mod config;
 pub mod embeddings;
 pub mod encoder;
 pub mod error;
-pub mod fused;
 pub mod heads;
 pub mod hf;
 mod init;
+pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod precision;
@@ -26,6 +26,7 @@ pub use heads::{
     RobertaForSequenceClassification, RobertaForTokenClassification, RobertaLMHead,
 };
 pub use hf::{LoadOptions, LoadReport, Loaded, Pretrained, load_pretrained, save_pretrained};
+pub use kernels::{Kernels, TrainingBackend};
 pub use model::{RobertaInput, RobertaModel, RobertaModelOutput};
 pub use precision::Precision;
 

@@ -2,30 +2,19 @@
 //! of the whole accumulation window, so that k micro-batches of b equal one batch of k·b.
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
+use crate::kernels::Kernels;
 use crate::precision::to_f32;
 
 /// Sum of the cross-entropy over rows whose target is a class index; a negative target
 /// (the data pipeline's -100, HF's and PyTorch's `ignore_index`) contributes nothing.
 ///
 /// `logits`: `[n, classes]`; `targets`: `[n]`. Returns a one-element tensor.
-pub fn cross_entropy_sum<B: Backend>(
+pub fn cross_entropy_sum<B: Kernels>(
     logits: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {
-    #[cfg(feature = "cpu")]
-    let logits = match crate::fused::cross_entropy_sum(logits, targets.clone()) {
-        Ok(loss) => return loss,
-        Err(logits) => logits,
-    };
-    let [n, _] = logits.dims();
-    let valid = targets.clone().greater_equal_elem(0);
-    let safe = targets
-        .mask_fill(valid.clone().bool_not(), 0)
-        .reshape([n, 1]);
-    let picked = log_softmax(to_f32(logits), 1).gather(1, safe).reshape([n]);
-    (picked * valid.float()).sum().neg()
+    B::fused_cross_entropy_sum(logits, targets)
 }
 
 /// Number of rows a loss averages over (targets that are class indices).

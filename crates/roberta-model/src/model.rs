@@ -1,6 +1,8 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 
+use crate::kernels::Kernels;
+
 use crate::attention::attention_bias;
 use crate::config::RobertaConfig;
 use crate::embeddings::RobertaEmbeddings;
@@ -83,6 +85,23 @@ impl<B: Backend> RobertaModel<B> {
         }
     }
 
+    /// Changes the dropout rates of a loaded model, which take their values from the
+    /// config they were built with.
+    pub fn set_dropout(&mut self, hidden: f64, attention: f64) {
+        self.embeddings.dropout.prob = hidden;
+        for layer in &mut self.encoder.layer {
+            layer.attention.self_attn.dropout.prob = attention;
+            layer.attention.output.dropout.prob = hidden;
+            layer.output.dropout.prob = hidden;
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layer.len()
+    }
+}
+
+impl<B: Kernels> RobertaModel<B> {
     pub fn forward(
         &self,
         input: RobertaInput<B>,
@@ -110,21 +129,6 @@ impl<B: Backend> RobertaModel<B> {
             hidden_states,
             pooler_output,
         }
-    }
-
-    /// Changes the dropout rates of a loaded model, which take their values from the
-    /// config they were built with.
-    pub fn set_dropout(&mut self, hidden: f64, attention: f64) {
-        self.embeddings.dropout.prob = hidden;
-        for layer in &mut self.encoder.layer {
-            layer.attention.self_attn.dropout.prob = attention;
-            layer.attention.output.dropout.prob = hidden;
-            layer.output.dropout.prob = hidden;
-        }
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.encoder.layer.len()
     }
 }
 

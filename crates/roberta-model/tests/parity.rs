@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use roberta_model::hf::HfWeights;
 use roberta_model::loss::{count_targets, cross_entropy_sum, squared_error_sum};
 use roberta_model::{
-    LoadOptions, Pretrained, RobertaForMaskedLM, RobertaForQuestionAnswering,
+    Kernels, LoadOptions, Pretrained, RobertaForMaskedLM, RobertaForQuestionAnswering,
     RobertaForSequenceClassification, RobertaForTokenClassification, RobertaInput, RobertaModel,
-    load_pretrained, save_pretrained,
+    TrainingBackend, load_pretrained, save_pretrained,
 };
 
 const TOLERANCE: f32 = 1e-4;
@@ -86,7 +85,7 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap()[0]
 }
 
-pub fn base_every_layer<B: Backend>(device: &B::Device) {
+pub fn base_every_layer<B: Kernels>(device: &B::Device) {
     let expected = Expected::load("base");
     let model: RobertaModel<B> = load("base", device);
     let out = model.forward(expected.input(device), true);
@@ -122,7 +121,7 @@ fn masked_positions<B: Backend>(
     )
 }
 
-pub fn masked_lm<B: Backend>(device: &B::Device) {
+pub fn masked_lm<B: Kernels>(device: &B::Device) {
     let expected = Expected::load("mlm");
     let model: RobertaForMaskedLM<B> = load("mlm", device);
     let input = expected.input(device);
@@ -158,7 +157,7 @@ pub fn masked_lm<B: Backend>(device: &B::Device) {
 
 /// Gradients through the whole model, against PyTorch's autograd: catches backward
 /// passes that differ from the forward's definition (GELU's, in burn 0.21).
-pub fn masked_lm_gradients<B: AutodiffBackend>(device: &B::Device) {
+pub fn masked_lm_gradients<B: TrainingBackend>(device: &B::Device) {
     let expected = Expected::load("mlm");
     let model: RobertaForMaskedLM<B> = load("mlm", device);
     let (positions, targets) = masked_positions::<B>(&expected, device);
@@ -212,7 +211,7 @@ pub fn masked_lm_gradients<B: AutodiffBackend>(device: &B::Device) {
     expected.assert_close("grad.lm_head.bias", bias);
 }
 
-pub fn sequence_classification<B: Backend>(device: &B::Device) {
+pub fn sequence_classification<B: Kernels>(device: &B::Device) {
     let expected = Expected::load("seqcls");
     let model: RobertaForSequenceClassification<B> = load("seqcls", device);
     assert_eq!(model.num_labels(), 3);
@@ -226,7 +225,7 @@ pub fn sequence_classification<B: Backend>(device: &B::Device) {
     );
 }
 
-pub fn regression<B: Backend>(device: &B::Device) {
+pub fn regression<B: Kernels>(device: &B::Device) {
     let expected = Expected::load("seqreg");
     let model: RobertaForSequenceClassification<B> = load("seqreg", device);
     let logits = model.forward(expected.input(device));
@@ -240,7 +239,7 @@ pub fn regression<B: Backend>(device: &B::Device) {
     );
 }
 
-pub fn token_classification<B: Backend>(device: &B::Device) {
+pub fn token_classification<B: Kernels>(device: &B::Device) {
     let expected = Expected::load("tokcls");
     let model: RobertaForTokenClassification<B> = load("tokcls", device);
     let logits = model.forward(expected.input(device));
@@ -255,7 +254,7 @@ pub fn token_classification<B: Backend>(device: &B::Device) {
     );
 }
 
-pub fn question_answering<B: Backend>(device: &B::Device) {
+pub fn question_answering<B: Kernels>(device: &B::Device) {
     let expected = Expected::load("qa");
     let model: RobertaForQuestionAnswering<B> = load("qa", device);
     let (start, end) = model.forward(expected.input(device));
@@ -276,7 +275,7 @@ pub fn question_answering<B: Backend>(device: &B::Device) {
 
 /// Our save, read back by our load, gives the same logits; the file holds exactly the
 /// keys HF wrote (what `scripts/check_hf_roundtrip.py` then feeds to `transformers`).
-pub fn save_round_trip<B: Backend>(device: &B::Device) {
+pub fn save_round_trip<B: Kernels>(device: &B::Device) {
     let expected = Expected::load("seqcls");
     let loaded = load_pretrained::<B, RobertaForSequenceClassification<B>>(
         &fixture("seqcls"),
@@ -297,6 +296,103 @@ pub fn save_round_trip<B: Backend>(device: &B::Device) {
             .unwrap()
             .model;
     expected.assert_close("logits", again.forward(expected.input(device)));
+}
+
+/// The regression head is `[batch, 1]`: every row of a batch equals that row run alone.
+/// Upstream reports fusion giving wrong rows past the first for such a narrow head
+/// (tracel-ai/burn#5122); the first GPU run would show it here.
+pub fn regression_rows_match_alone<B: Kernels>(device: &B::Device) {
+    let expected = Expected::load("seqreg");
+    let model: RobertaForSequenceClassification<B> = load("seqreg", device);
+    let input = expected.input(device);
+    let batched = model.forward(input.clone()).into_data().convert::<f32>();
+    let batched = batched.into_vec::<f32>().unwrap();
+    let [batch, seq] = input.input_ids.dims();
+    assert_eq!(batched.len(), batch);
+    for (row, &together) in batched.iter().enumerate() {
+        let one = RobertaInput::new(
+            input.input_ids.clone().slice([row..row + 1, 0..seq]),
+            input.attention_mask.clone().slice([row..row + 1, 0..seq]),
+        );
+        let alone = scalar(model.forward(one).reshape([1]));
+        assert!(
+            (alone - together).abs() <= TOLERANCE,
+            "row {row}: {alone} vs {together}"
+        );
+    }
+}
+
+/// A Linear layer gives the same outputs whether its weight is stored row-major or is a
+/// transposed (column-major) view, as HF's `[out, in]` weights are once loaded: upstream
+/// reports wrong results on CUDA for the latter (tracel-ai/burn#5264).
+pub fn linear_weight_layouts<B: Kernels>(device: &B::Device) {
+    let (rows, d_in, d_out) = (5, 7, 3);
+    let x: Vec<f32> = (0..rows * d_in)
+        .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+        .collect();
+    let w: Vec<f32> = (0..d_in * d_out)
+        .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
+        .collect();
+    let b: Vec<f32> = (0..d_out).map(|i| i as f32 - 1.0).collect();
+    let mut expected = vec![0f32; rows * d_out];
+    for r in 0..rows {
+        for o in 0..d_out {
+            expected[r * d_out + o] = b[o]
+                + (0..d_in)
+                    .map(|i| x[r * d_in + i] * w[i * d_out + o])
+                    .sum::<f32>();
+        }
+    }
+    let x = Tensor::<B, 2>::from_data(TensorData::new(x, [rows, d_in]), device);
+    let row_major = Tensor::<B, 2>::from_data(TensorData::new(w.clone(), [d_in, d_out]), device);
+    let transposed: Vec<f32> = (0..d_out * d_in)
+        .map(|k| w[(k % d_in) * d_out + k / d_in])
+        .collect();
+    let column_major =
+        Tensor::<B, 2>::from_data(TensorData::new(transposed, [d_out, d_in]), device).transpose();
+    for (layout, weight) in [("row-major", row_major), ("column-major", column_major)] {
+        let mut layer = burn::nn::LinearConfig::new(d_in, d_out).init::<B>(device);
+        layer.weight = burn::module::Param::from_tensor(weight);
+        layer.bias = Some(burn::module::Param::from_tensor(Tensor::from_floats(
+            b.as_slice(),
+            device,
+        )));
+        let y = roberta_model::kernels::linear(&layer, x.clone());
+        let y = y.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        let diff = max_abs_diff(&y, &expected);
+        assert!(diff <= 1e-5, "{layout}: max abs diff {diff:e}");
+    }
+}
+
+/// The backend's attention without a gradient (on cubecl, burn's flash-attention op)
+/// against the composition, on a padded batch.
+pub fn attention_without_gradient<B: Kernels>(device: &B::Device) {
+    let (batch, seq, heads, width) = (2, 9, 3, 12);
+    let values = |salt: usize| -> Tensor<B, 3> {
+        let v: Vec<f32> = (0..batch * seq * width)
+            .map(|i| (((i + salt) * 7919 % 1009) as f32 / 1009.0 - 0.5) * 3.0)
+            .collect();
+        Tensor::from_data(TensorData::new(v, [batch, seq, width]), device)
+    };
+    let keep = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(
+            [vec![1i64; 9], vec![1, 1, 1, 1, 1, 1, 0, 0, 0]].concat(),
+            [batch, seq],
+        ),
+        device,
+    );
+    let bias = roberta_model::attention::attention_bias(keep);
+    let (q, k, v) = (values(1), values(2), values(3));
+    let ours = B::fused_attention(q.clone(), k.clone(), v.clone(), bias.clone(), heads, None);
+    let theirs = roberta_model::kernels::composed::attention(q, k, v, bias, heads, None);
+    let ours = ours.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    let theirs = theirs
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap();
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(diff <= 1e-4, "max abs diff {diff:e}");
 }
 
 macro_rules! parity_tests {
@@ -337,6 +433,18 @@ macro_rules! parity_tests {
             #[test]
             fn save_round_trip() {
                 super::save_round_trip::<B>(&device());
+            }
+            #[test]
+            fn regression_rows_match_alone() {
+                super::regression_rows_match_alone::<B>(&device());
+            }
+            #[test]
+            fn linear_weight_layouts() {
+                super::linear_weight_layouts::<B>(&device());
+            }
+            #[test]
+            fn attention_without_gradient() {
+                super::attention_without_gradient::<B>(&device());
             }
         }
     };

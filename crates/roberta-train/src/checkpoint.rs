@@ -64,7 +64,7 @@ pub struct TrainerState {
     pub step: u64,
     /// The loader position after the last micro-batch of `step`.
     pub loader: LoaderState,
-    /// Updates skipped for a non-finite loss, in total and in a row.
+    /// Updates skipped for a non-finite loss or gradient, in total and in a row.
     pub bad_steps: u64,
     pub bad_in_a_row: u32,
     /// Non-padding tokens trained on.
@@ -201,18 +201,19 @@ impl Default for TrainerState {
 }
 
 impl TrainerState {
-    /// Counts an update skipped for a non-finite loss; `max_in_a_row` of them abort.
-    pub fn skip_update(&mut self, loss: f64, max_in_a_row: u32) -> Result<()> {
+    /// Counts an update skipped for a non-finite loss or gradient norm (`loss`,
+    /// `norm`), or for having nothing to learn from; `max_in_a_row` of them abort.
+    pub fn skip_update(&mut self, loss: f64, norm: f64, max_in_a_row: u32) -> Result<()> {
         self.bad_steps += 1;
         self.bad_in_a_row += 1;
         tracing::warn!(
-            "step {}: loss {loss}: update skipped ({} in a row)",
+            "step {}: loss {loss}, gradient norm {norm}: update skipped ({} in a row)",
             self.step + 1,
             self.bad_in_a_row
         );
         if self.bad_in_a_row >= max_in_a_row {
             bail!(
-                "{} updates in a row had a non-finite loss (NaN/inf); lower optim.lr (or, pretraining, raise schedule.warmup_steps)",
+                "{} updates in a row had a non-finite loss or gradient (NaN/inf); lower optim.lr (or, pretraining, raise schedule.warmup_steps)",
                 self.bad_in_a_row
             );
         }

@@ -16,10 +16,9 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::backend::AutodiffBackend;
 use roberta_data::RobertaTokenizer;
 use roberta_data::rng::{self, Purpose};
-use roberta_model::{Precision, RobertaConfig};
+use roberta_model::{Precision, RobertaConfig, TrainingBackend};
 use serde::Serialize;
 
 use crate::checkpoint::{
@@ -100,6 +99,22 @@ pub struct Outcome {
     pub stopped: bool,
 }
 
+/// Device-to-host reads the training loop has made, for the tests and the debug log:
+/// one per update.
+pub static DEVICE_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Reads `[1]` tensors from the device in one transfer: on a GPU every read waits for
+/// all queued work, so the loop makes one per update.
+fn read_scalars<B: Backend, const N: usize>(values: [Tensor<B, 1>; N]) -> [f64; N] {
+    DEVICE_READS.fetch_add(1, Ordering::Relaxed);
+    let read = Tensor::cat(values.into_iter().map(|v| v.cast(DType::F32)).collect(), 0)
+        .into_data()
+        .iter::<f32>()
+        .map(f64::from)
+        .collect::<Vec<_>>();
+    <[f64; N]>::try_from(read).expect("one value per tensor")
+}
+
 /// Makes dropout a function of (seed, update, micro-batch), so that a resumed run draws
 /// the same dropout masks as an uninterrupted one.
 pub fn seed_dropout<B: Backend>(device: &B::Device, seed: u64, step: u64, micro: usize) {
@@ -139,7 +154,7 @@ struct MetricsLine {
 /// Trains `model` on `task` over `devices` (one replica each), from a checkpoint when
 /// `resume` names one; writes checkpoints, `best/` and, unless `stop` is raised (a
 /// signal: see [`stop_flag`]), `final/`.
-pub fn train<B: AutodiffBackend, T: Task<B>>(
+pub fn train<B: TrainingBackend, T: Task<B>>(
     task: &T,
     devices: &[B::Device],
     mut model: T::Model,
@@ -212,6 +227,10 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
             group: Group::join(rank, world, &devices[local], &collective)?,
         })
     };
+    let (attempts_before, reads_before) = (
+        state.step + state.bad_steps,
+        DEVICE_READS.load(Ordering::Relaxed),
+    );
     let (model, state, stopped) = std::thread::scope(|scope| -> Result<_> {
         // Replicas 1…N-1 run on their own threads; replica 0, on this one, also logs,
         // evaluates and checkpoints (in rank 0's process).
@@ -245,6 +264,12 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
         }
         outcome
     })?;
+    tracing::debug!(
+        "{} device-to-host reads in the training loop over {} updates on {} replica(s)",
+        DEVICE_READS.load(Ordering::Relaxed) - reads_before,
+        state.step + state.bad_steps - attempts_before,
+        devices.len()
+    );
     if !processes.is_leader() {
         return Ok(Outcome { state, stopped });
     }
@@ -272,7 +297,7 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
 }
 
 /// One replica's part of the run.
-struct Replica<'a, B: AutodiffBackend, T: Task<B>> {
+struct Replica<'a, B: TrainingBackend, T: Task<B>> {
     task: &'a T,
     settings: &'a Settings,
     rank: usize,
@@ -292,7 +317,7 @@ struct Leader<'a> {
     early_stop: bool,
 }
 
-impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
+impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
     /// The loop. Every replica takes its share of each micro-batch; the window's target
     /// count, the gradients, the logged sums and the decision to stop are all-reduced,
     /// so every replica takes the same updates. The first replica of each process
@@ -361,20 +386,25 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             let epoch_done = window.next.epoch > window.epoch;
 
             // 2. Forward and backward each micro-batch; its summed loss over the window's
-            //    target count, so the accumulated gradient is that of one big batch.
+            //    target count, so the accumulated gradient is that of one big batch. The
+            //    loss sums and right predictions stay on the device.
             let forward = s.precision.forward_model(&model);
             let mut accumulator = GradientsAccumulator::<T::Model>::new();
-            let (mut loss_sum, mut correct, mut counts_correct) = (0.0f64, 0.0f64, false);
+            let mut window_loss: Option<Tensor<B::InnerBackend, 1>> = None;
+            let mut window_correct: Option<Tensor<B::InnerBackend, 1>> = None;
             for (i, batch) in window.batches.iter().enumerate() {
                 // Dropout masks become a function of (seed, step, micro-batch): exact resume.
                 seed_dropout::<B>(&self.device, s.seed, state.step, i * self.world + self.rank);
                 let Some(step) = self.task.loss(&forward, batch, &self.device) else {
                     continue;
                 };
-                loss_sum += step.sum.clone().inner().into_scalar().elem::<f64>();
-                if let Some(c) = step.correct {
-                    correct += c;
-                    counts_correct = true;
+                let add = |sum: Option<Tensor<B::InnerBackend, 1>>, x| match sum {
+                    Some(sum) => sum + x,
+                    None => x,
+                };
+                window_loss = Some(add(window_loss, step.sum.clone().inner()));
+                if let Some(correct) = step.correct {
+                    window_correct = Some(add(window_correct, correct.inner()));
                 }
                 let grads = (step.sum / window_targets.max(1.0)).backward();
                 accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
@@ -385,24 +415,33 @@ impl<B: AutodiffBackend, T: Task<B>> Replica<'_, B, T> {
             let reduce = Instant::now();
             let grads = self.group.sum_gradients(accumulator.grads(), &model)?;
             let allreduce_s = reduce.elapsed().as_secs_f64();
+
+            // 3. The update's one read from the device: the loss sum, the squared
+            //    gradient norm and the right predictions together. A non-finite loss or
+            //    norm skips the update; too many in a row abort.
+            let counts_correct = window_correct.is_some();
+            let zero = || Tensor::zeros([1], &self.device);
+            let [loss_sum, squared_norm, correct] = read_scalars([
+                window_loss.unwrap_or_else(zero),
+                optim.squared_norm(&grads, &self.device),
+                window_correct.unwrap_or_else(zero),
+            ]);
             let local_tokens: usize = window.batches.iter().map(|b| self.task.tokens(b)).sum();
             let [loss_sum, correct, tokens] = self.sum([loss_sum, correct, local_tokens as f64])?;
             let loss = loss_sum / window_targets.max(1.0);
+            let norm = squared_norm.sqrt();
             state.tokens += tokens as u64;
             state.pending.tokens += tokens;
             state.pending.allreduce_s += allreduce_s;
-
-            // 3. A non-finite loss skips the update; too many in a row abort.
-            if !loss.is_finite() || window_targets == 0.0 {
-                state.skip_update(loss, s.max_bad_steps)?;
+            if !loss.is_finite() || !norm.is_finite() || window_targets == 0.0 {
+                state.skip_update(loss, norm, s.max_bad_steps)?;
                 continue;
             }
             state.bad_in_a_row = 0;
 
             // 4. Clip the global norm, then step both AdamW groups at the scheduled rate.
             let lr = learning_rate(state.step + 1, s.optim.lr, s.warmup, s.total);
-            let (stepped, norm) = optim.step(lr, model, grads, &self.device);
-            model = stepped;
+            model = optim.step(lr, model, grads, norm);
             state.step += 1;
             let pending = &mut state.pending;
             pending.loss += loss_sum;

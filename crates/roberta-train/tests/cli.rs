@@ -484,6 +484,34 @@ fn accumulation_equals_one_big_batch() {
     assert_same_updates(&accumulated, &big);
 }
 
+/// An update reads the device once (loss, gradient norm and masked accuracy together),
+/// whatever the accumulation: on a GPU each read waits for all queued work. It read
+/// 2 × accumulation + 1 times before (a loss and an accuracy per micro-batch, a norm).
+#[test]
+fn an_update_reads_the_device_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+        .args(["pretrain", "--config", s(&config), "--run-dir", s(&run_dir)])
+        .args([
+            "--set",
+            "train.accumulation=3",
+            "--set",
+            "schedule.total_steps=5",
+        ])
+        .env("RUST_LOG", "roberta_train::trainer=debug")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("5 device-to-host reads in the training loop over 5 updates"),
+        "{log}"
+    );
+}
+
 /// Two replicas (two burn-collective peers on the one CPU device, each on its own
 /// thread) × micro-batch 4 take the updates of one device × micro-batch 8; a run on two
 /// replicas resumes exactly on two, and on one with the accumulation doubled.

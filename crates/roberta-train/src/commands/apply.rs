@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use roberta_model::hf::write_atomic;
-use roberta_model::{LoadOptions, Pretrained, RobertaConfig};
+use roberta_model::{LoadOptions, Pretrained, RobertaConfig, TrainingBackend};
 
 use crate::checkpoint::{BEST, EVAL_RESULTS};
 use crate::config::{TaskKind, TaskSection};
@@ -72,7 +71,7 @@ fn resolve_task(config: &RobertaConfig, dir: &Path, o: &TaskOverrides) -> Result
 
 /// `eval` and `predict` open a model directory (an HF one, a run's `best/`, or a
 /// checkpoint exported on the fly) and pick the head its task needs.
-pub fn apply<B: AutodiffBackend>(
+pub fn apply<B: TrainingBackend>(
     device: B::Device,
     mut args: ApplyArgs,
     predict: bool,
@@ -100,7 +99,7 @@ pub fn apply<B: AutodiffBackend>(
     with_task::<B, _>(apply.section.kind, apply)
 }
 
-struct Apply<B: AutodiffBackend> {
+struct Apply<B: TrainingBackend> {
     device: B::Device,
     /// The model directory's class, when its config.json names one.
     architecture: Option<String>,
@@ -110,7 +109,7 @@ struct Apply<B: AutodiffBackend> {
     predict: bool,
 }
 
-impl<B: AutodiffBackend> WithTask<B> for Apply<B> {
+impl<B: TrainingBackend> WithTask<B> for Apply<B> {
     type Output = Result<()>;
     fn run<T: LabeledTask>(self) -> Result<()>
     where
@@ -121,7 +120,7 @@ impl<B: AutodiffBackend> WithTask<B> for Apply<B> {
 }
 
 /// Inference runs on the backend without autodiff.
-fn apply_with<AB: AutodiffBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
+fn apply_with<AB: TrainingBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
     let (dir, args) = (&a.dir, &a.args);
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let architecture = <T::Model<AB::InnerBackend> as Pretrained<AB::InnerBackend>>::ARCHITECTURE;

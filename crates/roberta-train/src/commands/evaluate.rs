@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::commands::finetune::{FinetuneArgs, finetune};
 use crate::config::FinetuneConfig;
 use crate::run_dir::RunLock;
+use roberta_model::TrainingBackend;
 
 /// A task of the table, with its recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -122,7 +122,7 @@ impl Row {
     }
 }
 
-pub fn evaluate<B: AutodiffBackend>(devices: Vec<B::Device>, args: EvaluateArgs) -> Result<()> {
+pub fn evaluate<B: TrainingBackend>(devices: Vec<B::Device>, args: EvaluateArgs) -> Result<()> {
     // Checked once, before any task: the model exists (or is a hub name that resolves)
     // and every recipe takes the --set values.
     let init_dir = crate::hub::resolve(&args.init)?;
@@ -219,7 +219,7 @@ pub fn evaluate<B: AutodiffBackend>(devices: Vec<B::Device>, args: EvaluateArgs)
 /// Fine-tunes one task (continuing its run directory when an earlier call was cut
 /// short) and reads its best dev scores. A task that fails is a row saying why; a
 /// signal ends the whole command (the next call continues).
-fn run_task<B: AutodiffBackend>(
+fn run_task<B: TrainingBackend>(
     devices: &[B::Device],
     task: Recipe,
     args: &EvaluateArgs,

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint;
 use crate::models::export_checkpoint;
+use roberta_model::TrainingBackend;
 
 /// `export`: an HF directory (config.json with id2label, model.safetensors, tokenizer
 /// files) from a checkpoint, or from a run's newest checkpoint.
-pub fn export<B: AutodiffBackend>(
+pub fn export<B: TrainingBackend>(
     device: B::Device,
     checkpoint: PathBuf,
     out: PathBuf,

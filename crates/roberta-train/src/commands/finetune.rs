@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use roberta_data::RobertaTokenizer;
 use roberta_data::preprocess::tokenizer_sha256;
-use roberta_model::{LoadOptions, Pretrained, RobertaConfig};
+use roberta_model::{LoadOptions, Pretrained, RobertaConfig, TrainingBackend};
 
 use crate::checkpoint::{self, DataFingerprint};
 use crate::config::{FinetuneConfig, RunConfig, TaskKind};
@@ -26,16 +25,16 @@ pub struct FinetuneArgs {
     pub force: bool,
 }
 
-pub fn finetune<B: AutodiffBackend>(devices: Vec<B::Device>, args: FinetuneArgs) -> Result<()> {
+pub fn finetune<B: TrainingBackend>(devices: Vec<B::Device>, args: FinetuneArgs) -> Result<()> {
     with_task::<B, _>(args.config.task.kind, Finetune::<B> { devices, args })
 }
 
-struct Finetune<B: AutodiffBackend> {
+struct Finetune<B: TrainingBackend> {
     devices: Vec<B::Device>,
     args: FinetuneArgs,
 }
 
-impl<B: AutodiffBackend> WithTask<B> for Finetune<B> {
+impl<B: TrainingBackend> WithTask<B> for Finetune<B> {
     type Output = Result<()>;
     fn run<T: LabeledTask>(self) -> Result<()>
     where
@@ -70,7 +69,7 @@ fn settings(config: &FinetuneConfig, total: u64) -> Settings {
     }
 }
 
-fn train<B: AutodiffBackend, T: LabeledTask>(
+fn train<B: TrainingBackend, T: LabeledTask>(
     devices: Vec<B::Device>,
     args: FinetuneArgs,
 ) -> Result<()>
@@ -208,7 +207,7 @@ where
 
 /// Where the weights and the tokenizer come from: `--init` (or `model.init`) as an HF
 /// model directory, and `data.tokenizer` or that directory's tokenizer.
-fn model_source<B: AutodiffBackend>(
+fn model_source<B: TrainingBackend>(
     config: &FinetuneConfig,
     init: Option<PathBuf>,
     run_dir: &Path,
@@ -237,7 +236,7 @@ fn model_source<B: AutodiffBackend>(
 
 /// The task model: loaded from `source` with the task's head (new if absent), or random
 /// weights of `model.preset`; with the config's dropout and the task in its HF config.
-fn build_model<B: AutodiffBackend, T: LabeledTask>(
+fn build_model<B: TrainingBackend, T: LabeledTask>(
     config: &FinetuneConfig,
     task: &T,
     source: Option<&Path>,

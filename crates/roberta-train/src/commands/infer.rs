@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::backend::AutodiffBackend;
 use roberta_data::RobertaTokenizer;
 use roberta_model::hf::write_atomic;
 use roberta_model::{
@@ -14,6 +13,7 @@ use roberta_model::{
 };
 
 use crate::models::{load_model, load_tokenizer_for, model_dir};
+use roberta_model::{Kernels, TrainingBackend};
 use safetensors::{Dtype, tensor::TensorView};
 use serde::Deserialize;
 
@@ -32,7 +32,7 @@ pub struct Candidate {
     pub sequence: String,
 }
 
-pub fn fill_mask<B: AutodiffBackend>(device: B::Device, args: FillMaskArgs) -> Result<()> {
+pub fn fill_mask<B: TrainingBackend>(device: B::Device, args: FillMaskArgs) -> Result<()> {
     let dir = model_dir(&args.model)?;
     let config = RobertaConfig::load(&dir.join(roberta_model::hf::CONFIG_FILE))?;
     let masked_lm =
@@ -86,7 +86,7 @@ fn excerpt(text: &str) -> String {
 }
 
 /// The `top_k` most probable tokens at each `<mask>` of `text`.
-pub fn predict_masks<B: Backend>(
+pub fn predict_masks<B: Kernels>(
     model: &RobertaForMaskedLM<B>,
     config: &roberta_model::RobertaConfig,
     tokenizer: &RobertaTokenizer,
@@ -165,7 +165,7 @@ struct EmbedLine {
     input_ids: Option<Vec<u32>>,
 }
 
-pub fn embed<B: AutodiffBackend>(device: B::Device, args: EmbedArgs) -> Result<()> {
+pub fn embed<B: TrainingBackend>(device: B::Device, args: EmbedArgs) -> Result<()> {
     crate::outputs::refuse_existing(&args.output, "--output")?;
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let dir = model_dir(&args.model)?;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail, ensure};
-use burn::tensor::backend::AutodiffBackend;
 use roberta_data::loader::validation_batch_count;
 use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha256};
 use roberta_data::{Corpus, DataError, MaskVocab, Meta, RobertaTokenizer, Split};
@@ -18,6 +17,7 @@ use crate::models::load_model;
 use crate::processes::Processes;
 use crate::tasks::mlm::{Mlm, Validation};
 use crate::trainer::{self, RunFiles, Settings, check_precision, seed_init, start_run, stop_flag};
+use roberta_model::TrainingBackend;
 
 pub struct PretrainArgs {
     pub config: PretrainConfig,
@@ -150,7 +150,7 @@ fn settings(config: &PretrainConfig) -> Settings {
     }
 }
 
-pub fn pretrain<B: AutodiffBackend>(devices: Vec<B::Device>, args: PretrainArgs) -> Result<()> {
+pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs) -> Result<()> {
     let mut config = args.config;
     let run_dir = args.run_dir;
     let device = devices[0].clone();

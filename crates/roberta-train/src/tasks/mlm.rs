@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use roberta_data::loader::validation_batch;
 use roberta_data::{Batch, Corpus, Loader, LoaderConfig};
 use roberta_model::loss::cross_entropy_sum;
-use roberta_model::{RobertaForMaskedLM, RobertaInput};
+use roberta_model::{Kernels, RobertaForMaskedLM, RobertaInput, TrainingBackend};
 
 use super::{BatchPlan, Batches, StepLoss, Task, Window};
 use crate::metrics::Metrics;
@@ -67,11 +66,12 @@ pub fn to_tensors<B: Backend>(batch: &Batch, device: &B::Device) -> Option<MlmTe
     })
 }
 
-/// The summed loss and the number of right predictions of the masked tokens.
-fn loss_and_correct<B: Backend>(
+/// The summed loss and the number of right predictions of the masked tokens, both on
+/// the device.
+fn loss_and_correct<B: Kernels>(
     model: &RobertaForMaskedLM<B>,
     t: MlmTensors<B>,
-) -> (Tensor<B, 1>, f64) {
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let logits = model.forward_positions(t.input, t.positions);
     let n = t.targets.dims()[0];
     let correct = logits
@@ -79,20 +79,23 @@ fn loss_and_correct<B: Backend>(
         .argmax(1)
         .reshape([n])
         .equal(t.targets.clone())
-        .int()
-        .sum()
-        .into_scalar()
-        .elem::<f64>();
+        .float()
+        .sum();
     (cross_entropy_sum(logits, t.targets), correct)
 }
 
-/// Mean loss, perplexity and accuracy over the validation batches.
-fn evaluate<B: Backend>(
+/// Mean loss, perplexity and accuracy over the validation batches, summed on the device
+/// and read once.
+fn evaluate<B: Kernels>(
     model: &RobertaForMaskedLM<B>,
     valid: &Validation,
     device: &B::Device,
 ) -> Result<Metrics> {
-    let (mut loss, mut correct, mut count) = (0.0, 0.0, 0.0);
+    let (mut loss, mut correct, mut count) = (
+        Tensor::<B, 1>::zeros([1], device),
+        Tensor::<B, 1>::zeros([1], device),
+        0.0,
+    );
     for b in 0..valid.batches {
         let batch = validation_batch(&valid.corpus, valid.batch_size, valid.seed, b)?;
         let Some(t) = to_tensors::<B>(&batch, device) else {
@@ -100,9 +103,16 @@ fn evaluate<B: Backend>(
         };
         count += t.targets.dims()[0] as f64;
         let (sum, right) = loss_and_correct(model, t);
-        loss += sum.into_scalar().elem::<f64>();
-        correct += right;
+        loss = loss + sum;
+        correct = correct + right;
     }
+    let sums: Vec<f64> = Tensor::cat(vec![loss, correct], 0)
+        .cast(burn::tensor::DType::F32)
+        .into_data()
+        .iter::<f32>()
+        .map(f64::from)
+        .collect();
+    let (loss, correct) = (sums[0], sums[1]);
     let mean = loss / f64::max(count, 1.0);
     Ok(Metrics::from([
         ("loss".into(), mean),
@@ -127,7 +137,7 @@ impl Batches<Batch> for LoaderBatches {
     }
 }
 
-impl<B: AutodiffBackend> Task<B> for Mlm {
+impl<B: TrainingBackend> Task<B> for Mlm {
     type Model = RobertaForMaskedLM<B>;
     type Batch = Batch;
 

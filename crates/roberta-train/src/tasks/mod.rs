@@ -16,7 +16,6 @@ use anyhow::Result;
 use burn::module::AutodiffModule;
 use burn::nn::DropoutConfig;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use roberta_data::rng::Shuffle;
 use roberta_data::{LoaderState, RobertaTokenizer};
 use roberta_model::{
@@ -26,6 +25,7 @@ use roberta_model::{
 
 use crate::config::{TaskKind, TaskSection};
 use crate::metrics::Metrics;
+use roberta_model::{Kernels, TrainingBackend};
 
 /// The config.json key under which a fine-tuned model keeps its [`TaskSection`].
 pub const TASK_KEY: &str = "roberta_train_task";
@@ -71,14 +71,14 @@ pub struct BatchPlan {
 }
 
 /// One micro-batch's summed loss, and (masked LM) how many of its targets the model
-/// predicted right.
-pub struct StepLoss<B: Backend> {
+/// predicted right; both `[1]` on the device, read once per update by the trainer.
+pub struct StepLoss<B: Kernels> {
     pub sum: Tensor<B, 1>,
-    pub correct: Option<f64>,
+    pub correct: Option<Tensor<B, 1>>,
 }
 
 /// What the trainer needs of a task.
-pub trait Task<B: AutodiffBackend>: Sync {
+pub trait Task<B: TrainingBackend>: Sync {
     type Model: AutodiffModule<B, InnerModule: Pretrained<B::InnerBackend>> + Pretrained<B>;
     type Batch: Send;
 
@@ -111,26 +111,26 @@ pub trait Task<B: AutodiffBackend>: Sync {
 }
 
 /// A model with a task head, as the fine-tuning tasks use it.
-pub trait TaskModel<B: Backend>: Pretrained<B> + Module<B> {
+pub trait TaskModel<B: Kernels>: Pretrained<B> + Module<B> {
     /// Sets the head's dropout (HF's `classifier_dropout`), for heads that have one.
     fn with_head_dropout(self, p: f64) -> Self;
 }
 
-impl<B: Backend> TaskModel<B> for RobertaForSequenceClassification<B> {
+impl<B: Kernels> TaskModel<B> for RobertaForSequenceClassification<B> {
     fn with_head_dropout(mut self, p: f64) -> Self {
         self.classifier.dropout = DropoutConfig::new(p).init();
         self
     }
 }
 
-impl<B: Backend> TaskModel<B> for RobertaForTokenClassification<B> {
+impl<B: Kernels> TaskModel<B> for RobertaForTokenClassification<B> {
     fn with_head_dropout(mut self, p: f64) -> Self {
         self.dropout = DropoutConfig::new(p).init();
         self
     }
 }
 
-impl<B: Backend> TaskModel<B> for RobertaForQuestionAnswering<B> {
+impl<B: Kernels> TaskModel<B> for RobertaForQuestionAnswering<B> {
     fn with_head_dropout(self, _: f64) -> Self {
         self
     }
@@ -146,7 +146,7 @@ pub struct TaskData<T: LabeledTask> {
 /// A fine-tuning task: how its files are read, its loss, its outputs, its metrics and
 /// its predictions.
 pub trait LabeledTask: Sized + Send + Sync {
-    type Model<B: Backend>: TaskModel<B>;
+    type Model<B: Kernels>: TaskModel<B>;
     type Feature: Clone + Send + Sync;
     type Example: Send + Sync;
     /// The host-side output of one feature.
@@ -173,20 +173,20 @@ pub trait LabeledTask: Sized + Send + Sync {
     ) -> Result<TaskData<Self>>;
     fn ids(feature: &Self::Feature) -> &[u32];
     /// A batch's token ids as a padded model input.
-    fn input<B: Backend>(batch: &[Self::Feature], pad: u32, device: &B::Device) -> RobertaInput<B> {
+    fn input<B: Kernels>(batch: &[Self::Feature], pad: u32, device: &B::Device) -> RobertaInput<B> {
         let rows: Vec<Vec<u32>> = batch.iter().map(|f| Self::ids(f).to_vec()).collect();
         RobertaInput::from_rows(&rows, pad, device)
     }
     /// Terms of a batch's summed loss.
     fn targets(batch: &[Self::Feature]) -> usize;
-    fn loss<B: Backend>(
+    fn loss<B: Kernels>(
         &self,
         model: &Self::Model<B>,
         batch: &[Self::Feature],
         pad: u32,
         device: &B::Device,
     ) -> Tensor<B, 1>;
-    fn outputs<B: Backend>(
+    fn outputs<B: Kernels>(
         &self,
         model: &Self::Model<B>,
         batch: &[Self::Feature],
@@ -203,7 +203,7 @@ pub trait LabeledTask: Sized + Send + Sync {
 }
 
 /// Calls back with the [`LabeledTask`] that implements a task type.
-pub trait WithTask<B: AutodiffBackend> {
+pub trait WithTask<B: TrainingBackend> {
     type Output;
     fn run<T: LabeledTask>(self) -> Self::Output
     where
@@ -211,7 +211,7 @@ pub trait WithTask<B: AutodiffBackend> {
 }
 
 /// The one place that maps `task.type` to its implementation.
-pub fn with_task<B: AutodiffBackend, W: WithTask<B>>(kind: TaskKind, w: W) -> W::Output {
+pub fn with_task<B: TrainingBackend, W: WithTask<B>>(kind: TaskKind, w: W) -> W::Output {
     match kind {
         TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression => {
             w.run::<sequence::Sequence>()
@@ -221,13 +221,13 @@ pub fn with_task<B: AutodiffBackend, W: WithTask<B>>(kind: TaskKind, w: W) -> W:
     }
 }
 
-pub fn int_tensor<B: Backend>(values: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> {
+pub fn int_tensor<B: Kernels>(values: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> {
     let n = values.len();
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 
 /// Runs the model over all features, `batch_size` at a time.
-pub fn infer<B: Backend, T: LabeledTask>(
+pub fn infer<B: Kernels, T: LabeledTask>(
     task: &T,
     model: &T::Model<B>,
     features: &[T::Feature],
@@ -284,7 +284,7 @@ pub struct Finetuning<T: LabeledTask> {
     pub eval_batch_size: usize,
 }
 
-impl<B: AutodiffBackend, T: LabeledTask> Task<B> for Finetuning<T>
+impl<B: TrainingBackend, T: LabeledTask> Task<B> for Finetuning<T>
 where
     T::Model<B>: AutodiffModule<B, InnerModule = T::Model<B::InnerBackend>>,
 {

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::{LabeledTask, TaskData, int_tensor};
 use crate::config::TaskSection;
 use crate::metrics::{self, Metrics};
+use roberta_model::Kernels;
 
 pub struct Qa {
     section: TaskSection,
@@ -119,7 +120,7 @@ pub fn decode_answers(
 }
 
 impl LabeledTask for Qa {
-    type Model<B: Backend> = RobertaForQuestionAnswering<B>;
+    type Model<B: Kernels> = RobertaForQuestionAnswering<B>;
     type Feature = Feature;
     type Example = QaExample;
     /// Start and end logits of the window's tokens.
@@ -176,7 +177,7 @@ impl LabeledTask for Qa {
     }
 
     /// The mean of the start and end cross-entropy, summed over windows.
-    fn loss<B: Backend>(
+    fn loss<B: Kernels>(
         &self,
         model: &RobertaForQuestionAnswering<B>,
         batch: &[Feature],
@@ -196,7 +197,7 @@ impl LabeledTask for Qa {
             / 2.0
     }
 
-    fn outputs<B: Backend>(
+    fn outputs<B: Kernels>(
         &self,
         model: &RobertaForQuestionAnswering<B>,
         batch: &[Feature],

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::{LabeledTask, TaskData, argmax, int_tensor};
 use crate::config::{TaskKind, TaskSection};
 use crate::metrics::{self, Metrics};
+use roberta_model::Kernels;
 
 pub struct Sequence {
     section: TaskSection,
@@ -85,7 +86,7 @@ struct Score {
 }
 
 impl LabeledTask for Sequence {
-    type Model<B: Backend> = RobertaForSequenceClassification<B>;
+    type Model<B: Kernels> = RobertaForSequenceClassification<B>;
     type Feature = Feature;
     type Example = Example;
     /// Class probabilities, or the regression value alone.
@@ -204,7 +205,7 @@ impl LabeledTask for Sequence {
     }
 
     /// Cross-entropy for labels, squared error for regression (HF's MSELoss).
-    fn loss<B: Backend>(
+    fn loss<B: Kernels>(
         &self,
         model: &RobertaForSequenceClassification<B>,
         batch: &[Feature],
@@ -235,7 +236,7 @@ impl LabeledTask for Sequence {
         }
     }
 
-    fn outputs<B: Backend>(
+    fn outputs<B: Kernels>(
         &self,
         model: &RobertaForSequenceClassification<B>,
         batch: &[Feature],

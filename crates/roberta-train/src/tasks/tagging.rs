@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::{LabeledTask, TaskData, int_tensor};
 use crate::config::TaskSection;
 use crate::metrics::{self, Metrics};
+use roberta_model::Kernels;
 
 pub struct Tagging {
     section: TaskSection,
@@ -60,7 +61,7 @@ impl Tagging {
 }
 
 impl LabeledTask for Tagging {
-    type Model<B: Backend> = RobertaForTokenClassification<B>;
+    type Model<B: Kernels> = RobertaForTokenClassification<B>;
     type Feature = Feature;
     type Example = TaggedSentence;
     /// The predicted label index at each token.
@@ -167,7 +168,7 @@ impl LabeledTask for Tagging {
             .sum()
     }
 
-    fn loss<B: Backend>(
+    fn loss<B: Kernels>(
         &self,
         model: &RobertaForTokenClassification<B>,
         batch: &[Feature],
@@ -188,7 +189,7 @@ impl LabeledTask for Tagging {
         )
     }
 
-    fn outputs<B: Backend>(
+    fn outputs<B: Kernels>(
         &self,
         model: &RobertaForTokenClassification<B>,
         batch: &[Feature],

@@ -23,7 +23,7 @@ The one device command (carry [".gpu"], timeout_s 600; the default budget ends i
 
     python3 scripts/gpu_check.py --bin .gpu/roberta-train.xz --parity .gpu/parity.xz --tokenizer .gpu/tokenizer --device cuda:0 --out $OUT
 
-A second call can rerun a part: --skip parity,losses; --precisions bf16 --seqs 512
+A second call can rerun a part: --skip parity,losses,profile; --precisions bf16 --seqs 512
 --batches '512:96,64'; --systems roberta-train; --warmup/--updates; --budget-s.
 
 Dry run on the CPU (tiny model, few updates; about 2 minutes on 2 cores):
@@ -38,11 +38,18 @@ What it does, each step under its own timeout, a failure recorded as a row with 
        random generators differ per backend), then continued for 6 updates with dropout 0 on
        the device and on cpu: per-update losses agree within 1e-3 relative;
     c. the same on the device in bf16 against fp32: within 1%.
- 2. Speed rows {"system", "device", "precision", "seq_len", "batch", "tokens_per_s", "mfu",
+ 2. Profile (JSON "profile"): one roberta-base update at seq 512 in bf16 (fp32 on cpu) by
+    phase (log.profile_every = 1: data, forward, backward, all-reduce, norm and read,
+    optimizer, each ended by a device synchronisation) and, on cubecl backends, by kernel
+    (cubecl's profiler through a cubecl.toml: count and time per kernel, grouped into
+    matmul, attention, reduce, copy/cast, fused elementwise, random, other); three runs of
+    at most --profile-timeout (default 90) s each.
+ 3. Speed rows {"system", "device", "precision", "seq_len", "batch", "tokens_per_s", "mfu",
     "peak_mem_gib", "updates", ...} at roberta-base geometry (tiny with --tiny): roberta-train,
     and transformers' RobertaForMaskedLM with the full head and with a masked-only head, for each
     (precision, seq, batch); the ratios roberta-train / PyTorch per configuration.
- 3. gpu_check.json {"machine": {...}, "rows": [...], "ratios": [...]} and gpu_check.md, rewritten
+ 4. gpu_check.json {"machine": {...}, "rows": [...], "ratios": [...], "profile": {...}} and
+    gpu_check.md, rewritten
     after every row (a killed call still leaves what was measured); logs under OUT/logs/.
 --budget-s (default 540) skips the remaining speed rows (recorded as skipped) when time runs
 short. Python 3 stdlib in the main process; torch/transformers only in a worker subprocess.
@@ -125,6 +132,7 @@ class Results:
         self.machine = {}
         self.rows = []
         self.ratios = []
+        self.profile = None
 
     def add(self, row):
         self.rows.append(row)
@@ -134,7 +142,7 @@ class Results:
     def write(self):
         self.ratios = ratios(self.rows)
         doc = {"machine": self.machine, "flop_formula": FLOP_FORMULA, "rows": self.rows,
-               "ratios": self.ratios}
+               "ratios": self.ratios, "profile": self.profile}
         path = os.path.join(self.out_dir, "gpu_check.json")
         with open(path + ".tmp", "w") as f:
             json.dump(doc, f, indent=1)
@@ -228,6 +236,7 @@ def markdown(doc):
         lines.append(f"| {q['precision']} | {q['seq_len']} | {q['batch']} "
                      f"| {fmt(q['vs_pytorch_masked_head'])} | {fmt(q['vs_pytorch_full_head'])} "
                      f"| {fmt(q['vs_pytorch_masked_head_per_position'])} |")
+    lines += profile_markdown(doc.get("profile"))
     lines += ["", f"MFU: {doc['flop_formula']}; peaks: {peaks(m.get('peaks'))}.",
               "roberta-train's tokens/s counts non-padding tokens (`fill` in the JSON: the "
               "corpus's mean block fill; per position = tokens/s ÷ fill, ≈ the positions it "
@@ -520,7 +529,8 @@ class Ctx:
         return max(10.0, min(timeout, self.remaining()))
 
 
-def pretrain(ctx, name, config_text, device, timeout, sets=(), stop_at=None, mark_step=None):
+def pretrain(ctx, name, config_text, device, timeout, sets=(), stop_at=None, mark_step=None,
+             cwd=REPO, env=None):
     """Runs `roberta-train pretrain` in a fresh run directory. Watches metrics.jsonl; with
     stop_at, kills the run once the line of that update is written (skipping the final
     evaluation and the checkpoint of a large model). Returns a dict: ok, lines (each with the
@@ -548,8 +558,8 @@ def pretrain(ctx, name, config_text, device, timeout, sets=(), stop_at=None, mar
     with open(out_path, "w") as out:
         t_start = time.time()
         res["t_start"] = t_start
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ctx.env,
-                                start_new_session=True, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or ctx.env,
+                                start_new_session=True, cwd=cwd)
         pos, pending, killed = 0, b"", False
         while True:
             rc = proc.poll()
@@ -913,6 +923,175 @@ def speed(ctx, vocab):
             f"{q['vs_pytorch_full_head']}")
 
 
+# --- profile ------------------------------------------------------------------------------------
+# One update broken down two ways: by phase (`log.profile_every = 1`: the device synchronised
+# after data, forward, backward, all-reduce, norm and read, optimizer) and, on cubecl
+# backends, by kernel (cubecl's own profiler, `[profiling.logger] level = "basic"` in a
+# cubecl.toml of the run's working directory: every kernel timed alone, and a table of
+# name, duration and count written at each device synchronisation). The kernels of one
+# update are those of a run of U updates less those of the same run of U − 1, both after
+# a first run in the same directory has filled the autotune and kernel caches (so neither
+# autotunes). Kernels are grouped by what their names say they do.
+KERNEL_CLASSES = [
+    ("attention", r"attention|flash"),
+    ("matmul", r"matmul|gemm|mma|cmma|tile_"),
+    ("random", r"random|bernoulli|prng|uniform|normal"),
+    ("reduce", r"reduce|sum|mean|argmax|argmin|max|min|norm|softmax"),
+    ("copy/cast", r"contiguous|copy|cast|slice|gather|scatter|select|cat|index|transpose|"
+                  r"permute|fill|expand|repeat|into_"),
+    ("fused elementwise", r"fuse|elemwise|elementwise|unary|binary|trace|clamp|mask|where"),
+]
+DURATION_UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def kernel_class(name):
+    low = name.lower()
+    for cls, pattern in KERNEL_CLASSES:
+        if re.search(pattern, low):
+            return cls
+    return "other"
+
+
+def parse_duration(text):
+    m = re.fullmatch(r"([0-9.]+)(ns|µs|us|ms|s)", text.strip())
+    return float(m.group(1)) * DURATION_UNITS[m.group(2)] if m else None
+
+
+def kernel_totals(path):
+    """Sums cubecl's profile tables in `path`: {name: [count, seconds]}."""
+    totals = {}
+    if not os.path.exists(path):
+        return totals
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) != 4 or cells[0] in ("Name", "Total") or not cells[2].isdigit():
+                continue
+            seconds = parse_duration(cells[1])
+            if seconds is None:
+                continue
+            t = totals.setdefault(cells[0], [0, 0.0])
+            t[0] += int(cells[2])
+            t[1] += seconds
+    return totals
+
+
+CUBECL_PROFILE_TOML = """# written by scripts/gpu_check.py: per-kernel timings of roberta-train's updates
+[profiling.logger]
+level = "basic"
+file = "kernels.log"
+append = false
+
+[compilation]
+cache = "local"
+
+[autotune]
+cache = "local"
+"""
+
+
+def profile(ctx, vocab):
+    """Phases and kernels of one roberta-base update at seq 512 (tiny with --tiny), bf16
+    where the device has it: written into the JSON's `profile`."""
+    a = ctx.args
+    if a.tiny:
+        g = {"hidden": 128, "layers": 2, "heads": 4, "ffn": 512, "vocab": vocab}
+    else:
+        g = {"hidden": 768, "layers": 12, "heads": 12, "ffn": 3072, "vocab": vocab}
+    seq = 64 if a.tiny else 512
+    batch = (a.batches.get(seq) or [8 if a.tiny else 32])[0]
+    precision = "fp32" if a.device == "cpu" else "bf16"
+    warmup = 2 if a.tiny else 3
+    data_dir = preprocess(ctx, "data-profile", a.tokenizer, ctx.cap(180))
+    prof = {"device": a.device, "precision": precision, "seq_len": seq, "batch": batch,
+            "geometry": g, "phases_s": None, "kernels": None}
+    ctx.results.profile = prof
+    cwd = os.path.join(ctx.work, "profile")
+    os.makedirs(cwd, exist_ok=True)
+    cubecl = a.device.startswith(("cuda", "wgpu"))
+    if cubecl:
+        with open(os.path.join(cwd, "cubecl.toml"), "w") as f:
+            f.write(CUBECL_PROFILE_TOML)
+
+    def run(name, updates, kernels):
+        cfg = speed_config(g, data_dir, a.tokenizer, seq, batch, precision, warmup,
+                           updates - warmup)
+        env = dict(ctx.env)
+        if not kernels:
+            env["CUBECL_DEBUG_LOG"] = "0"  # overrides the cubecl.toml: no kernel profiling
+        res = pretrain(ctx, name, cfg, a.device, ctx.cap(a.profile_timeout),
+                       sets=("log.profile_every=1",), cwd=cwd, env=env)
+        log_path = os.path.join(cwd, "kernels.log")
+        if kernels and os.path.exists(log_path):
+            shutil.copy(log_path, os.path.join(ctx.logs, name, "kernels.log"))
+        return res, kernel_totals(log_path) if kernels else {}
+
+    res, _ = run("profile-phases", warmup + 2, False)
+    last = res["lines"][-1] if res["lines"] else {}
+    prof["phases_s"] = last.get("profile")
+    rates = [l["tokens_per_s"] for l in res["lines"] if l["step"] > warmup]
+    if rates:
+        prof["tokens_per_s_profiled"] = round(rates[-1], 1)
+    if not res["ok"]:
+        prof["error"] = res["error"]
+    ctx.results.write()
+    if not cubecl:
+        prof["kernels"] = "not a cubecl backend: no per-kernel profile"
+        ctx.results.write()
+        return
+    u = warmup + 2
+    _, before = run("profile-kernels-a", u - 1, True)
+    res, after = run("profile-kernels-b", u, True)
+    one = {}
+    for name, (count, seconds) in after.items():
+        c0, s0 = before.get(name, (0, 0.0))
+        if count - c0 > 0:
+            one[name] = [count - c0, seconds - s0]
+    classes = {}
+    for name, (count, seconds) in one.items():
+        c = classes.setdefault(kernel_class(name), {"kernels": 0, "seconds": 0.0})
+        c["kernels"] += count
+        c["seconds"] += seconds
+    total = sum(c["seconds"] for c in classes.values()) or 1.0
+    for c in classes.values():
+        c["seconds"] = round(c["seconds"], 6)
+        c["share"] = round(c["seconds"] / total, 3)
+    top = sorted(one.items(), key=lambda kv: -kv[1][1])[:25]
+    prof["kernels"] = {
+        "per_update": sum(c for c, _ in one.values()),
+        "seconds_per_update": round(total, 6),
+        "classes": dict(sorted(classes.items(), key=lambda kv: -kv[1]["seconds"])),
+        "top": [{"name": n, "class": kernel_class(n), "count": c, "seconds": round(t, 6)}
+                for n, (c, t) in top],
+    }
+    if not res["ok"]:
+        prof["kernels_error"] = res["error"]
+    ctx.results.write()
+
+
+def profile_markdown(p):
+    if not p:
+        return []
+    lines = ["", f"## One update, profiled ({p['device']}, {p['precision']}, seq {p['seq_len']}, "
+             f"batch {p['batch']})", ""]
+    if p.get("error"):
+        lines.append(f"error: {p['error']}")
+    phases = p.get("phases_s") or {}
+    if phases:
+        lines += ["| phase | seconds |", "|---|---|"]
+        lines += [f"| {k[:-2]} | {v:.4f} |" for k, v in phases.items()]
+    k = p.get("kernels")
+    if isinstance(k, dict):
+        lines += ["", f"{k['per_update']} kernels per update, {k['seconds_per_update']:.4f} s "
+                  "of kernel time (each timed alone)", "",
+                  "| class | kernels | seconds | share |", "|---|---|---|---|"]
+        lines += [f"| {c} | {v['kernels']} | {v['seconds']:.4f} | {v['share']:.0%} |"
+                  for c, v in k["classes"].items()]
+    elif k:
+        lines.append(f"kernels: {k}")
+    return lines
+
+
 # --- the torch worker --------------------------------------------------------------------------
 def worker_main(args):
     import torch
@@ -1132,6 +1311,8 @@ def main():
     p.add_argument("--correctness-timeout", type=float, default=150,
                    help="per tiny pretraining run")
     p.add_argument("--row-timeout", type=float, default=150, help="per speed row")
+    p.add_argument("--profile-timeout", type=float, default=90,
+                   help="per run of the profile step (three runs)")
     p.add_argument("--min-row-s", type=float, default=25,
                    help="a speed row starts only with this many seconds of budget left")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary run directories")
@@ -1179,6 +1360,7 @@ def main():
         monitor = GpuMonitor(gpu_index(args.device))
         ctx = Ctx(args, work, results, monitor, env)
         steps = [("parity", check_parity), ("losses", check_losses),
+                 ("profile", lambda c: profile(c, vocab_size(args.tokenizer))),
                  ("speed", lambda c: speed(c, vocab_size(args.tokenizer)))]
         results.machine["phase_s"] = {}
         for name, fn in steps:

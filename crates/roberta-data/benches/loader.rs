@@ -89,6 +89,7 @@ fn main() {
         sentences: w.sentences(),
         tokens: w.tokens(),
         sha256: String::new(),
+        stamps: Vec::new(),
     };
     split_meta.sha256 = split_sha256(&[w.finish().unwrap()]);
     let specials = SpecialTokens {

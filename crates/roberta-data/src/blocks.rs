@@ -9,10 +9,13 @@
 //! temporary file instead, and packed again by the next run.
 //!
 //! Layout, all u64 little-endian: magic, block size, break mode, shard count S, block
-//! count B, tokens served over all blocks, the split's sha256 as 64 hex bytes (8 words);
-//! then S + 1 cumulative block counts (the first block of each shard); then, shard by
-//! shard, the token offset where each of its blocks starts followed by the shard's end:
-//! B + S offsets. Blocks tile their shard, so a block ends where the next one starts.
+//! count B, tokens served over all blocks, the split's sha256 as 64 hex bytes (8 words),
+//! the sha256 of everything after the header (4 words); then S + 1 cumulative block
+//! counts (the first block of each shard); then, shard by shard, the token offset where
+//! each of its blocks starts followed by the shard's end: B + S offsets. Blocks tile their
+//! shard, so a block ends where the next one starts. The body's hash is checked when the
+//! index is opened (one pass over it, 8 bytes a block), so a damaged index is packed
+//! again rather than served.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -23,8 +26,10 @@ use memmap2::Mmap;
 use crate::dataset::{Block, BreakMode, Split};
 use crate::error::{DataError, Result};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"RBBLK001");
-const HEADER_WORDS: usize = 14;
+const MAGIC: u64 = u64::from_le_bytes(*b"RBBLK002");
+const HEADER_WORDS: usize = 18;
+/// Where the body's sha256 sits in the header.
+const BODY_HASH: std::ops::Range<usize> = 14 * 8..18 * 8;
 
 /// Block sizes a run may use: room for `<s>`, `</s>` and a few tokens, and at most
 /// what position embeddings are ever made for.
@@ -210,7 +215,7 @@ impl BlockIndex {
             path: path.to_path_buf(),
             source,
         })?;
-        let corrupt = |message: String| DataError::CorruptShard {
+        let corrupt = |message: String| DataError::CorruptBlockIndex {
             path: path.to_path_buf(),
             message,
         };
@@ -238,13 +243,16 @@ impl BlockIndex {
         })
     }
 
-    /// Whether this index was packed from `split`'s current shards with these settings.
+    /// Whether this index was packed from `split`'s current shards with these settings,
+    /// and is whole.
     fn matches(&self, split: &Split, block_size: usize, mode: BreakMode) -> bool {
+        use sha2::{Digest, Sha256};
         word(&self.map, 1) == block_size as u64
             && word(&self.map, 2) == mode_word(mode)
             && self.shards == split.shards.len()
-            && self.map[6 * 8..HEADER_WORDS * 8] == hash_bytes(&split.sha256)
+            && self.map[6 * 8..14 * 8] == hash_bytes(&split.sha256)
             && self.first_block(self.shards) == self.blocks
+            && self.map[BODY_HASH] == Sha256::digest(&self.map[HEADER_WORDS * 8..])[..]
     }
 
     pub fn len(&self) -> u64 {
@@ -416,6 +424,7 @@ fn write_index(
         w.write_all(&v.to_le_bytes())?;
     }
     w.write_all(&hash_bytes(&split.sha256))?;
+    w.write_all(&[0u8; 32])?;
     let mut first = 0u64;
     for n in per_shard.iter().chain([&0]) {
         w.write_all(&first.to_le_bytes())?;
@@ -448,6 +457,16 @@ fn write_index(
     }
     w.flush()?;
     drop(w);
+    // The body's hash, read back from the file just written (no copy of it in memory).
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    file.seek(SeekFrom::Start((HEADER_WORDS * 8) as u64))?;
+    std::io::copy(
+        &mut std::io::BufReader::with_capacity(1 << 20, &mut *file),
+        &mut hasher,
+    )?;
+    file.seek(SeekFrom::Start(BODY_HASH.start as u64))?;
+    file.write_all(&hasher.finalize())?;
     file.seek(SeekFrom::Start(0))?;
     Ok(())
 }
@@ -588,6 +607,13 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
         let index = BlockIndex::open(&other, 9, BreakMode::FullSentences).unwrap();
         assert_eq!(index.get(0).end, 6);
+        // A block start moved, the file's size unchanged: the body's hash tells.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 16;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let index = BlockIndex::open(&other, 9, BreakMode::FullSentences).unwrap();
+        assert_eq!((index.get(0).start, index.get(0).end), (0, 6));
     }
 
     #[cfg(unix)]

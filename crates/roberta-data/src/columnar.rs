@@ -51,21 +51,27 @@ pub struct Table {
 impl Table {
     pub fn open(path: &Path, mut file: File) -> Result<Self> {
         let path = path.to_path_buf();
-        let source = if path.extension().and_then(|e| e.to_str()) == Some("parquet") {
+        // Told by their magic bytes, not the file's name: `--format parquet` reads a
+        // Parquet file of any name.
+        let mut magic = [0u8; 6];
+        let read = file.read(&mut magic).unwrap_or(0);
+        file.seek(SeekFrom::Start(0))
+            .map_err(|source| DataError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let source = if magic[..read.min(4)] == *b"PAR1" {
             Source::Parquet(
                 ParquetRecordBatchReaderBuilder::try_new(file)
                     .map_err(|e| error(&path, format!("not a readable Parquet file: {e}")))?,
             )
         } else {
-            let mut magic = [0u8; 6];
-            let is_file_format = file.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
-            file.seek(SeekFrom::Start(0))
-                .map_err(|source| DataError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+            let is_file_format = read == 6 && &magic == b"ARROW1";
             let bad = |e: arrow_schema::ArrowError| {
-                error(&path, format!("not a readable Arrow IPC file: {e}"))
+                error(
+                    &path,
+                    format!("neither Parquet nor a readable Arrow IPC file: {e}"),
+                )
             };
             let file = BufReader::new(file);
             if is_file_format {

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DataError, Result};
 use crate::input::{self, Kind, MAX_LINE_BYTES};
 
+/// Text a document may hold before it is cut: a file with no blank line would otherwise
+/// be one document held whole in memory (and tokenized as one piece of work, which a
+/// stop signal waits for). A cut costs one document separator in a very long text.
+pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CorpusFormat {
@@ -198,6 +203,7 @@ pub fn read_documents(
     let mut line_no = 0u64;
     let mut skipped = 0u64;
     let mut doc: Vec<String> = Vec::new();
+    let mut doc_bytes = 0;
     loop {
         line.clear();
         let n = reader
@@ -250,11 +256,14 @@ pub fn read_documents(
                 }
             }
             CorpusFormat::Text => {
-                if text.trim().is_empty() {
+                if text.trim().is_empty() || doc_bytes >= MAX_DOCUMENT_BYTES {
                     if !doc.is_empty() {
                         sink(std::mem::take(&mut doc))?;
                     }
-                } else {
+                    doc_bytes = 0;
+                }
+                if !text.trim().is_empty() {
+                    doc_bytes += text.len();
                     doc.push(text.to_string());
                 }
             }
@@ -472,6 +481,22 @@ mod tests {
         assert!(
             err.contains("huge.txt") && err.contains("line 2") && err.contains("limit"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_without_blank_lines_is_cut_into_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("one.txt");
+        let line = "a sentence of text\n";
+        let lines = 2 * MAX_DOCUMENT_BYTES / line.len() + 10;
+        std::fs::write(&p, line.repeat(lines)).unwrap();
+        let docs = docs(&p, &ReadOptions::default()).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs.iter().map(Vec::len).sum::<usize>(), lines);
+        assert!(
+            docs.iter()
+                .all(|d| d.len() * (line.len() - 1) <= MAX_DOCUMENT_BYTES + line.len())
         );
     }
 

@@ -27,6 +27,82 @@ pub struct SplitMeta {
     /// without reading the shards again. Empty in format 1.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// Each shard's files as written, in the order of `shards`: a run checks them when it
+    /// opens the split, so a shard changed in place afterwards is caught.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stamps: Vec<ShardStamp>,
+}
+
+/// A shard's `.bin` and `.idx` as `preprocess` wrote them: sizes, modification times
+/// (nanoseconds since the epoch) and the sha256 of their content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardStamp {
+    pub bin_bytes: u64,
+    pub idx_bytes: u64,
+    pub bin_modified_ns: u64,
+    pub idx_modified_ns: u64,
+    pub sha256: String,
+}
+
+impl ShardStamp {
+    /// The stamp of a shard's files as they are now, with their content's `sha256`.
+    pub fn of(bin: &Path, idx: &Path, sha256: String) -> Result<Self> {
+        let (bin_bytes, bin_modified_ns) = file_stamp(bin)?;
+        let (idx_bytes, idx_modified_ns) = file_stamp(idx)?;
+        Ok(Self {
+            bin_bytes,
+            idx_bytes,
+            bin_modified_ns,
+            idx_modified_ns,
+            sha256,
+        })
+    }
+
+    /// Checks a shard's files against this stamp: equal sizes and times pass; equal
+    /// sizes with other times (a copy that did not keep them) are checked by content.
+    fn check(&self, bin: &Path, idx: &Path) -> Result<()> {
+        let (bin_bytes, bin_time) = file_stamp(bin)?;
+        let (idx_bytes, idx_time) = file_stamp(idx)?;
+        let changed = |path: &Path, what: &str| DataError::ChangedShard {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        };
+        if bin_bytes != self.bin_bytes {
+            return Err(changed(bin, "its size"));
+        }
+        if idx_bytes != self.idx_bytes {
+            return Err(changed(idx, "its size"));
+        }
+        if (bin_time, idx_time) == (self.bin_modified_ns, self.idx_modified_ns) {
+            return Ok(());
+        }
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for path in [bin, idx] {
+            let mut file = crate::input::open(path)?;
+            std::io::copy(&mut file, &mut hasher).map_err(|source| DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        if format!("{:x}", hasher.finalize()) != self.sha256 {
+            return Err(changed(bin, "its content"));
+        }
+        Ok(())
+    }
+}
+
+fn file_stamp(path: &Path) -> Result<(u64, u64)> {
+    let meta = std::fs::metadata(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    Ok((meta.len(), modified))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,10 +151,7 @@ impl Meta {
                 path: dir.to_path_buf(),
             });
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = crate::input::read_to_string(&path)?;
         let meta: Self = serde_json::from_str(&text).map_err(|e| DataError::BadMeta {
             path: path.clone(),
             message: e.to_string(),
@@ -139,12 +212,15 @@ impl Split {
                 available: meta.splits.keys().cloned().collect::<Vec<_>>().join(", "),
             })?;
         let mut shards = Vec::new();
-        for name in &split_meta.shards {
-            shards.push(Shard::open(
-                &dir.join(format!("{name}.bin")),
-                &dir.join(format!("{name}.idx")),
-                meta.token_width,
-            )?);
+        for (i, name) in split_meta.shards.iter().enumerate() {
+            let (bin, idx) = (
+                dir.join(format!("{name}.bin")),
+                dir.join(format!("{name}.idx")),
+            );
+            if let Some(stamp) = split_meta.stamps.get(i) {
+                stamp.check(&bin, &idx)?;
+            }
+            shards.push(Shard::open(&bin, &idx, meta.token_width)?);
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -289,6 +365,7 @@ pub(crate) mod tests {
             sentences: w.sentences(),
             tokens: w.tokens(),
             sha256: String::new(),
+            stamps: Vec::new(),
         };
         split.sha256 = split_sha256(&[w.finish().unwrap()]);
         let meta = Meta {

@@ -23,6 +23,12 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path} was changed after preprocess wrote it ({what} differs from meta.json's record): preprocess the corpus again (`--force`)"
+    )]
+    ChangedShard { path: PathBuf, what: String },
+    #[error("{path}: damaged block index: {message}")]
+    CorruptBlockIndex { path: PathBuf, message: String },
     #[error("{path}: corrupt shard: {message}")]
     CorruptShard { path: PathBuf, message: String },
     #[error(

@@ -3,7 +3,7 @@
 //! without the byte-order mark some editors put first, and lines of bounded length.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
@@ -199,6 +199,52 @@ impl Iterator for Lines {
     }
 }
 
+/// Opens (creating it when absent) the lock file at `path` for a process to hold: never
+/// through a symbolic link, and only a file that is empty or holds a process id, as this
+/// program writes it. Anything else there is the user's file, named in the error.
+/// Returns the file and whether this call created it.
+pub fn open_lock_file(path: &Path) -> Result<(File, bool)> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let not_ours = |why: &str| DataError::Corpus {
+        path: path.to_path_buf(),
+        message: format!("{why}, not a lock file of roberta-train: move it away"),
+    };
+    let mut options = File::options();
+    options.read(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A link at the lock's name is not followed to a file elsewhere.
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    let created = match options.clone().create_new(true).open(path) {
+        Ok(file) => return Ok((file, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io(e)),
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(io)?;
+    if meta.file_type().is_symlink() {
+        return Err(not_ours("a symbolic link"));
+    }
+    if !meta.is_file() {
+        return Err(not_ours("not a regular file"));
+    }
+    let mut file = options.open(path).map_err(io)?;
+    let mut text = String::new();
+    let ours = meta.len() <= 20
+        && file.read_to_string(&mut text).is_ok()
+        && text.trim().bytes().all(|b| b.is_ascii_digit());
+    if !ours {
+        return Err(not_ours("a file holding something else than a process id"));
+    }
+    // The holder writes its id from the start.
+    file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+    Ok((file, created))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +264,28 @@ mod tests {
         );
         std::fs::write(&p, b"\xEF\xBB\xBF{}").unwrap();
         assert_eq!(read_to_string(&p).unwrap(), "{}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn lock_files_are_ours_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(".x.lock");
+        assert!(open_lock_file(&lock).unwrap().1, "created");
+        std::fs::write(&lock, "1234").unwrap();
+        assert!(
+            !open_lock_file(&lock).unwrap().1,
+            "a lock left by a process"
+        );
+        std::fs::write(&lock, "my notes").unwrap();
+        let err = open_lock_file(&lock).unwrap_err().to_string();
+        assert!(err.contains("not a lock file of roberta-train"), "{err}");
+        let precious = dir.path().join("precious.txt");
+        std::fs::write(&precious, "mine").unwrap();
+        let link = dir.path().join(".y.lock");
+        std::os::unix::fs::symlink(&precious, &link).unwrap();
+        assert!(open_lock_file(&link).is_err());
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "mine");
     }
 
     #[cfg(unix)]

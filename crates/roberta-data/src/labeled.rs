@@ -80,6 +80,19 @@ pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
     if examples.is_empty() {
         return Err(error(path, "no examples (empty split)"));
     }
+    for e in &examples {
+        let fields = [Some(&e.text_a), e.text_b.as_ref()];
+        if let Some(text) = fields
+            .into_iter()
+            .flatten()
+            .find(|t| t.len() > MAX_TEXT_BYTES)
+        {
+            return Err(error(
+                path,
+                format!("line {}: {}", e.line, too_long("text", text.len())),
+            ));
+        }
+    }
     // An empty label would become a class named "".
     if let Some(e) = examples
         .iter()
@@ -381,7 +394,28 @@ pub fn read_squad(path: &Path) -> Result<Vec<QaExample>> {
     if examples.is_empty() {
         return Err(error(path, "no questions (empty split)"));
     }
+    for e in &examples {
+        for (what, text) in [("context", &e.context), ("question", &e.question)] {
+            if text.len() > MAX_TEXT_BYTES {
+                return Err(error(
+                    path,
+                    format!("question {}: {}", e.id, too_long(what, text.len())),
+                ));
+            }
+        }
+    }
     Ok(examples)
+}
+
+/// Text one field of an example may hold: a model reads at most 8192 tokens of it, and
+/// tokenizing megabytes to keep a few hundred tokens costs gigabytes of memory.
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
+
+fn too_long(what: &str, bytes: usize) -> String {
+    format!(
+        "the {what} is {bytes} bytes, over the {} MiB of text a field may hold (a model reads at most 8192 tokens of it)",
+        MAX_TEXT_BYTES >> 20
+    )
 }
 
 fn read_squad_json(path: &Path) -> Result<Vec<QaExample>> {
@@ -580,7 +614,7 @@ pub fn qa_features(
         let room = max_length.saturating_sub(question.len() + 4);
         if room == 0 || doc_stride >= room {
             return Err(DataError::Invalid(format!(
-                "max_length {max_length} leaves {room} context tokens, not more than doc_stride {doc_stride}"
+                "task.max_length {max_length} leaves {room} context tokens after the question, not more than task.doc_stride {doc_stride}: raise task.max_length or lower task.doc_stride"
             )));
         }
         let mut start_token = 0;
@@ -646,10 +680,12 @@ pub fn read_conll(path: &Path) -> Result<Vec<TaggedSentence>> {
     // Every token line has the columns of the first: with one fewer, the last column
     // would be another one (a POS tag) taken as the tag.
     let mut width: Option<(usize, usize)> = None;
+    let mut sentence_bytes = 0;
     for line in input::lines(path)? {
         let (n, line) = line?;
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.is_empty() || fields[0] == "-DOCSTART-" {
+            sentence_bytes = 0;
             if !current.words.is_empty() {
                 sentences.push(std::mem::replace(
                     &mut current,
@@ -682,6 +718,17 @@ pub fn read_conll(path: &Path) -> Result<Vec<TaggedSentence>> {
         }
         current.words.push(fields[0].to_string());
         current.tags.push(fields[fields.len() - 1].to_string());
+        sentence_bytes += fields[0].len();
+        if sentence_bytes > MAX_TEXT_BYTES {
+            return Err(error(
+                path,
+                format!(
+                    "the sentence from line {}: {}",
+                    current.line,
+                    too_long("sentence", sentence_bytes)
+                ),
+            ));
+        }
     }
     if !current.words.is_empty() {
         sentences.push(current);

@@ -64,9 +64,23 @@ impl Corpus {
         self.blocks.served_tokens() as f64 / (self.len().max(1) as f64 * self.block_size as f64)
     }
 
-    /// The tokens block `b` is served as.
+    /// The tokens block `b` is served as. A block the index makes longer than the block
+    /// size (a damaged index) is an error naming the index, not a huge allocation.
     pub fn block_tokens(&self, b: u64, out: &mut Vec<u32>) -> Result<()> {
-        self.split.block_tokens(self.blocks.get(b), out)
+        let block = self.blocks.get(b);
+        if block.end <= block.start || block.end - block.start > (self.block_size - 2) as u64 {
+            return Err(DataError::CorruptBlockIndex {
+                path: self.blocks.path().to_path_buf(),
+                message: format!(
+                    "block {b} spans tokens {}..{} of shard {}, not 1 to {} tokens: delete the file to pack it again",
+                    block.start,
+                    block.end,
+                    block.shard,
+                    self.block_size - 2
+                ),
+            });
+        }
+        self.split.block_tokens(block, out)
     }
 }
 

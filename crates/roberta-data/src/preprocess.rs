@@ -21,7 +21,9 @@ use sha2::{Digest, Sha256};
 
 use crate::blocks::is_index_file_name;
 use crate::corpus::{ReadOptions, expand_inputs, read_documents};
-use crate::dataset::{FORMAT_VERSION, META_FILE, Meta, SourceMeta, SplitMeta, split_sha256};
+use crate::dataset::{
+    FORMAT_VERSION, META_FILE, Meta, ShardStamp, SourceMeta, SplitMeta, split_sha256,
+};
 use crate::error::{DataError, Result};
 use crate::rng::{Purpose, stream};
 use crate::shards::{ShardWriter, TokenWidth};
@@ -128,9 +130,10 @@ pub fn preprocess(
     force: bool,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Outcome> {
-    if !(0.0..1.0).contains(&options.valid_fraction) {
+    // The range pretraining's data.valid_fraction has: half the corpus held out at most.
+    if !(0.0..0.5).contains(&options.valid_fraction) {
         return Err(DataError::Invalid(format!(
-            "--valid-fraction {} must be in [0, 1)",
+            "--valid-fraction {} must be in [0, 0.5)",
             options.valid_fraction
         )));
     }
@@ -154,6 +157,20 @@ pub fn preprocess(
     } else {
         expand(&options.valid)?
     };
+    // A file both trained and validated on would make validation measure memorisation.
+    let trained: BTreeSet<PathBuf> = train_files
+        .iter()
+        .filter_map(|t| std::fs::canonicalize(t).ok())
+        .collect();
+    if let Some(both) = valid_files
+        .iter()
+        .find(|v| std::fs::canonicalize(v).is_ok_and(|v| trained.contains(&v)))
+    {
+        return Err(DataError::Invalid(format!(
+            "{} is both a training and a validation input (--input and --valid, or data.train and data.valid)",
+            both.display()
+        )));
+    }
     let mut all_sources = sources(&train_files)?;
     all_sources.extend(sources(&valid_files)?);
     let hash = tokenizer_sha256(tokenizer);
@@ -314,13 +331,7 @@ impl OutputLock {
             source,
         };
         loop {
-            let mut file = std::fs::File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io)?;
+            let (mut file, _) = crate::input::open_lock_file(&path)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -825,7 +836,11 @@ impl SplitWriter {
             self.meta.documents += w.documents();
             self.meta.sentences += w.sentences();
             self.meta.tokens += w.tokens();
-            self.digests.push(w.finish()?);
+            let (bin, idx) = (w.bin_path().to_path_buf(), w.idx_path().to_path_buf());
+            let digest = w.finish()?;
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            self.meta.stamps.push(ShardStamp::of(&bin, &idx, hex)?);
+            self.digests.push(digest);
             self.meta.sha256 = split_sha256(&self.digests);
         }
         Ok(())
@@ -847,6 +862,7 @@ fn write_in_order(
         sentences: 0,
         tokens: 0,
         sha256: String::new(),
+        stamps: Vec::new(),
     };
     let mut train = SplitWriter {
         name: "train",
@@ -876,6 +892,12 @@ fn write_in_order(
         pending.insert(chunk.index, chunk);
         while let Some(chunk) = pending.remove(&next) {
             for (is_valid, doc) in &chunk.docs {
+                // Per document: with tiny shards each one is a file created and synced.
+                if stopped() {
+                    return Err(DataError::Interrupted {
+                        path: dir.to_path_buf(),
+                    });
+                }
                 let split = if *is_valid { &mut valid } else { &mut train };
                 split.push(dir, width, shard_tokens, doc)?;
                 p.documents += 1;

@@ -101,6 +101,14 @@ impl ShardWriter {
         self.tokens
     }
 
+    pub fn bin_path(&self) -> &Path {
+        &self.bin_path
+    }
+
+    pub fn idx_path(&self) -> &Path {
+        &self.idx_path
+    }
+
     pub fn documents(&self) -> u64 {
         self.documents
     }

@@ -87,6 +87,7 @@ impl RobertaTokenizer {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
+        crate::input::open(path)?;
         let inner = Tokenizer::from_file(path).map_err(|e| DataError::Tokenizer {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -100,6 +101,8 @@ impl RobertaTokenizer {
             path: vocab.to_path_buf(),
             message: e.to_string(),
         };
+        crate::input::open(vocab)?;
+        crate::input::open(merges)?;
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
             .build()
             .map_err(err)?;
@@ -302,28 +305,18 @@ pub fn train_bpe(
 }
 
 /// Whether any of `files` holds a byte that is not ASCII whitespace: without one, BPE
-/// learns nothing and the tokenizer is only its byte alphabet. Reads up to the first such
-/// byte, so a real corpus costs one buffer.
+/// learns nothing and the tokenizer is only its byte alphabet. Every line is read, so a
+/// file the trainer would choke on is named first, with the line: one that is not UTF-8,
+/// or a line over [`crate::input::MAX_LINE_BYTES`] (the trainer holds a line whole).
 fn any_text(files: &[PathBuf]) -> Result<bool> {
-    use std::io::Read;
-    let mut buf = vec![0u8; 1 << 16];
+    let mut text = false;
     for f in files {
-        let io = |source| DataError::Io {
-            path: f.clone(),
-            source,
-        };
-        let mut file = crate::input::open(f)?;
-        loop {
-            let n = file.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            if buf[..n].iter().any(|b| !b.is_ascii_whitespace()) {
-                return Ok(true);
-            }
+        for line in crate::input::lines(f)? {
+            let (_, line) = line?;
+            text = text || line.bytes().any(|b| !b.is_ascii_whitespace());
         }
     }
-    Ok(false)
+    Ok(text)
 }
 
 impl RobertaTokenizer {

@@ -152,6 +152,7 @@ impl RobertaConfig {
 
     /// Reads and validates an HF `config.json`.
     pub fn load(path: &Path) -> Result<Self> {
+        crate::hf::require_regular_file(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,
@@ -240,6 +241,28 @@ impl RobertaConfig {
         if self.type_vocab_size == 0 {
             return Err("type_vocab_size must be at least 1".into());
         }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "layer_norm_eps {} must be a positive number",
+                self.layer_norm_eps
+            ));
+        }
+        if let Some(labels) = &self.id2label {
+            // HF's keys are the indices 0..n as strings; others would shift every label.
+            for (i, key) in labels.keys().enumerate() {
+                if key.parse::<usize>().ok().is_none_or(|k| k >= labels.len()) {
+                    return Err(format!(
+                        "id2label has key \"{key}\": its keys must be the indices 0..{} (entry {i})",
+                        labels.len()
+                    ));
+                }
+            }
+            let mut names: Vec<&String> = labels.values().collect();
+            names.sort();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(format!("id2label names \"{}\" twice", w[0]));
+            }
+        }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
             (
@@ -252,6 +275,24 @@ impl RobertaConfig {
             }
         }
         Ok(())
+    }
+
+    /// Parameters of the encoder with an MLM head (the largest model of this config):
+    /// what a process must hold before anything else, four times over to train it.
+    pub fn num_parameters(&self) -> u64 {
+        let (h, f, l) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.num_hidden_layers as u64,
+        );
+        let embeddings =
+            (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) as u64 * h
+                + 2 * h;
+        let layer = 4 * h * h + 2 * h * f + 9 * h + f;
+        let head = h * h + 3 * h + self.vocab_size as u64;
+        embeddings
+            .saturating_add(layer.saturating_mul(l))
+            .saturating_add(head)
     }
 
     /// The longest sequence the position table can embed.

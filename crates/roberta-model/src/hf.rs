@@ -54,8 +54,26 @@ pub struct HfWeights {
     integers: BTreeSet<String>,
 }
 
+/// A model directory's file must be a regular file: a FIFO or a device in its place
+/// (a link to `/dev/zero`) would be read forever.
+pub(crate) fn require_regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(ModelError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        })
+    }
+}
+
 impl HfWeights {
     pub fn read(path: &Path) -> Result<Self> {
+        require_regular_file(path)?;
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,
@@ -87,6 +105,7 @@ impl HfWeights {
     /// A PyTorch `state_dict` (`torch.save`, zip or legacy format), read by burn-store's
     /// pickle reader, which rebuilds tensors without running the pickle's code.
     pub fn read_pytorch(path: &Path) -> Result<Self> {
+        require_regular_file(path)?;
         let unreadable = |message: String| ModelError::Pytorch {
             path: path.to_path_buf(),
             message,
@@ -741,9 +760,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.map_err(io)
 }
 
+/// Writes `bytes` to `path`, which must not exist, through a temporary file in the same
+/// directory: written, fsynced, then hard-linked to `path`, which fails rather than
+/// replace a file that appeared there meanwhile (another process's, or the user's).
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => std::io::Error::new(
+                e.kind(),
+                "a file appeared there while this command ran; it was not replaced",
+            ),
+            _ => e,
+        })?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            d.sync_all().ok();
+        }
+        Ok(())
+    })();
+    std::fs::remove_file(&tmp).ok();
+    result.map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_new_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.json");
+        write_new(&path, b"first").unwrap();
+        let err = write_new(&path, b"second").unwrap_err().to_string();
+        assert!(err.contains("was not replaced"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary left");
+    }
 
     fn file_with(dir: &Path, tensors: &[(&str, Dtype, Vec<u8>)]) -> PathBuf {
         let views = tensors.iter().map(|(key, dtype, bytes)| {

@@ -88,6 +88,19 @@ pub struct TrainerState {
     /// same updates, with the same values, as the uninterrupted run's.
     #[serde(default)]
     pub pending: LogInterval,
+    /// The last update, when a signal interrupted its evaluation before its metrics line
+    /// was written: the resumed run writes it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlogged: Option<UpdateSummary>,
+}
+
+/// What a metrics line says of the update it ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UpdateSummary {
+    pub lr: f64,
+    pub norm: f64,
+    pub epoch: u64,
+    pub epoch_done: bool,
 }
 
 fn one_device() -> usize {
@@ -110,6 +123,9 @@ pub struct LogInterval {
     pub allreduce_s: f64,
     /// Seconds spent in these updates before the last checkpoint (for tokens/s).
     pub seconds: f64,
+    /// The phases of the last profiled update (`log.profile_every`), in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<BTreeMap<String, f64>>,
 }
 
 /// The tokenizer and the training data of a run, as hashes, with a description of the
@@ -196,6 +212,7 @@ impl Default for TrainerState {
             streams: STREAMS_VERSION,
             data: None,
             pending: LogInterval::default(),
+            unlogged: None,
         }
     }
 }
@@ -251,8 +268,7 @@ pub fn is_step_dir_name(name: &str) -> bool {
 
 /// Streams the file through the hash: checkpoints hold files of gigabytes.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file = roberta_data::input::open(path)?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
     Ok(format!("{:x}", hasher.finalize()))
@@ -528,7 +544,7 @@ pub fn verify_model(checkpoint: &Path) -> Result<TrainerState> {
 pub const OPTIMIZER_FILES: &str = "optim-";
 
 fn verify_files(checkpoint: &Path, needed: impl Fn(&str) -> bool) -> Result<TrainerState> {
-    let text = std::fs::read_to_string(checkpoint.join(MANIFEST))
+    let text = roberta_data::input::read_to_string(&checkpoint.join(MANIFEST))
         .with_context(|| format!("{}: no readable manifest", checkpoint.display()))?;
     let manifest: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: corrupt manifest", checkpoint.display()))?;
@@ -543,10 +559,16 @@ fn verify_files(checkpoint: &Path, needed: impl Fn(&str) -> bool) -> Result<Trai
         }
     }
     let state_path = checkpoint.join(TRAINER_STATE);
-    let state: TrainerState = std::fs::read_to_string(&state_path)
+    let state: TrainerState = roberta_data::input::read_to_string(&state_path)
         .map_err(anyhow::Error::new)
         .and_then(|text| serde_json::from_str(&text).map_err(anyhow::Error::new))
         .with_context(|| format!("{}: unreadable trainer state", state_path.display()))?;
+    if state.devices == 0 {
+        bail!(
+            "{}: \"devices\": 0 (a run trains on at least one replica)",
+            state_path.display()
+        );
+    }
     if state.step != manifest.step {
         bail!(
             "{}: manifest step {} but trainer state step {}",

@@ -231,11 +231,20 @@ impl Default for CheckpointSection {
 pub struct LogSection {
     /// Write a metrics.jsonl line every this many updates.
     pub every: u64,
+    /// Every this many updates (0: never), time the update's phases (data, forward,
+    /// backward, all-reduce, norm and read, optimizer) with the device synchronised
+    /// between them, and write them into the next metrics line as `profile`. The
+    /// synchronisation slows that update: on a GPU it shows where an update's time
+    /// goes, at the cost of the overlap it removes.
+    pub profile_every: u64,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self { every: 10 }
+        Self {
+            every: 10,
+            profile_every: 0,
+        }
     }
 }
 
@@ -333,9 +342,34 @@ impl PretrainConfig {
             );
         }
         self.masking.validate().map_err(|e| anyhow::anyhow!(e))?;
-        self.model_config(1000)
-            .validate()
-            .map_err(|e| anyhow::anyhow!("model: {e}"))?;
+        // The architecture's own checks name its keys bare (`hidden_size must be …`);
+        // here they are the config's `model.` keys, so a `--set` that gave one is named.
+        self.model_config(1000).validate().map_err(|e| {
+            let keyed = [
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+            ]
+            .iter()
+            .fold(e, |e, k| e.replacen(k, &format!("model.{k}"), 1));
+            anyhow::anyhow!("{keyed}")
+        })?;
+        Ok(())
+    }
+
+    /// Refuses a `data.data_dir` inside the run directory (or equal to it): the shards
+    /// would be files a run does not write there, and the run could not resume.
+    pub fn check_data_dir(&self, run_dir: &Path) -> Result<()> {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let resolved = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| absolute(p));
+        if resolved(&self.data.data_dir).starts_with(resolved(run_dir)) {
+            bail!(
+                "data.data_dir = {} lies inside the run directory {}: put the shards elsewhere (they are shared between runs)",
+                self.data.data_dir.display(),
+                run_dir.display()
+            );
+        }
         Ok(())
     }
 

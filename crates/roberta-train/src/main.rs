@@ -57,6 +57,10 @@ fn main() {
     let loaded = match &cli.command {
         Command::Pretrain { run, .. } => Some(
             PretrainConfig::load(&run.config, &run.sets)
+                .and_then(|(c, warnings)| {
+                    c.check_data_dir(&run.run_dir())?;
+                    Ok((c, warnings))
+                })
                 .map(|(c, warnings)| (run.run_dir(), Configs::Pretrain(c), warnings)),
         ),
         Command::Finetune { run, .. } => Some(
@@ -69,7 +73,9 @@ fn main() {
                 .map(|(c, warnings)| (run.run_dir(), Configs::Finetune(c), warnings)),
         ),
         // evaluate's output directory holds its log and a run directory per task.
-        Command::Evaluate { out, .. } => Some(Ok((out.clone(), Configs::None, Vec::new()))),
+        Command::Evaluate { out, .. } => Some(
+            run_dir::check_evaluation_dir(out).map(|()| (out.clone(), Configs::None, Vec::new())),
+        ),
         _ => None,
     };
     let (run_dir, configs, warnings) = match loaded {
@@ -271,7 +277,18 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             if let Some(output) = &output {
                 roberta_train::outputs::refuse_existing(output, "--output")?;
             }
-            let output = output.unwrap_or_else(|| run.join(roberta_train::plot::PLOT_FILE));
+            let output = match output {
+                Some(output) => output,
+                // A run's own curves.png is ours to replace; in any other directory it is
+                // the user's.
+                None => {
+                    let own = run.join(roberta_train::plot::PLOT_FILE);
+                    if !roberta_train::run_dir::is_run_dir(&run) {
+                        roberta_train::outputs::refuse_existing(&own, "the plot")?;
+                    }
+                    own
+                }
+            };
             roberta_train::plot::plot_run(&run, &output)?;
             println!("wrote {}", output.display());
             Ok(())

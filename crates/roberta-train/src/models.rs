@@ -20,8 +20,12 @@ pub fn load_model<B: Backend, M: Pretrained<B>>(
     options: LoadOptions,
     device: &B::Device,
 ) -> Result<Loaded<M>> {
-    let loaded = load_pretrained::<B, M>(dir, options, device)
-        .with_context(|| format!("loading {} from {}", M::ARCHITECTURE, dir.display()))?;
+    let context = || format!("loading {} from {}", M::ARCHITECTURE, dir.display());
+    let config = RobertaConfig::load(&dir.join(roberta_model::hf::CONFIG_FILE))
+        .map_err(anyhow::Error::new)
+        .with_context(context)?;
+    crate::trainer::check_model_memory(&config, false, &dir.display().to_string())?;
+    let loaded = load_pretrained::<B, M>(dir, options, device).with_context(context)?;
     if !loaded.report.initialized.is_empty() {
         tracing::info!(
             "newly initialised (absent from {}): {}",

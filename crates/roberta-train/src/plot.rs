@@ -29,8 +29,7 @@ fn is_score(key: &str) -> bool {
 const PLOTTABLE: f64 = 1e15;
 
 fn read(metrics: &Path) -> Result<Curves> {
-    let text = std::fs::read_to_string(metrics)
-        .with_context(|| format!("reading {}", metrics.display()))?;
+    let text = roberta_data::input::read_to_string(metrics)?;
     let mut c = Curves::default();
     for (n, line) in text.lines().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line)

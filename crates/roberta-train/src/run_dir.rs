@@ -3,7 +3,7 @@
 //! a run refuses to start rather than write over it; temporaries that an interrupted
 //! run left behind are ours and are removed when the next run starts.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::path::Path;
 
@@ -82,15 +82,9 @@ impl RunLock {
             }
         }
         std::fs::create_dir_all(run_dir)
-            .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+            .with_context(|| format!("creating {flag} {}", run_dir.display()))?;
         let path = run_dir.join(LOCK);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let (mut file, _) = roberta_data::input::open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -154,6 +148,30 @@ pub fn check_contents(run_dir: &Path, resuming: bool, has_checkpoint: bool) -> R
         );
     }
     Ok(())
+}
+
+/// Refuses a training run's directory as `evaluate --out`: its results and task
+/// directories would sit among the run's files, which would then refuse to resume.
+pub fn check_evaluation_dir(out: &Path) -> Result<()> {
+    let run_files = [
+        checkpoint::CONFIG,
+        METRICS,
+        checkpoint::CHECKPOINTS,
+        checkpoint::FINAL,
+        checkpoint::BEST,
+    ];
+    if let Some(file) = run_files.iter().find(|f| out.join(f).exists()) {
+        bail!(
+            "--out {}: a training run's directory (it holds {file}): choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `dir` is a run directory (one that `pretrain`, `finetune` or `evaluate` locked).
+pub fn is_run_dir(dir: &Path) -> bool {
+    dir.join(LOCK).is_file()
 }
 
 /// Removes the temporaries (`.NAME.tmp-PID`) that an interrupted run left in the run

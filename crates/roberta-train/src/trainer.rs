@@ -22,7 +22,7 @@ use roberta_model::{Precision, RobertaConfig, TrainingBackend};
 use serde::Serialize;
 
 use crate::checkpoint::{
-    self, Best, DataFingerprint, LogInterval, Recorder32, Retention, TrainerState,
+    self, Best, DataFingerprint, LogInterval, Recorder32, Retention, TrainerState, UpdateSummary,
 };
 use crate::config::{OptimSection, RunConfig};
 use crate::metrics::{Metrics, format_metrics};
@@ -48,6 +48,8 @@ pub struct Settings {
     pub total: u64,
     /// A metrics line every this many updates.
     pub log_every: u64,
+    /// Time an update's phases every this many updates (0: never).
+    pub profile_every: u64,
     /// Evaluate every this many updates; 0: at the end of every epoch.
     pub eval_every: u64,
     /// Keep the best evaluated model in `best/` (fine-tuning).
@@ -129,6 +131,46 @@ pub fn seed_init<B: Backend>(device: &B::Device, seed: u64) {
     B::seed(device, rng::seed(Purpose::Init, &[seed]));
 }
 
+/// The phases of a profiled update (`log.profile_every`): each phase ends with the
+/// device synchronised, so its time is the device's work queued in it (plus the host's,
+/// where the host was slower).
+struct Phases<'a, B: Backend> {
+    device: &'a B::Device,
+    since: Option<Instant>,
+    seconds: BTreeMap<String, f64>,
+}
+
+impl<'a, B: Backend> Phases<'a, B> {
+    fn new(device: &'a B::Device, on: bool) -> Self {
+        if on {
+            // Work queued before the update is not its own.
+            let _ = B::sync(device);
+        }
+        Self {
+            device,
+            since: on.then(Instant::now),
+            seconds: BTreeMap::new(),
+        }
+    }
+
+    /// Ends `phase` (adding to it, for a phase of every micro-batch).
+    fn end(&mut self, phase: &str) {
+        if let Some(since) = self.since {
+            let _ = B::sync(self.device);
+            *self.seconds.entry(format!("{phase}_s")).or_default() += since.elapsed().as_secs_f64();
+            self.since = Some(Instant::now());
+        }
+    }
+
+    /// The phases with their total, when the update was profiled.
+    fn finish(mut self) -> Option<BTreeMap<String, f64>> {
+        self.since?;
+        let total = self.seconds.values().sum();
+        self.seconds.insert("total_s".into(), total);
+        Some(self.seconds)
+    }
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Serialize, Default)]
 struct MetricsLine {
@@ -145,6 +187,9 @@ struct MetricsLine {
     /// for the slowest replica included.
     #[serde(skip_serializing_if = "Option::is_none")]
     allreduce_s: Option<f64>,
+    /// `log.profile_every`: the phases of the last profiled update, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<BTreeMap<String, f64>>,
     /// `valid_<metric>` of an evaluation at this step.
     #[serde(flatten)]
     valid: BTreeMap<String, f64>,
@@ -253,6 +298,7 @@ pub fn train<B: TrainingBackend, T: Task<B>>(
                 saved_step: state.step,
                 retention: Retention::new(settings.keep),
                 early_stop: false,
+                stop: stop.clone(),
             }),
             false => None,
         };
@@ -315,6 +361,8 @@ struct Leader<'a> {
     saved_step: u64,
     retention: Retention,
     early_stop: bool,
+    /// The process's stop flag, which an evaluation looks at between batches.
+    stop: Arc<AtomicBool>,
 }
 
 impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
@@ -350,11 +398,22 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             start: state.loader,
             stop: stop.clone(),
         });
+        let first_step = state.step;
+        // An update whose line a signal kept from being written (its evaluation was
+        // interrupted) is logged first, evaluated again.
+        if let (Some(leader), Some(update)) = (leader.as_mut(), state.unlogged.take()) {
+            let mut since = Instant::now();
+            self.after_update(leader, &model, &optim, &mut state, update, &mut since)?;
+        }
         // The updates since the last metrics line are in `state.pending` (a resumed run
         // continues the interval its checkpoint was taken in); their time since here.
         let mut interval_start = Instant::now();
         let mut stopped = false;
         while state.step < s.total {
+            let mut phases = Phases::<B>::new(
+                &self.device,
+                s.profile_every > 0 && (state.step + 1).is_multiple_of(s.profile_every),
+            );
             // 1. The window: this update's micro-batches, their target count over all
             //    replicas, and whether replica 0 was asked to stop.
             //    A batch that could not be read (a corrupt shard) or that the model cannot
@@ -384,6 +443,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             }
             state.loader = window.next;
             let epoch_done = window.next.epoch > window.epoch;
+            phases.end("data");
 
             // 2. Forward and backward each micro-batch; its summed loss over the window's
             //    target count, so the accumulated gradient is that of one big batch. The
@@ -398,6 +458,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 let Some(step) = self.task.loss(&forward, batch, &self.device) else {
                     continue;
                 };
+                phases.end("forward");
                 let add = |sum: Option<Tensor<B::InnerBackend, 1>>, x| match sum {
                     Some(sum) => sum + x,
                     None => x,
@@ -408,6 +469,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 }
                 let grads = (step.sum / window_targets.max(1.0)).backward();
                 accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+                phases.end("backward");
             }
             // In fp32 `forward` is a clone sharing the model's buffers; once it is
             // dropped, the optimizer updates them in place instead of copying each one.
@@ -415,6 +477,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             let reduce = Instant::now();
             let grads = self.group.sum_gradients(accumulator.grads(), &model)?;
             let allreduce_s = reduce.elapsed().as_secs_f64();
+            phases.end("allreduce");
 
             // 3. The update's one read from the device: the loss sum, the squared
             //    gradient norm and the right predictions together. A non-finite loss or
@@ -426,6 +489,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 optim.squared_norm(&grads, &self.device),
                 window_correct.unwrap_or_else(zero),
             ]);
+            phases.end("norm_and_read");
             let local_tokens: usize = window.batches.iter().map(|b| self.task.tokens(b)).sum();
             let [loss_sum, correct, tokens] = self.sum([loss_sum, correct, local_tokens as f64])?;
             let loss = loss_sum / window_targets.max(1.0);
@@ -434,7 +498,15 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             state.pending.tokens += tokens;
             state.pending.allreduce_s += allreduce_s;
             if !loss.is_finite() || !norm.is_finite() || window_targets == 0.0 {
-                state.skip_update(loss, norm, s.max_bad_steps)?;
+                state.skip_update(loss, norm, s.max_bad_steps).map_err(|e| {
+                    // No update taken yet in this run: the weights it started from are
+                    // as likely a cause as the learning rate.
+                    if state.step == first_step {
+                        e.context("the model this run started from may hold NaN or infinite weights; check model.init or the checkpoint")
+                    } else {
+                        e
+                    }
+                })?;
                 continue;
             }
             state.bad_in_a_row = 0;
@@ -442,7 +514,11 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             // 4. Clip the global norm, then step both AdamW groups at the scheduled rate.
             let lr = learning_rate(state.step + 1, s.optim.lr, s.warmup, s.total);
             model = optim.step(lr, model, grads, norm);
+            phases.end("optimizer");
             state.step += 1;
+            if let Some(profile) = phases.finish() {
+                state.pending.profile = Some(profile);
+            }
             let pending = &mut state.pending;
             pending.loss += loss_sum;
             pending.targets += window_targets;
@@ -458,7 +534,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                     &model,
                     &optim,
                     &mut state,
-                    Update {
+                    UpdateSummary {
                         lr,
                         norm,
                         epoch: window.epoch,
@@ -512,7 +588,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
         model: &T::Model,
         optim: &AdamWGroups<B, T::Model>,
         state: &mut TrainerState,
-        update: Update,
+        update: UpdateSummary,
         interval_start: &mut Instant,
     ) -> Result<()> {
         let s = self.settings;
@@ -521,7 +597,9 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
         leader.bar.set_position(step);
         let log_now = self.logs_at(step, update.epoch_done);
         if log_now {
-            let i = std::mem::take(&mut state.pending);
+            // Taken once the line is written: a signal during the evaluation leaves the
+            // update unlogged, in the checkpoint, for the resumed run to log.
+            let i = state.pending.clone();
             let seconds = i.seconds + interval_start.elapsed().as_secs_f64();
             let mut line = MetricsLine {
                 step,
@@ -532,6 +610,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 tokens_per_s: i.tokens / seconds.max(1e-9),
                 masked_acc: i.correct.map(|c| c / i.targets.max(1.0)),
                 allreduce_s: (self.world > 1).then(|| i.allreduce_s / i.updates.max(1) as f64),
+                profile: i.profile.clone(),
                 valid: BTreeMap::new(),
                 bad_steps: state.bad_steps,
             };
@@ -543,7 +622,10 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             leader.bar.set_message(summary);
             if evaluate_now {
                 let inner = model.valid();
-                let scores = self.task.evaluate(&inner, &self.device)?;
+                let Some(scores) = self.task.evaluate(&inner, &self.device, &leader.stop)? else {
+                    state.unlogged = Some(update);
+                    return Ok(());
+                };
                 let improved = match &s.best {
                     Some(policy) => self.keep_best(leader, &inner, state, policy, &scores)?,
                     None => false,
@@ -561,6 +643,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                     .map(|(k, v)| (format!("valid_{k}"), v))
                     .collect();
             }
+            state.pending = LogInterval::default();
             leader.metrics.write(&line)?;
         }
         let periodic = s.checkpoint_every > 0 && step.is_multiple_of(s.checkpoint_every);
@@ -652,14 +735,6 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
     }
 }
 
-/// What the leader logs about one update.
-struct Update {
-    lr: f64,
-    norm: f64,
-    epoch: u64,
-    epoch_done: bool,
-}
-
 /// The checkpoint a run starts from, after checking the run directory (see
 /// [`run_dir::check_contents`]) and the config against the checkpoint's. A resume on
 /// another number of devices keeps the sequences per update by rescaling the
@@ -685,6 +760,27 @@ pub fn start_run<C: RunConfig>(
     };
     if let Some((path, saved_state)) = &found {
         checkpoint::check_streams(path, saved_state, force)?;
+        // Checkpoints that verify past the one named by `--resume PATH` would be replaced
+        // as the run passes their steps, on another trajectory: an explicit choice only
+        // (`--resume auto` takes the newest that verifies).
+        let explicit = resume.is_some_and(|r| r != "auto");
+        let newer: Vec<String> = checkpoint::list(run_dir)?
+            .into_iter()
+            .filter(|p| explicit && checkpoint::verify(p).is_ok())
+            .filter_map(|p| {
+                let name = p.file_name()?.to_string_lossy().into_owned();
+                let step: u64 = name.strip_prefix("step-")?.parse().ok()?;
+                (step > saved_state.step).then_some(name)
+            })
+            .collect();
+        if !newer.is_empty() && !force {
+            bail!(
+                "--resume {}: {} holds newer checkpoints ({}), which the resumed run would replace as it passes their steps; resume the newest with --resume auto, or pass --force",
+                path.display(),
+                run_dir.display(),
+                newer.join(", ")
+            );
+        }
         let mut saved = C::from_saved(&path.join(checkpoint::CONFIG))?;
         if saved_state.devices != world {
             let (batch_size, saved_accumulation) = saved.accumulation_mut();
@@ -836,8 +932,40 @@ pub fn check_batch_memory<B: Backend>(
     Ok(())
 }
 
+/// Refuses a model whose parameters alone (and, for training, their gradients and both
+/// AdamW moments) exceed this machine's memory, before it is built: a size typed wrong
+/// (`hidden_size = 65536`, a `config.json` with a vocabulary of 10⁹) would otherwise
+/// abort in an allocation deep inside the backend.
+pub fn check_model_memory(config: &RobertaConfig, training: bool, source: &str) -> Result<()> {
+    let Some(memory) = machine_memory() else {
+        return Ok(());
+    };
+    let parameters = config.num_parameters();
+    let copies = if training { 4 } else { 1 };
+    let bytes = parameters as f64 * 4.0 * f64::from(copies);
+    if bytes > memory as f64 {
+        let gib = |b: f64| b / f64::from(1u32 << 30);
+        bail!(
+            "{source}: a model of {parameters} parameters (hidden_size {}, {} layers, intermediate_size {}, vocabulary {}, {} positions) needs {:.1} GiB{}, more than this machine's {:.1} GiB",
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.intermediate_size,
+            config.vocab_size,
+            config.max_position_embeddings,
+            gib(bytes),
+            if training {
+                " to train (weights, gradients and both AdamW moments in fp32)"
+            } else {
+                " in fp32"
+            },
+            gib(memory as f64)
+        );
+    }
+    Ok(())
+}
+
 /// Physical memory in bytes (`MemTotal`), where the system says.
-fn machine_memory() -> Option<u64> {
+pub fn machine_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -854,7 +982,8 @@ impl MetricsFile {
     /// killed after its last checkpoint logged steps that the resumed run takes again.
     pub fn open(run_dir: &Path, step: u64) -> Result<Self> {
         let path = run_dir.join(METRICS);
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        if std::fs::symlink_metadata(&path).is_ok() {
+            let text = roberta_data::input::read_to_string(&path)?;
             let kept: String = text
                 .lines()
                 .filter(|l| {

@@ -342,9 +342,16 @@ fn token_ids_outside_the_models_vocabulary_are_refused_not_a_panic() {
         &dir.path().join("run"),
         &["--set", "schedule.total_steps=2"],
     ));
-    let shard = dir.path().join("data-bin/train-00000.bin");
-    let len = std::fs::metadata(&shard).unwrap().len() as usize;
-    std::fs::write(&shard, vec![0xFF; len]).unwrap();
+    // Changed in place after preprocessing: meta.json's record of the files tells.
+    common::damage_ids(&dir.path().join("data-bin"), false);
+    let err = fails(&pretrain(&config, &dir.path().join("changed"), &[]));
+    assert!(
+        err.contains("train-00000.bin was changed after preprocess wrote it"),
+        "{err}"
+    );
+    assert_no_panic(&err);
+    // Without that record, the ids themselves.
+    common::damage_ids(&dir.path().join("data-bin"), true);
     let err = fails(&pretrain(&config, &dir.path().join("damaged"), &[]));
     assert!(
         err.contains("token id 65535") && err.contains("vocabulary"),
@@ -866,4 +873,208 @@ fn inputs_that_are_not_files_are_named_for_what_they_are() {
             assert!(!out.exists());
         }
     }
+}
+
+/// A signal during an evaluation stops the run within seconds (the evaluation looks at
+/// the stop flag between batches); the update whose line the evaluation kept from being
+/// written travels in the checkpoint, and the resumed run writes it, evaluated again, so
+/// its metrics equal an uninterrupted run's. The evaluation once ran to its end first.
+#[cfg(unix)]
+#[test]
+fn a_signal_during_an_evaluation_is_honoured_and_the_resume_logs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    // A validation split of ~20,000 blocks, all evaluated: seconds per evaluation.
+    let valid = common::repo().join("data/default-corpus/train.txt");
+    let valid_set = format!("data.valid=[\"{}\"]", valid.display());
+    let sets = [
+        "--set",
+        valid_set.as_str(),
+        "--set",
+        "eval.batches=0",
+        "--set",
+        "eval.every=4",
+        "--set",
+        "log.every=1",
+    ];
+    let straight = dir.path().join("straight");
+    ok(&pretrain(&config, &straight, &sets));
+    let stopped = dir.path().join("stopped");
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+        .args(common::pretrain_args(&config, &stopped, &sets))
+        .current_dir(common::repo())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The line of update 4 is printed as its evaluation starts.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("step 4/8") {
+        assert!(started.elapsed().as_secs() < 120, "never reached update 4");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let signalled = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let took = signalled.elapsed().as_secs_f64();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(took < 2.0, "stopped {took:.1} s after the signal");
+    ok(&pretrain(
+        &config,
+        &stopped,
+        &[&["--resume", "auto"][..], &sets[..]].concat(),
+    ));
+    let lines = |run: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("tokens_per_s");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(lines(&stopped), lines(&straight));
+}
+
+/// The second campaign's inputs, each once a panic, an abort, an unbounded allocation or
+/// an endless read: now one line naming the culprit.
+#[cfg(unix)]
+#[test]
+fn the_campaigns_oversized_and_special_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run = |args: &[&str]| common::run(args);
+    let check = |out: std::process::Output, says: &str| {
+        let err = fails(&out);
+        assert_no_panic(&err);
+        assert!(err.contains(says), "{says}: {err}");
+    };
+    // A model no memory here holds, from the config or from a config.json.
+    check(
+        pretrain(
+            &config,
+            &dir.path().join("big"),
+            &["--set", "model.hidden_size=65536"],
+        ),
+        "more than this machine's",
+    );
+    let model = dir.path().join("model");
+    common::copy_dir(Path::new(&mlm_fixture()), &model);
+    let path = model.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["vocab_size"] = 1_000_000_000u64.into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    check(
+        run(&["fill-mask", "--model", s(&model), "a <mask>"]),
+        "more than this machine's",
+    );
+    // A checkpoint edited to zero devices.
+    let run_dir = dir.path().join("run");
+    ok(&pretrain(
+        &config,
+        &run_dir,
+        &["--set", "schedule.total_steps=2"],
+    ));
+    back_to(&run_dir, 2);
+    edit_trainer_state(&run_dir.join("checkpoints/step-0000002"), |state| {
+        state["devices"] = 0.into();
+    });
+    // (`--resume auto` names it and starts over; it once panicked.)
+    let out = pretrain(
+        &config,
+        &run_dir,
+        &["--resume", "auto", "--set", "schedule.total_steps=4"],
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_no_panic(&log);
+    assert!(log.contains("trainer.json: \"devices\": 0"), "{log}");
+    // A batch no memory holds in data inspect.
+    let data = dir.path().join("data-bin");
+    check(
+        run(&[
+            "data",
+            "inspect",
+            "--data",
+            s(&data),
+            "--block-size",
+            "64",
+            "--batch-size",
+            "100000000",
+            "--output",
+            s(&dir.path().join("i.jsonl")),
+        ]),
+        "--batch-size 100000000",
+    );
+    // A tokenizer that is a device, a training text of one 17 MiB line.
+    check(
+        run(&[
+            "tokenizer",
+            "encode",
+            "--tokenizer",
+            "/dev/zero",
+            "--input",
+            s(&config),
+            "--output",
+            s(&dir.path().join("o.jsonl")),
+        ]),
+        "/dev/zero: not a regular file",
+    );
+    let long = dir.path().join("long.txt");
+    std::fs::write(&long, "a".repeat(17 << 20)).unwrap();
+    check(
+        run(&[
+            "tokenizer",
+            "train",
+            "--input",
+            s(&long),
+            "--vocab-size",
+            "300",
+            "--out",
+            s(&dir.path().join("tok")),
+        ]),
+        "line 1 is over 16 MiB",
+    );
+    // A labeled text of 2 MiB.
+    let tsv = dir.path().join("huge.tsv");
+    std::fs::write(
+        &tsv,
+        format!("sentence\tlabel\n{}\t1\n", "word ".repeat(400_000)),
+    )
+    .unwrap();
+    let mut seqcls = dir.path().join("seqcls");
+    common::copy_dir(
+        &common::repo().join("crates/roberta-model/tests/fixtures/seqcls"),
+        &seqcls,
+    );
+    std::fs::copy(
+        Path::new(&mlm_fixture()).join("tokenizer.json"),
+        seqcls.join("tokenizer.json"),
+    )
+    .unwrap();
+    check(
+        run(&[
+            "predict",
+            "--model",
+            s(&seqcls),
+            "--input",
+            s(&tsv),
+            "--output",
+            s(&dir.path().join("p.jsonl")),
+        ]),
+        "line 2: the text is 2000000 bytes",
+    );
+    seqcls.push("unused");
 }

@@ -334,9 +334,7 @@ fn data_inspect_reports_ids_outside_the_vocabulary() {
         serde_json::from_str(&std::fs::read_to_string(data.join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["token_width"], "u16", "{meta}");
     // Every token becomes id 65535, far past the embedded tokenizer's vocabulary.
-    let bin = data.join("train-00000.bin");
-    let len = std::fs::metadata(&bin).unwrap().len() as usize;
-    std::fs::write(&bin, vec![0xff; len]).unwrap();
+    common::damage_ids(&data, true);
     let output = dir.path().join("i.jsonl");
     let err = fails(&inspect_into(&data, &output));
     assert!(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::AutodiffModule;
-use roberta_model::hf::write_atomic;
+use roberta_model::hf::write_new;
 use roberta_model::{LoadOptions, Pretrained, RobertaConfig, TrainingBackend};
 
 use crate::checkpoint::{BEST, EVAL_RESULTS};
@@ -163,7 +163,9 @@ fn apply_with<AB: TrainingBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
         pad,
         args.batch_size,
         &a.device,
-    )?;
+        None,
+    )?
+    .expect("runs to the end without a stop flag");
     if a.predict {
         let output = args.output.clone().expect("set in apply");
         let lines = task.predictions(&data, &outputs)?;
@@ -171,13 +173,13 @@ fn apply_with<AB: TrainingBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
         for line in &lines {
             writeln!(text, "{}", serde_json::to_string(line)?)?;
         }
-        write_atomic(&output, &text).with_context(|| format!("writing {}", output.display()))?;
+        write_new(&output, &text).with_context(|| format!("writing {}", output.display()))?;
         tracing::info!("wrote {} predictions to {}", lines.len(), output.display());
     } else {
         let scores = task.score(&data, &outputs)?;
         let json = serde_json::to_string_pretty(&scores)?;
         let output = args.output.clone().expect("set in apply");
-        write_atomic(&output, json.as_bytes())
+        write_new(&output, json.as_bytes())
             .with_context(|| format!("writing {}", output.display()))?;
         // Written first, so a closed pipe on stdout (`| head`) loses nothing.
         let _ = writeln!(std::io::stdout(), "{json}");

@@ -242,6 +242,20 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         args.batch_size > 0 && args.batches > 0,
         "--batches and --batch-size must be at least 1"
     );
+    // A batch is built whole before its rows are written: token ids, mask and labels.
+    let bytes = args.batch_size as f64 * args.block_size as f64 * 16.0;
+    if let Some(memory) = crate::trainer::machine_memory()
+        && bytes > memory as f64
+    {
+        bail!(
+            "--batch-size {}: a batch of {} × {} tokens needs {:.1} GiB, more than this machine's {:.1} GiB",
+            args.batch_size,
+            args.batch_size,
+            args.block_size,
+            bytes / f64::from(1u32 << 30),
+            memory as f64 / f64::from(1u32 << 30)
+        );
+    }
     let tokenizer = RobertaTokenizer::load(&args.data.join("tokenizer.json"))
         .with_context(|| format!("{}: the data directory's tokenizer", args.data.display()))?;
     let split = Split::open(

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::commands::finetune::{FinetuneArgs, finetune};
-use crate::config::FinetuneConfig;
+use crate::config::{FinetuneConfig, RunConfig};
 use crate::run_dir::RunLock;
 use roberta_model::TrainingBackend;
 
@@ -105,6 +105,10 @@ struct Row {
     /// Why a task was skipped or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// What the result came from ([`fingerprint`]): a later call keeps it only if the
+    /// recipe, the data and the model are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<String>,
 }
 
 impl Row {
@@ -118,6 +122,7 @@ impl Row {
             updates: None,
             seconds: None,
             reason: Some(reason),
+            fingerprint: None,
         }
     }
 }
@@ -168,9 +173,32 @@ pub fn evaluate<B: TrainingBackend>(devices: Vec<B::Device>, args: EvaluateArgs)
     let total = tasks.len();
     for (i, &task) in tasks.iter().enumerate() {
         let run_dir = args.out.join(task.name());
-        let kept = previous
-            .iter()
-            .find(|r| r.task == task.name() && r.status == "done")
+        let current = task
+            .config(&args.data_dir, &args.sets)
+            .map(|config| fingerprint(&config, &args.init))
+            .ok();
+        let earlier = previous.iter().find(|r| r.task == task.name());
+        // A task run (finished or interrupted) of another recipe, data or model: its
+        // directory is this command's own, and is trained again from the start.
+        if let Some(row) = earlier
+            && row.fingerprint.is_some()
+            && row.fingerprint != current
+            && crate::run_dir::is_run_dir(&run_dir)
+        {
+            tracing::warn!(
+                "{}: its recipe, data or model changed since {}: training it again",
+                task.name(),
+                if row.status == "done" {
+                    "it was scored"
+                } else {
+                    "it started"
+                }
+            );
+            std::fs::remove_dir_all(&run_dir)
+                .with_context(|| format!("removing {}", run_dir.display()))?;
+        }
+        let kept = earlier
+            .filter(|r| r.status == "done" && r.fingerprint == current)
             .filter(|_| run_dir.join(checkpoint::FINAL).exists());
         let row = match kept {
             Some(row) => {
@@ -238,6 +266,7 @@ fn run_task<B: TrainingBackend>(
         ));
     }
     let metric = config.metric().to_string();
+    let fingerprint = fingerprint(&config, &args.init);
     let start = Instant::now();
     let trained = RunLock::acquire(run_dir, "--out").and_then(|_lock| {
         finetune::<B>(
@@ -268,9 +297,39 @@ fn run_task<B: TrainingBackend>(
             updates: Some(updates),
             seconds: Some(start.elapsed().as_secs_f64()),
             reason: None,
+            fingerprint: Some(fingerprint),
         },
         Err(e) => Row::not_done(task, "failed", format!("{e:#}")),
     })
+}
+
+/// The sha256 of what a task's result depends on: its recipe (after `--set`), and the
+/// size and modification time of its data files and of the model's files.
+fn fingerprint(config: &FinetuneConfig, init: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(config.to_toml());
+    let model = crate::models::model_dir(init).unwrap_or_else(|_| init.to_path_buf());
+    let files = [
+        Some(config.data.train.clone()),
+        config.data.valid.clone(),
+        Some(model.join(roberta_model::hf::CONFIG_FILE)),
+        Some(model.join(roberta_model::hf::WEIGHTS_FILE)),
+        Some(model.join(roberta_model::hf::PYTORCH_WEIGHTS_FILE)),
+    ];
+    for path in files.into_iter().flatten() {
+        hash.update(path.to_string_lossy().as_bytes());
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            hash.update(meta.len().to_le_bytes());
+            hash.update(modified.to_le_bytes());
+        }
+    }
+    format!("{:x}", hash.finalize())
 }
 
 /// The run's updates and the dev scores of its best model.
@@ -398,6 +457,7 @@ mod tests {
             updates: Some(10),
             seconds: Some(75.0),
             reason: None,
+            fingerprint: None,
         };
         let skipped = Row::not_done(Recipe::Squad, "skipped", "no data".into());
         let t = table(&[done, skipped]);

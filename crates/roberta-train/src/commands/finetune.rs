@@ -58,6 +58,7 @@ fn settings(config: &FinetuneConfig, total: u64) -> Settings {
         warmup: (t.warmup_ratio * total as f64).round() as u64,
         total,
         log_every: config.log.every,
+        profile_every: config.log.profile_every,
         eval_every: config.eval.every,
         best: Some(BestPolicy {
             higher_is_better: TaskKind::higher_is_better(&metric),
@@ -262,6 +263,7 @@ fn build_model<B: TrainingBackend, T: LabeledTask>(
             tracing::warn!(
                 "no model.init: fine-tuning a randomly initialised {preset} (results are not those of a pretrained model)"
             );
+            crate::trainer::check_model_memory(&c, true, "model")?;
             let model = T::Model::<B>::init(&c, task.head_size().unwrap_or(2), device);
             (model, c)
         }

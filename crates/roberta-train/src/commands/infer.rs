@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use roberta_data::RobertaTokenizer;
-use roberta_model::hf::write_atomic;
+use roberta_model::hf::write_new;
 use roberta_model::{
     LoadOptions, Pretrained, RobertaConfig, RobertaForMaskedLM, RobertaInput, RobertaModel,
 };
@@ -227,8 +227,7 @@ pub fn embed<B: TrainingBackend>(device: B::Device, args: EmbedArgs) -> Result<(
         .collect::<Result<Vec<_>>>()?;
     let metadata = Some([("inputs".to_string(), rows.len().to_string())].into());
     let file = safetensors::serialize(views, metadata)?;
-    write_atomic(&args.output, &file)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    write_new(&args.output, &file).with_context(|| format!("writing {}", args.output.display()))?;
     tracing::info!(
         "wrote {} embeddings to {}",
         rows.len(),

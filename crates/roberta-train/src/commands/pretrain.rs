@@ -45,6 +45,17 @@ pub fn prepare_data(
     {
         return Ok(single.clone());
     }
+    for (key, inputs) in [("data.train", &data.train), ("data.valid", &data.valid)] {
+        if let Some(missing) = inputs.iter().find(|p| {
+            let text = p.to_string_lossy();
+            !text.contains(['*', '?']) && std::fs::symlink_metadata(p).is_err()
+        }) {
+            bail!(
+                "{key}: {}: no such file or directory (give the corpus there, or --set {key}=PATH)",
+                missing.display()
+            );
+        }
+    }
     let options = PreprocessOptions {
         inputs: data.train.clone(),
         valid: data.valid.clone(),
@@ -143,6 +154,7 @@ fn settings(config: &PretrainConfig) -> Settings {
         warmup: c.schedule.warmup_steps,
         total: c.schedule.total_steps,
         log_every: c.log.every,
+        profile_every: c.log.profile_every,
         eval_every: c.eval.every,
         best: None,
         checkpoint_every: c.checkpoint.every,
@@ -188,6 +200,9 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
     // The model, on the first device; the trainer copies it to the others.
     seed_init::<B>(&device, config.train.seed);
     let mut model_config = config.model_config(tokenizer.vocab_size());
+    if config.model.init.is_none() {
+        trainer::check_model_memory(&model_config, true, "model")?;
+    }
     let model: RobertaForMaskedLM<B> = match &config.model.init {
         Some(dir) => {
             let dir = crate::hub::resolve(dir)?;

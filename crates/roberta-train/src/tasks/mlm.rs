@@ -3,6 +3,7 @@
 //! positions only.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use burn::prelude::*;
@@ -90,13 +91,17 @@ fn evaluate<B: Kernels>(
     model: &RobertaForMaskedLM<B>,
     valid: &Validation,
     device: &B::Device,
-) -> Result<Metrics> {
+    stop: &AtomicBool,
+) -> Result<Option<Metrics>> {
     let (mut loss, mut correct, mut count) = (
         Tensor::<B, 1>::zeros([1], device),
         Tensor::<B, 1>::zeros([1], device),
         0.0,
     );
     for b in 0..valid.batches {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let batch = validation_batch(&valid.corpus, valid.batch_size, valid.seed, b)?;
         let Some(t) = to_tensors::<B>(&batch, device) else {
             continue;
@@ -114,11 +119,11 @@ fn evaluate<B: Kernels>(
         .collect();
     let (loss, correct) = (sums[0], sums[1]);
     let mean = loss / f64::max(count, 1.0);
-    Ok(Metrics::from([
+    Ok(Some(Metrics::from([
         ("loss".into(), mean),
         ("ppl".into(), mean.exp()),
         ("acc".into(), correct / f64::max(count, 1.0)),
-    ]))
+    ])))
 }
 
 struct LoaderBatches(Loader);
@@ -173,8 +178,9 @@ impl<B: TrainingBackend> Task<B> for Mlm {
             .find(|&&id| id as usize >= self.vocab_size)
         {
             Some(id) => Err(format!(
-                "a batch holds token id {id}, outside the model's vocabulary of {}: the shards in data.data_dir were not made with this model's tokenizer",
-                self.vocab_size
+                "a batch holds token id {id}, outside the model's vocabulary of {}: the shards in {} were made with another tokenizer or are damaged; preprocess again (--force)",
+                self.vocab_size,
+                self.corpus.split.dir.display()
             )),
             None => Ok(()),
         }
@@ -201,10 +207,11 @@ impl<B: TrainingBackend> Task<B> for Mlm {
         &self,
         model: &RobertaForMaskedLM<B::InnerBackend>,
         device: &B::Device,
-    ) -> Result<Metrics> {
+        stop: &AtomicBool,
+    ) -> Result<Option<Metrics>> {
         match &self.valid {
-            Some(valid) => evaluate(model, valid, device),
-            None => Ok(Metrics::new()),
+            Some(valid) => evaluate(model, valid, device, stop),
+            None => Ok(Some(Metrics::new())),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod sequence;
 pub mod tagging;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use burn::module::AutodiffModule;
@@ -102,12 +103,14 @@ pub trait Task<B: TrainingBackend>: Sync {
     ) -> Option<StepLoss<B>>;
     /// Whether there is validation data at all.
     fn has_valid(&self) -> bool;
-    /// Scores on the validation data, named without the `valid_` prefix.
+    /// Scores on the validation data, named without the `valid_` prefix; `None` when
+    /// `stop` (a signal) was raised before it finished: it looks between batches.
     fn evaluate(
         &self,
         model: &<Self::Model as AutodiffModule<B>>::InnerModule,
         device: &B::Device,
-    ) -> Result<Metrics>;
+        stop: &AtomicBool,
+    ) -> Result<Option<Metrics>>;
 }
 
 /// A model with a task head, as the fine-tuning tasks use it.
@@ -226,7 +229,8 @@ pub fn int_tensor<B: Kernels>(values: Vec<i64>, device: &B::Device) -> Tensor<B,
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 
-/// Runs the model over all features, `batch_size` at a time.
+/// Runs the model over all features, `batch_size` at a time; `None` when `stop` was
+/// raised before the last batch.
 pub fn infer<B: Kernels, T: LabeledTask>(
     task: &T,
     model: &T::Model<B>,
@@ -234,15 +238,19 @@ pub fn infer<B: Kernels, T: LabeledTask>(
     pad: u32,
     batch_size: usize,
     device: &B::Device,
-) -> Result<Vec<T::Output>> {
+    stop: Option<&AtomicBool>,
+) -> Result<Option<Vec<T::Output>>> {
     let mut outputs = Vec::with_capacity(features.len());
     let bar = indicatif::ProgressBar::new(features.len() as u64);
     for chunk in features.chunks(batch_size) {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Ok(None);
+        }
         outputs.extend(task.outputs(model, chunk, pad, device)?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    Ok(outputs)
+    Ok(Some(outputs))
 }
 
 pub fn argmax(row: &[f32]) -> usize {
@@ -319,19 +327,28 @@ where
         self.valid.is_some()
     }
 
-    fn evaluate(&self, model: &T::Model<B::InnerBackend>, device: &B::Device) -> Result<Metrics> {
+    fn evaluate(
+        &self,
+        model: &T::Model<B::InnerBackend>,
+        device: &B::Device,
+        stop: &AtomicBool,
+    ) -> Result<Option<Metrics>> {
         let Some(valid) = &self.valid else {
-            return Ok(Metrics::new());
+            return Ok(Some(Metrics::new()));
         };
-        let outputs = infer(
+        let Some(outputs) = infer(
             &self.task,
             model,
             &valid.features,
             self.pad,
             self.eval_batch_size,
             device,
-        )?;
-        self.task.score(valid, &outputs)
+            Some(stop),
+        )?
+        else {
+            return Ok(None);
+        };
+        self.task.score(valid, &outputs).map(Some)
     }
 }
 

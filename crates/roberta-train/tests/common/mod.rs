@@ -365,3 +365,21 @@ pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Overwrites every token id of `data/train-00000.bin` with 65535, the file's size kept.
+/// With `restamp`, meta.json's record of the shard's files is dropped as well (a data
+/// directory written by another tool), so only the ids themselves can tell.
+pub fn damage_ids(data: &Path, restamp: bool) {
+    let bin = data.join("train-00000.bin");
+    let len = std::fs::metadata(&bin).unwrap().len() as usize;
+    std::fs::write(&bin, vec![0xFF; len]).unwrap();
+    if restamp {
+        let path = data.join("meta.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for split in meta["splits"].as_object_mut().unwrap().values_mut() {
+            split.as_object_mut().unwrap().remove("stamps");
+        }
+        std::fs::write(&path, meta.to_string()).unwrap();
+    }
+}

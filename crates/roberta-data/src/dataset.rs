@@ -92,7 +92,8 @@ impl ShardStamp {
     }
 }
 
-fn file_stamp(path: &Path) -> Result<(u64, u64)> {
+/// A file's size and modification time (since the epoch; zero where unknown).
+pub(crate) fn size_and_time(path: &Path) -> Result<(u64, std::time::Duration)> {
     let meta = std::fs::metadata(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -101,8 +102,13 @@ fn file_stamp(path: &Path) -> Result<(u64, u64)> {
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
+        .unwrap_or_default();
     Ok((meta.len(), modified))
+}
+
+fn file_stamp(path: &Path) -> Result<(u64, u64)> {
+    let (bytes, modified) = size_and_time(path)?;
+    Ok((bytes, modified.as_nanos() as u64))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -104,18 +104,10 @@ fn sources(files: &[PathBuf]) -> Result<Vec<SourceMeta>> {
     files
         .iter()
         .map(|path| {
-            let m = std::fs::metadata(path).map_err(|source| DataError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let modified = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .unwrap_or_default();
+            let (bytes, modified) = crate::dataset::size_and_time(path)?;
             Ok(SourceMeta {
                 path: path.clone(),
-                bytes: m.len(),
+                bytes,
                 modified: modified.as_secs(),
                 modified_nanos: modified.subsec_nanos(),
             })

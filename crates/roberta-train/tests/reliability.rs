@@ -497,6 +497,19 @@ fn integer_weights_are_refused_not_run() {
     );
 }
 
+/// A run's metrics lines without their throughput (a timing).
+fn metrics_lines(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("tokens_per_s");
+            v
+        })
+        .collect()
+}
+
 /// Keeps only checkpoint `step` of a run (and no `final/`), as if it had been killed
 /// just after writing it.
 fn back_to(run_dir: &Path, step: u64) {
@@ -633,18 +646,7 @@ fn metrics_of_a_resumed_run_equal_the_uninterrupted_runs() {
     let mut args = vec!["--resume", "auto"];
     args.extend(every);
     ok(&pretrain(&config, &resumed, &args));
-    let lines = |run: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("tokens_per_s");
-                v
-            })
-            .collect()
-    };
-    let expected = lines(&straight);
+    let expected = metrics_lines(&straight);
     assert_eq!(
         expected
             .iter()
@@ -652,7 +654,7 @@ fn metrics_of_a_resumed_run_equal_the_uninterrupted_runs() {
             .collect::<Vec<_>>(),
         [4, 8, 12]
     );
-    assert_eq!(lines(&resumed), expected);
+    assert_eq!(metrics_lines(&resumed), expected);
 }
 
 /// The campaign's messages, each once naming the wrong thing or spreading over lines.
@@ -934,18 +936,7 @@ fn a_signal_during_an_evaluation_is_honoured_and_the_resume_logs_it() {
         &stopped,
         &[&["--resume", "auto"][..], &sets[..]].concat(),
     ));
-    let lines = |run: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("tokens_per_s");
-                v
-            })
-            .collect()
-    };
-    assert_eq!(lines(&stopped), lines(&straight));
+    assert_eq!(metrics_lines(&stopped), metrics_lines(&straight));
 }
 
 /// The second campaign's inputs, each once a panic, an abort, an unbounded allocation or

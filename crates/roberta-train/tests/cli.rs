@@ -512,6 +512,28 @@ fn an_update_reads_the_device_once() {
     );
 }
 
+/// `log.profile_every = 2` times every second update phase by phase into the metrics
+/// line that follows it.
+#[test]
+fn profiled_updates_write_their_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    ok(&pretrain(&config, &run_dir, &["--set", "log.profile_every=2"]));
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let step = v["step"].as_u64().unwrap();
+        let profile = v.get("profile");
+        assert_eq!(profile.is_some(), step % 2 == 0, "step {step}: {line}");
+        if let Some(p) = profile {
+            for phase in ["data_s", "forward_s", "backward_s", "optimizer_s", "total_s"] {
+                assert!(p[phase].as_f64().is_some_and(|t| t >= 0.0), "{phase}: {line}");
+            }
+        }
+    }
+}
+
 /// Two replicas (two burn-collective peers on the one CPU device, each on its own
 /// thread) × micro-batch 4 take the updates of one device × micro-batch 8; a run on two
 /// replicas resumes exactly on two, and on one with the accumulation doubled.

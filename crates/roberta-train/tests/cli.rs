@@ -519,16 +519,33 @@ fn profiled_updates_write_their_phases() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
     let run_dir = dir.path().join("run");
-    ok(&pretrain(&config, &run_dir, &["--set", "log.profile_every=2"]));
+    ok(&pretrain(
+        &config,
+        &run_dir,
+        &["--set", "log.profile_every=2"],
+    ));
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     for line in metrics.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let step = v["step"].as_u64().unwrap();
         let profile = v.get("profile");
-        assert_eq!(profile.is_some(), step % 2 == 0, "step {step}: {line}");
+        assert_eq!(
+            profile.is_some(),
+            step.is_multiple_of(2),
+            "step {step}: {line}"
+        );
         if let Some(p) = profile {
-            for phase in ["data_s", "forward_s", "backward_s", "optimizer_s", "total_s"] {
-                assert!(p[phase].as_f64().is_some_and(|t| t >= 0.0), "{phase}: {line}");
+            for phase in [
+                "data_s",
+                "forward_s",
+                "backward_s",
+                "optimizer_s",
+                "total_s",
+            ] {
+                assert!(
+                    p[phase].as_f64().is_some_and(|t| t >= 0.0),
+                    "{phase}: {line}"
+                );
             }
         }
     }

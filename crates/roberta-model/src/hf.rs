@@ -734,40 +734,31 @@ pub fn save_pretrained<B: Backend, M: Pretrained<B>>(
 /// Writes `bytes` to `path` through a temporary file in the same directory: written,
 /// fsynced, then renamed over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            d.sync_all().ok();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        std::fs::remove_file(&tmp).ok();
-    }
-    result.map_err(io)
+    write_through_temporary(path, bytes, |tmp, path| std::fs::rename(tmp, path))
 }
 
 /// Writes `bytes` to `path`, which must not exist, through a temporary file in the same
 /// directory: written, fsynced, then hard-linked to `path`, which fails rather than
 /// replace a file that appeared there meanwhile (another process's, or the user's).
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    write_through_temporary(path, bytes, |tmp, path| {
+        std::fs::hard_link(tmp, path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => std::io::Error::new(
+                e.kind(),
+                "a file appeared there while this command ran; it was not replaced",
+            ),
+            _ => e,
+        })
+    })
+}
+
+/// `.NAME.tmp-PID` beside `path`, written and synced, then `publish`ed to `path`; the
+/// temporary is gone afterwards, whatever happened.
+fn write_through_temporary(
+    path: &Path,
+    bytes: &[u8],
+    publish: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -778,26 +769,20 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => std::io::Error::new(
-                e.kind(),
-                "a file appeared there while this command ran; it was not replaced",
-            ),
-            _ => e,
-        })?;
+        publish(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(dir) {
             d.sync_all().ok();
         }
         Ok(())
     })();
     std::fs::remove_file(&tmp).ok();
-    result.map_err(io)
+    result.map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

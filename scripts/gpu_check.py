@@ -994,17 +994,19 @@ def profile(ctx, vocab):
     """Phases and kernels of one roberta-base update at seq 512 (tiny with --tiny), bf16
     where the device has it: written into the JSON's `profile`."""
     a = ctx.args
-    if a.tiny:
+    quickstart = (a.profile_geometry or ("quickstart" if a.tiny else "roberta-base")) == "quickstart"
+    if quickstart:
         g = {"hidden": 128, "layers": 2, "heads": 4, "ffn": 512, "vocab": vocab}
     else:
         g = {"hidden": 768, "layers": 12, "heads": 12, "ffn": 3072, "vocab": vocab}
-    seq = 64 if a.tiny else 512
-    batch = (a.batches.get(seq) or [8 if a.tiny else 32])[0]
-    precision = "fp32" if a.device == "cpu" else "bf16"
+    seq = a.profile_seq or (64 if a.tiny else 512)
+    batch = a.profile_batch or (a.batches.get(seq) or [8 if a.tiny else 32])[0]
+    precision = "bf16" if a.device.startswith("cuda") else "fp32"  # lavapipe has no bf16
     warmup = 2 if a.tiny else 3
     data_dir = preprocess(ctx, "data-profile", a.tokenizer, ctx.cap(180))
     prof = {"device": a.device, "precision": precision, "seq_len": seq, "batch": batch,
-            "geometry": g, "phases_s": None, "kernels": None}
+            "geometry": g, "geometry_name": "quickstart" if quickstart else "roberta-base",
+            "phases_s": None, "kernels": None}
     ctx.results.profile = prof
     cwd = os.path.join(ctx.work, "profile")
     os.makedirs(cwd, exist_ok=True)
@@ -1072,8 +1074,8 @@ def profile(ctx, vocab):
 def profile_markdown(p):
     if not p:
         return []
-    lines = ["", f"## One update, profiled ({p['device']}, {p['precision']}, seq {p['seq_len']}, "
-             f"batch {p['batch']})", ""]
+    lines = ["", f"## One update, profiled ({p.get('geometry_name', 'roberta-base')}, "
+             f"{p['device']}, {p['precision']}, seq {p['seq_len']}, batch {p['batch']})", ""]
     if p.get("error"):
         lines.append(f"error: {p['error']}")
     phases = p.get("phases_s") or {}
@@ -1311,6 +1313,10 @@ def main():
     p.add_argument("--correctness-timeout", type=float, default=150,
                    help="per tiny pretraining run")
     p.add_argument("--row-timeout", type=float, default=150, help="per speed row")
+    p.add_argument("--profile-geometry", choices=["roberta-base", "quickstart"],
+                   help="the profiled model (default roberta-base; quickstart with --tiny)")
+    p.add_argument("--profile-seq", type=int, help="profiled sequence length (default 512)")
+    p.add_argument("--profile-batch", type=int, help="profiled batch (default 32)")
     p.add_argument("--profile-timeout", type=float, default=90,
                    help="per run of the profile step (three runs)")
     p.add_argument("--min-row-s", type=float, default=25,

@@ -104,6 +104,24 @@ def inputs(tok):
     return torch.tensor(ids), torch.tensor(mask)
 
 
+def pooled(hidden_states, mask):
+    """sentence-transformers' Pooling (mean, cls, max) and Normalize, as its modules
+    compute them, on the last layer and on layer 1: `pooled.MODE.LAYER[.normalized]`."""
+    m = mask.unsqueeze(-1).float()
+    t = {}
+    for layer in (len(hidden_states) - 1, 1):
+        h = hidden_states[layer]
+        modes = {
+            "mean": (h * m).sum(1) / torch.clamp(m.sum(1), min=1e-9),
+            "cls": h[:, 0],
+            "max": h.masked_fill(m.expand(h.shape) == 0, -1e9).max(1).values,
+        }
+        for mode, v in modes.items():
+            t[f"pooled.{mode}.{layer}"] = v
+            t[f"pooled.{mode}.{layer}.normalized"] = torch.nn.functional.normalize(v, p=2, dim=1)
+    return t
+
+
 def save(name, model, tensors):
     path = os.path.join(OUT, name)
     shutil.rmtree(path, ignore_errors=True)
@@ -127,6 +145,7 @@ def main():
     t = dict(io, last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output)
     for i, h in enumerate(out.hidden_states):
         t[f"hidden_states.{i}"] = h
+    t.update(pooled(out.hidden_states, mask))
     save("base", base, t)
 
     # Dropout off, so that burn's autodiff forward (where dropout is active) and

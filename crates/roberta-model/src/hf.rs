@@ -264,6 +264,15 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 
     fn tensor<const D: usize>(&mut self, keys: &[&str], shape: [usize; D]) -> Option<Tensor<B, D>> {
+        let data = self.values(keys, shape)?;
+        Some(Tensor::from_data(
+            TensorData::new(data, shape),
+            &self.device,
+        ))
+    }
+
+    /// The values stored under the first of `keys` present, if they have `shape`.
+    fn values<const D: usize>(&mut self, keys: &[&str], shape: [usize; D]) -> Option<Vec<f32>> {
         let Some((key, (found, data))) = keys
             .iter()
             .find_map(|k| self.weights.get(k).map(|t| (*k, t)))
@@ -282,10 +291,7 @@ impl<'a, B: Backend> Loader<'a, B> {
                 .push(format!("{key}: shape {found:?}, expected {shape:?}"));
             return None;
         }
-        Some(Tensor::from_data(
-            TensorData::new(data.to_vec(), shape),
-            &self.device,
-        ))
+        Some(data.to_vec())
     }
 }
 
@@ -296,10 +302,20 @@ impl<B: Backend> HfIo<B> for Loader<'_, B> {
         }
     }
 
+    /// Transposed on the host, once: a transposed view would be copied by every forward
+    /// pass (a tenth of a CPU inference pass at roberta-base), and column-major weights
+    /// are what upstream reports CUDA getting wrong (tracel-ai/burn#5264).
     fn transposed(&mut self, key: &str, weight: &mut Param<Tensor<B, 2>>) {
         let [d_in, d_out] = weight.dims();
-        if let Some(w) = self.tensor::<2>(&[key], [d_out, d_in]) {
-            *weight = Param::from_tensor(w.transpose());
+        if let Some(w) = self.values(&[key], [d_out, d_in]) {
+            let mut t = vec![0f32; w.len()];
+            for (o, row) in w.chunks_exact(d_in).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    t[i * d_out + o] = v;
+                }
+            }
+            let w = Tensor::from_data(TensorData::new(t, [d_in, d_out]), &self.device);
+            *weight = Param::from_tensor(w);
         }
     }
 }
@@ -734,14 +750,27 @@ pub fn save_pretrained<B: Backend, M: Pretrained<B>>(
 /// Writes `bytes` to `path` through a temporary file in the same directory: written,
 /// fsynced, then renamed over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_through_temporary(path, bytes, |tmp, path| std::fs::rename(tmp, path))
+    write_through_temporary(
+        path,
+        |file| write_bytes(path, file, bytes),
+        |tmp, path| std::fs::rename(tmp, path),
+    )
 }
 
 /// Writes `bytes` to `path`, which must not exist, through a temporary file in the same
 /// directory: written, fsynced, then hard-linked to `path`, which fails rather than
 /// replace a file that appeared there meanwhile (another process's, or the user's).
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_through_temporary(path, bytes, |tmp, path| {
+    write_new_with(path, |file| write_bytes(path, file, bytes))
+}
+
+/// [`write_new`] for output too large to hold: `write` streams it into the temporary
+/// file (and may seek back to fill in a header); an error from it leaves nothing behind.
+pub fn write_new_with<E: From<ModelError>>(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    write_through_temporary(path, write, |tmp, path| {
         std::fs::hard_link(tmp, path).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => std::io::Error::new(
                 e.kind(),
@@ -752,13 +781,20 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// `.NAME.tmp-PID` beside `path`, written and synced, then `publish`ed to `path`; the
-/// temporary is gone afterwards, whatever happened.
-fn write_through_temporary(
+fn write_bytes(path: &Path, file: &mut std::fs::File, bytes: &[u8]) -> Result<()> {
+    file.write_all(bytes).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `.NAME.tmp-PID` beside `path`, written by `write` and synced, then `publish`ed to
+/// `path`; the temporary is gone afterwards, whatever happened.
+fn write_through_temporary<E: From<ModelError>>(
     path: &Path,
-    bytes: &[u8],
+    write: impl FnOnce(&mut std::fs::File) -> std::result::Result<(), E>,
     publish: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
-) -> Result<()> {
+) -> std::result::Result<(), E> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -768,21 +804,22 @@ fn write_through_temporary(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        publish(&tmp, path)?;
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let result: std::result::Result<(), E> = (|| {
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        write(&mut file)?;
+        file.sync_all().map_err(io)?;
+        publish(&tmp, path).map_err(io)?;
         if let Ok(d) = std::fs::File::open(dir) {
             d.sync_all().ok();
         }
         Ok(())
     })();
     std::fs::remove_file(&tmp).ok();
-    result.map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    result
 }
 
 #[cfg(test)]

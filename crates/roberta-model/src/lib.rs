@@ -17,6 +17,7 @@ mod init;
 pub mod kernels;
 pub mod loss;
 pub mod model;
+pub mod pooling;
 pub mod precision;
 
 pub use config::RobertaConfig;

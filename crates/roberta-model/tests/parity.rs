@@ -51,6 +51,15 @@ impl Expected {
     }
 
     fn assert_close<B: Backend, const D: usize>(&self, key: &str, actual: Tensor<B, D>) {
+        self.assert_within(key, actual, TOLERANCE);
+    }
+
+    fn assert_within<B: Backend, const D: usize>(
+        &self,
+        key: &str,
+        actual: Tensor<B, D>,
+        tolerance: f32,
+    ) {
         let (shape, expected) = self.values(key);
         assert_eq!(actual.dims().as_slice(), shape, "{key}: shape");
         let actual = actual
@@ -61,8 +70,8 @@ impl Expected {
         let diff = max_abs_diff(&actual, expected);
         eprintln!("{key}: max abs diff {diff:e}");
         assert!(
-            diff <= TOLERANCE,
-            "{key}: max abs diff {diff:e} > {TOLERANCE:e}"
+            diff <= tolerance,
+            "{key}: max abs diff {diff:e} > {tolerance:e}"
         );
     }
 }
@@ -98,6 +107,27 @@ pub fn base_every_layer<B: Kernels>(device: &B::Device) {
         "pooler_output",
         out.pooler_output.expect("base has a pooler"),
     );
+}
+
+/// sentence-transformers' mean, cls and max pooling, with and without its Normalize, on
+/// the last layer and on layer 1, against the same pooling of HF's hidden states: within
+/// 1e-5 (the issue's bar for `embed --pool`), tighter than the other cases.
+pub fn pooled_like_sentence_transformers<B: Kernels>(device: &B::Device) {
+    use roberta_model::pooling::{Pooling, normalize, pool};
+    let expected = Expected::load("base");
+    let model: RobertaModel<B> = load("base", device);
+    let input = expected.input(device);
+    let mask = input.attention_mask.clone();
+    let out = model.forward(input, true);
+    for layer in [2, 1] {
+        let hidden = out.hidden_states[layer].clone();
+        for pooling in [Pooling::Mean, Pooling::Cls, Pooling::Max] {
+            let key = format!("pooled.{}.{layer}", pooling.name());
+            let vectors = pool(hidden.clone(), mask.clone(), pooling);
+            expected.assert_within(&key, vectors.clone(), 1e-5);
+            expected.assert_within(&format!("{key}.normalized"), normalize(vectors), 1e-5);
+        }
+    }
 }
 
 /// Flattened indices and targets of the labelled positions.
@@ -300,7 +330,9 @@ pub fn save_round_trip<B: Kernels>(device: &B::Device) {
 
 /// The regression head is `[batch, 1]`: every row of a batch equals that row run alone.
 /// Upstream reports fusion giving wrong rows past the first for such a narrow head
-/// (tracel-ai/burn#5122); the first GPU run would show it here.
+/// (tracel-ai/burn#5122). On lavapipe this failed (a row alone -0.079, in the batch
+/// 0.263) while the loader kept HF's `[out, in]` Linear weights as transposed views;
+/// with the weights transposed once on the host it passes there too.
 pub fn regression_rows_match_alone<B: Kernels>(device: &B::Device) {
     let expected = Expected::load("seqreg");
     let model: RobertaForSequenceClassification<B> = load("seqreg", device);
@@ -407,6 +439,10 @@ macro_rules! parity_tests {
                 super::base_every_layer::<B>(&device());
             }
             #[test]
+            fn pooled_like_sentence_transformers() {
+                super::pooled_like_sentence_transformers::<B>(&device());
+            }
+            #[test]
             fn masked_lm() {
                 super::masked_lm::<B>(&device());
             }
@@ -436,13 +472,6 @@ macro_rules! parity_tests {
             }
             #[test]
             fn regression_rows_match_alone() {
-                // Found on lavapipe: one row run alone gives another value than in the
-                // batch (the batch matches HF). Under investigation (issue 27, README
-                // "Not there yet"); the check runs on every other backend, CUDA included.
-                if stringify!($module) == "wgpu" {
-                    eprintln!("skipped on wgpu: a row alone differs from the batch (known, open)");
-                    return;
-                }
                 super::regression_rows_match_alone::<B>(&device());
             }
             #[test]
@@ -457,6 +486,10 @@ macro_rules! parity_tests {
     };
 }
 
+// Built with a GPU backend's feature, the binary holds that backend's cases only (flex's
+// run in the default build): instantiating every case for two backends doubled the
+// longest build of CI.
+#[cfg(not(any(feature = "wgpu", feature = "cuda", feature = "tch")))]
 parity_tests!(flex, burn::backend::Flex);
 #[cfg(feature = "wgpu")]
 parity_tests!(wgpu, burn::backend::Wgpu);

@@ -410,6 +410,23 @@ pub fn save_hf_dir<B: Backend, M: Pretrained<B>>(
     tokenizer: &RobertaTokenizer,
     scores: Option<&crate::metrics::Metrics>,
 ) -> Result<()> {
+    save_hf_dir_with(dir, model, config, tokenizer, |tmp| {
+        if let Some(scores) = scores {
+            write_atomic(&tmp.join(EVAL_RESULTS), &serde_json::to_vec_pretty(scores)?)?;
+        }
+        Ok(())
+    })
+}
+
+/// [`save_hf_dir`] with more files: `extra` writes them into the directory before it
+/// takes its name.
+pub fn save_hf_dir_with<B: Backend, M: Pretrained<B>>(
+    dir: &Path,
+    model: &M,
+    config: &RobertaConfig,
+    tokenizer: &RobertaTokenizer,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -417,9 +434,7 @@ pub fn save_hf_dir<B: Backend, M: Pretrained<B>>(
     let result = (|| -> Result<()> {
         save_pretrained(model, config, &tmp)?;
         tokenizer.save_dir(&tmp)?;
-        if let Some(scores) = scores {
-            write_atomic(&tmp.join(EVAL_RESULTS), &serde_json::to_vec_pretty(scores)?)?;
-        }
+        extra(&tmp)?;
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }

@@ -10,6 +10,8 @@ use crate::backend::DeviceSpec;
 use crate::commands::apply::{ApplyArgs, TaskOverrides};
 use crate::commands::data::{InspectArgs, PreprocessArgs};
 use crate::config::TaskKind;
+use roberta_data::labeled::Columns;
+use roberta_model::pooling::Pooling;
 
 #[derive(Parser)]
 #[command(
@@ -125,13 +127,27 @@ pub enum Command {
     /// Turn a checkpoint (pretraining or fine-tuning) into an HF model directory:
     /// config.json with id2label, model.safetensors, tokenizer.json, vocab.json and
     /// merges.txt, which transformers' AutoModelFor… and AutoTokenizer load.
+    ///
+    /// With --sentence-transformers, the directory is also a sentence-transformers model
+    /// (modules.json, 1_Pooling/, sentence_bert_config.json): `SentenceTransformer(out)`
+    /// encodes as `embed --pool` does.
     Export {
-        /// A checkpoint directory, or a run directory (its newest valid checkpoint).
+        /// A checkpoint directory, or a run directory (its newest valid checkpoint); with
+        /// --sentence-transformers also an HF model directory.
         #[arg(long)]
         checkpoint: PathBuf,
         /// The HF directory to write.
         #[arg(long)]
         out: PathBuf,
+        /// Write the encoder as a sentence-transformers model.
+        #[arg(long)]
+        sentence_transformers: bool,
+        /// Its pooling (with --sentence-transformers).
+        #[arg(long, value_enum, requires = "sentence_transformers")]
+        pool: Option<PooledArg>,
+        /// Its vectors divided by their L2 norm (with --sentence-transformers).
+        #[arg(long, requires = "sentence_transformers")]
+        normalize: bool,
     },
     /// Draw a run's loss, learning-rate and accuracy curves into a PNG.
     Plot {
@@ -165,26 +181,45 @@ pub enum Command {
         #[arg(required = true)]
         texts: Vec<String>,
     },
-    /// Write hidden states of every input to a safetensors file.
+    /// Write the hidden states of every input: every token's (a safetensors file), or one
+    /// pooled vector per input with --pool (safetensors, .npy or JSONL, by extension).
     ///
     /// Input: JSONL, one {"text": "..."} (needs the model dir's tokenizer) or
-    /// {"input_ids": [...]} per line. Output tensors, for input i (0-based line among
-    /// non-empty lines): `i.last_hidden_state` [tokens, hidden], `i.input_ids` [tokens],
-    /// and with --all-layers `i.hidden_states` [layers + 1, tokens, hidden] (the
-    /// embedding output first, as in HF's output_hidden_states).
+    /// {"input_ids": [...]} per line, with an optional "id"; or a labeled file
+    /// (TSV/CSV/JSONL/Parquet/Arrow) read by column (--text-a, default `sentence`).
+    /// Per-token output, for input i (0-based among non-empty lines):
+    /// `i.last_hidden_state` [tokens, hidden], `i.input_ids` [tokens], and with
+    /// --all-layers `i.hidden_states` [layers + 1, tokens, hidden] (the embedding output
+    /// first, as in HF's output_hidden_states). Pooled output: `embeddings`
+    /// [inputs, hidden] and `ids` [inputs] (each input's 1-based line) in safetensors; one
+    /// float32 [inputs, hidden] array in .npy; {"line", "id", "embedding"} per input in JSONL.
     Embed {
-        /// HF model directory (any RoBERTa architecture; task heads are ignored).
+        /// HF model directory (any RoBERTa architecture; task heads are ignored), run
+        /// directory or checkpoint.
         #[arg(long)]
         model: PathBuf,
-        /// JSONL input.
+        /// JSONL input, or a labeled file read by column.
         #[arg(long)]
         input: PathBuf,
-        /// safetensors output, written atomically.
+        /// Output file, written atomically; never replaces an existing one.
         #[arg(long)]
         output: PathBuf,
-        /// Also write the output of every layer.
+        /// Also write the output of every layer (per-token output only).
         #[arg(long)]
         all_layers: bool,
+        /// How tokens become one vector: mean over tokens (sentence-transformers' mean
+        /// pooling), the <s> token (cls), the element-wise max, or none (every token).
+        #[arg(long, value_enum, default_value = "none")]
+        pool: PoolArg,
+        /// Divide each pooled vector by its L2 norm.
+        #[arg(long)]
+        normalize: bool,
+        /// The hidden state pooled: 0 is the embedding output, -1 the last layer (HF's
+        /// hidden_states index).
+        #[arg(long, allow_negative_numbers = true)]
+        layer: Option<i64>,
+        #[command(flatten)]
+        columns: TextColumnsCli,
         /// Inputs per forward pass.
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
@@ -192,6 +227,112 @@ pub enum Command {
         #[arg(long)]
         truncate: bool,
     },
+    /// Fit a linear probe on frozen sentence vectors: an L2-regularised logistic
+    /// regression (ridge regression with --regression) on the pooled vectors of --train,
+    /// scored on --valid (accuracy and macro F1; Pearson and Spearman). Prints the
+    /// results as JSON and writes them to --output.
+    Probe {
+        /// HF model directory, run directory or checkpoint.
+        #[arg(long)]
+        model: PathBuf,
+        /// Labeled training file (TSV/CSV/JSONL/Parquet/Arrow).
+        #[arg(long)]
+        train: PathBuf,
+        /// Labeled file the probe is scored on.
+        #[arg(long)]
+        valid: PathBuf,
+        /// Results JSON, written atomically (default: print only).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "mean")]
+        pool: PooledArg,
+        /// The hidden state pooled (0: embeddings, -1: the last layer).
+        #[arg(long, allow_negative_numbers = true, default_value_t = -1)]
+        layer: i64,
+        #[command(flatten)]
+        columns: TextColumnsCli,
+        /// Label column.
+        #[arg(long, default_value = "label")]
+        label: String,
+        /// Numeric labels: a ridge regression scored by Pearson and Spearman.
+        #[arg(long)]
+        regression: bool,
+        /// Inverse regularisation strength, as scikit-learn's C (ridge: alpha = 1/C).
+        #[arg(long, default_value_t = 1.0)]
+        c: f64,
+        /// Use at most this many examples of each file (the first ones).
+        #[arg(long)]
+        max_examples: Option<usize>,
+        /// Inputs per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+    },
+}
+
+/// The text columns of a labeled file, for `embed` and `probe`.
+#[derive(Args)]
+pub struct TextColumnsCli {
+    /// First text column (header name, or 0-based index with --no-header), JSONL field or
+    /// Parquet/Arrow column. Without it, embed reads .jsonl as its own format.
+    #[arg(long)]
+    pub text_a: Option<String>,
+    /// Second text column, for pairs (encoded as `<s> A </s></s> B </s>`).
+    #[arg(long)]
+    pub text_b: Option<String>,
+    /// The TSV/CSV file has no header line: columns are 0-based indices.
+    #[arg(long)]
+    pub no_header: bool,
+}
+
+impl TextColumnsCli {
+    /// The columns when some flag names them (`label` for a labeled read).
+    pub fn columns(&self, label: Option<String>) -> Option<Columns> {
+        let named = self.text_a.is_some() || self.text_b.is_some() || self.no_header;
+        (named || label.is_some()).then(|| Columns {
+            text_a: self.text_a.clone().unwrap_or_else(|| "sentence".into()),
+            text_b: self.text_b.clone(),
+            label,
+            header: !self.no_header,
+        })
+    }
+}
+
+/// `--pool`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolArg {
+    None,
+    Mean,
+    Cls,
+    Max,
+}
+
+impl PoolArg {
+    pub fn pooling(self) -> Option<Pooling> {
+        match self {
+            PoolArg::None => None,
+            PoolArg::Mean => Some(Pooling::Mean),
+            PoolArg::Cls => Some(Pooling::Cls),
+            PoolArg::Max => Some(Pooling::Max),
+        }
+    }
+}
+
+/// `--pool` where a vector is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PooledArg {
+    Mean,
+    Cls,
+    Max,
+}
+
+impl From<PooledArg> for Pooling {
+    fn from(p: PooledArg) -> Self {
+        match p {
+            PooledArg::Mean => Pooling::Mean,
+            PooledArg::Cls => Pooling::Cls,
+            PooledArg::Max => Pooling::Max,
+        }
+    }
 }
 
 /// What a training run is given: `pretrain` and `finetune` alike.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use roberta_data::{BreakMode, MaskingConfig};
+use roberta_model::pooling::Pooling;
 use roberta_model::{Precision, RobertaConfig};
 use serde::{Deserialize, Serialize};
 
@@ -256,6 +257,8 @@ pub struct PretrainEvalSection {
     pub every: u64,
     /// Validation batches per evaluation (0: the whole split).
     pub batches: usize,
+    /// A linear probe of the encoder at every evaluation.
+    pub probe: Option<ProbeSection>,
 }
 
 impl Default for PretrainEvalSection {
@@ -263,7 +266,61 @@ impl Default for PretrainEvalSection {
         Self {
             every: 500,
             batches: 50,
+            probe: None,
         }
+    }
+}
+
+/// `[eval.probe]`: at every evaluation, a logistic regression (ridge with `regression`)
+/// on the current encoder's pooled vectors of `train`'s first `max_examples` rows,
+/// scored on `valid`'s: `valid_probe_accuracy` (or `valid_probe_pearson`) beside the
+/// validation loss. Labeled files as fine-tuning reads them (TSV/CSV/JSONL/Parquet/Arrow).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSection {
+    pub train: PathBuf,
+    pub valid: PathBuf,
+    /// The text column (header name, or 0-based index with `header = false`).
+    #[serde(default = "ProbeSection::default_text")]
+    pub text: String,
+    /// A second text column, for pairs.
+    #[serde(default)]
+    pub text_b: Option<String>,
+    #[serde(default = "ProbeSection::default_label")]
+    pub label: String,
+    #[serde(default = "ProbeSection::default_header")]
+    pub header: bool,
+    #[serde(default = "ProbeSection::default_pool")]
+    pub pool: Pooling,
+    /// Rows used of each file (the first ones): bounds the probe's time.
+    #[serde(default = "ProbeSection::default_max_examples")]
+    pub max_examples: usize,
+    /// Numeric labels: ridge regression, scored by Pearson and Spearman.
+    #[serde(default)]
+    pub regression: bool,
+    /// Inverse regularisation strength (scikit-learn's C).
+    #[serde(default = "ProbeSection::default_c")]
+    pub c: f64,
+}
+
+impl ProbeSection {
+    fn default_text() -> String {
+        "sentence".into()
+    }
+    fn default_label() -> String {
+        "label".into()
+    }
+    fn default_header() -> bool {
+        true
+    }
+    fn default_pool() -> Pooling {
+        Pooling::Mean
+    }
+    fn default_max_examples() -> usize {
+        1000
+    }
+    fn default_c() -> f64 {
+        1.0
     }
 }
 
@@ -319,6 +376,14 @@ impl PretrainConfig {
         for (key, v) in positive {
             if v < 1.0 {
                 bail!("{key} must be at least 1");
+            }
+        }
+        if let Some(p) = &self.eval.probe {
+            if p.max_examples < 1 {
+                bail!("eval.probe.max_examples must be at least 1");
+            }
+            if !(p.c > 0.0 && p.c.is_finite()) {
+                bail!("eval.probe.c must be a positive number, not {}", p.c);
             }
         }
         if self.schedule.warmup_steps > self.schedule.total_steps {
@@ -1082,10 +1147,10 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
         .split_once('=')
         .with_context(|| format!("--set {set}: expected section.key=value"))?;
     let path: Vec<&str> = key.trim().split('.').collect();
-    let [section, name] = path.as_slice() else {
+    let Some((name, sections)) = path.split_last().filter(|(_, s)| !s.is_empty()) else {
         bail!("--set {set}: the key must be section.key, such as train.batch_size");
     };
-    if section.is_empty() || name.is_empty() {
+    if path.iter().any(|p| p.is_empty()) {
         bail!("--set {set}: the key must be section.key, such as train.batch_size");
     }
     let raw = raw.trim();
@@ -1112,12 +1177,20 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
         }
         Err(_) => toml::Value::String(raw.to_string()),
     };
-    let entry = table
-        .entry(section.to_string())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    let Some(section_table) = entry.as_table_mut() else {
-        bail!("--set {set}: `{section}` is not a section");
-    };
+    // `eval.probe.train`: sections within sections, created as needed.
+    let mut section_table = table;
+    for (depth, section) in sections.iter().enumerate() {
+        let entry = section_table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(inner) = entry.as_table_mut() else {
+            bail!(
+                "--set {set}: `{}` is not a section",
+                sections[..=depth].join(".")
+            );
+        };
+        section_table = inner;
+    }
     // A list-valued key given one string (a single file) becomes a one-element list.
     let value = match (section_table.get(*name), value) {
         (Some(toml::Value::Array(_)), toml::Value::String(s)) => {

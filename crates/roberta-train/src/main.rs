@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use roberta_train::cli::{Cli, Command, DataCommand, TokenizerCommand};
 use roberta_train::commands::{
-    self, apply::apply, evaluate::evaluate, export::export, finetune::finetune, infer::embed,
-    infer::fill_mask, pretrain::pretrain,
+    self, apply::apply, embed::embed, evaluate::evaluate, export::export, finetune::finetune,
+    infer::fill_mask, pretrain::pretrain, probe::probe,
 };
 use roberta_train::config::{FinetuneConfig, PretrainConfig};
 use roberta_train::processes::{self, Processes};
@@ -256,7 +256,19 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             device,
             apply(task.apply_args(model, input, Some(output)), true)
         ),
-        Command::Export { checkpoint, out } => dispatch!(device, export(checkpoint, out)),
+        Command::Export {
+            checkpoint,
+            out,
+            sentence_transformers,
+            pool,
+            normalize,
+        } => {
+            let st = sentence_transformers.then(|| commands::export::SentenceTransformers {
+                pooling: pool.map_or(roberta_model::pooling::Pooling::Mean, Into::into),
+                normalize,
+            });
+            dispatch!(device, export(checkpoint, out, st))
+        }
         Command::Pretrain { run } => {
             let run_dir = run_dir.expect("computed for pretrain");
             let Configs::Pretrain(config) = configs else {
@@ -328,17 +340,56 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             input,
             output,
             all_layers,
+            pool,
+            normalize,
+            layer,
+            columns,
             batch_size,
             truncate,
         } => dispatch!(
             device,
-            embed(commands::infer::EmbedArgs {
+            embed(commands::embed::EmbedArgs {
                 model,
                 input,
                 output,
                 all_layers,
                 batch_size,
-                truncate
+                truncate,
+                pool: pool.pooling(),
+                normalize,
+                layer,
+                columns: columns.columns(None),
+            })
+        ),
+        Command::Probe {
+            model,
+            train,
+            valid,
+            output,
+            pool,
+            layer,
+            columns,
+            label,
+            regression,
+            c,
+            max_examples,
+            batch_size,
+        } => dispatch!(
+            device,
+            probe(commands::probe::ProbeArgs {
+                model,
+                train,
+                valid,
+                output,
+                pool: pool.into(),
+                layer,
+                columns: columns
+                    .columns(Some(label))
+                    .expect("a label column is named"),
+                regression,
+                c,
+                max_examples,
+                batch_size,
             })
         ),
     }

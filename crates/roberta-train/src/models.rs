@@ -9,7 +9,7 @@ use roberta_data::RobertaTokenizer;
 use roberta_model::{
     LoadOptions, Loaded, Pretrained, RobertaConfig, RobertaForMaskedLM,
     RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification,
-    load_pretrained,
+    RobertaModel, load_pretrained,
 };
 
 use crate::checkpoint;
@@ -106,6 +106,18 @@ pub fn init_dir<B: Backend>(dir: &Path, scratch: &Path, device: &B::Device) -> R
     tracing::info!("starting from checkpoint {}", checkpoint.display());
     export_checkpoint::<B>(&checkpoint, scratch, device)?;
     Ok(scratch.to_path_buf())
+}
+
+/// The encoder (`RobertaModel`, any task head left out) of an HF directory, run or
+/// checkpoint, and the HF directory it was read from (in `scratch` for a checkpoint).
+pub fn load_encoder<B: Backend>(
+    model: &Path,
+    scratch: &ScratchDir,
+    device: &B::Device,
+) -> Result<(PathBuf, Loaded<RobertaModel<B>>)> {
+    let dir = init_dir::<B>(model, scratch.path(), device)?;
+    let loaded = load_model::<B, RobertaModel<B>>(&dir, LoadOptions::default(), device)?;
+    Ok((dir, loaded))
 }
 
 /// A scratch directory removed on drop, for checkpoints exported on the fly.

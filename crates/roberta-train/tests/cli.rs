@@ -114,6 +114,343 @@ fn embed_writes_every_input_and_names_bad_lines() {
     assert!(!bad.exists(), "no output after an error");
 }
 
+/// Texts of several lengths, so that a batch pads and the length sort reorders.
+const TEXTS: [&str; 5] = [
+    "The cat sat on the mat.",
+    "Dynamic masking draws a fresh mask every time.",
+    "Café",
+    "A robustly optimized approach.",
+    "The dog sat on the log and the cat sat on the mat.",
+];
+
+fn write_texts(dir: &Path) -> PathBuf {
+    let input = dir.join("texts.jsonl");
+    let lines: Vec<String> = TEXTS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"text": t, "id": format!("t{i}")}).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    input
+}
+
+fn embed(model: &str, input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "embed",
+        "--model",
+        model,
+        "--input",
+        s(input),
+        "--output",
+        s(output),
+    ];
+    args.extend(extra);
+    run(&args)
+}
+
+fn npy(path: &Path) -> (usize, usize, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    let shape = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(|d| d.trim().parse().unwrap())
+        .collect();
+    let values = bytes[10 + header_len..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (dims[0], dims[1], values)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Mean pooling equals the mean of the per-token states `embed` writes without --pool;
+/// the three formats hold the same vectors in input order; --normalize gives unit rows.
+#[test]
+fn embed_pools_into_every_format_in_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_texts(dir.path());
+    let model = mlm_fixture();
+    let tokens = dir.path().join("tokens.safetensors");
+    ok(&embed(&model, &input, &tokens, &[]));
+    let bytes = std::fs::read(&tokens).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let hidden = 32;
+    let mut means = Vec::new();
+    for i in 0..TEXTS.len() {
+        let t = file.tensor(&format!("{i}.last_hidden_state")).unwrap();
+        let values: Vec<f32> = t
+            .data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let n = t.shape()[0];
+        for d in 0..hidden {
+            means.push((0..n).map(|r| values[r * hidden + d]).sum::<f32>() / n as f32);
+        }
+    }
+    let as_npy = dir.path().join("mean.npy");
+    ok(&embed(
+        &model,
+        &input,
+        &as_npy,
+        &["--pool", "mean", "--batch-size", "2"],
+    ));
+    let (rows, width, pooled) = npy(&as_npy);
+    assert_eq!((rows, width), (TEXTS.len(), hidden));
+    let diff = max_diff(&pooled, &means);
+    assert!(
+        diff < 1e-5,
+        "mean pooling vs the mean of token states: {diff:e}"
+    );
+
+    let as_safetensors = dir.path().join("mean.safetensors");
+    ok(&embed(&model, &input, &as_safetensors, &["--pool", "mean"]));
+    let bytes = std::fs::read(&as_safetensors).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let e = file.tensor("embeddings").unwrap();
+    assert_eq!(e.shape(), [TEXTS.len(), hidden]);
+    let values: Vec<f32> = e
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(max_diff(&values, &pooled) < 1e-5);
+    let ids: Vec<i64> = file
+        .tensor("ids")
+        .unwrap()
+        .data()
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+
+    let as_jsonl = dir.path().join("max.jsonl");
+    ok(&embed(
+        &model,
+        &input,
+        &as_jsonl,
+        &["--pool", "max", "--normalize", "--layer", "1"],
+    ));
+    let lines = common::jsonl(&as_jsonl);
+    assert_eq!(lines.len(), TEXTS.len());
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["id"], format!("t{i}"));
+        assert_eq!(line["line"], i + 1);
+        let v: Vec<f64> = serde_json::from_value(line["embedding"].clone()).unwrap();
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "row {i}: norm {norm}");
+    }
+
+    // A labeled file by column, pairs included; errors named, nothing half-written.
+    let tsv = dir.path().join("pairs.tsv");
+    std::fs::write(&tsv, "a\tb\tlabel\nThe cat.\tThe dog.\t1\nCafé\tmat\t0\n").unwrap();
+    let pairs = dir.path().join("pairs.npy");
+    ok(&embed(
+        &model,
+        &tsv,
+        &pairs,
+        &["--pool", "cls", "--text-a", "a", "--text-b", "b"],
+    ));
+    assert_eq!(npy(&pairs).0, 2);
+    let refused: [(&Path, &str, &[&str], &str); 5] = [
+        (
+            &tsv,
+            "x.npy",
+            &["--pool", "cls", "--text-a", "c"],
+            "no column \"c\"",
+        ),
+        (&input, "x.npy", &["--normalize"], "--pool"),
+        (
+            &input,
+            "x.bin",
+            &["--pool", "mean"],
+            ".safetensors, .npy or .jsonl",
+        ),
+        (&input, "mean.npy", &["--pool", "mean"], "exists"),
+        (
+            &input,
+            "x.npy",
+            &["--pool", "mean", "--layer", "3"],
+            "--layer 3",
+        ),
+    ];
+    for (from, to, flags, expected) in refused {
+        let err = fails(&embed(&model, from, &dir.path().join(to), flags));
+        assert!(err.contains(expected), "{flags:?}: {err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') || n.starts_with("x."))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The sentence-transformers export holds the encoder and the module files, and `embed`
+/// on it gives what `embed` on its source gives.
+#[test]
+fn export_as_sentence_transformers_keeps_the_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_texts(dir.path());
+    let out = dir.path().join("st");
+    ok(&run(&[
+        "export",
+        "--sentence-transformers",
+        "--pool",
+        "max",
+        "--normalize",
+        "--checkpoint",
+        &mlm_fixture(),
+        "--out",
+        s(&out),
+    ]));
+    let read = |p: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(p)).unwrap()).unwrap()
+    };
+    assert_eq!(read("config.json")["architectures"][0], "RobertaModel");
+    assert_eq!(read("modules.json").as_array().unwrap().len(), 3);
+    assert_eq!(
+        read("1_Pooling/config.json")["pooling_mode_max_tokens"],
+        true
+    );
+    assert_eq!(read("sentence_bert_config.json")["max_seq_length"], 40 - 2);
+    assert!(out.join("tokenizer.json").exists());
+    let from_source = dir.path().join("a.npy");
+    let from_export = dir.path().join("b.npy");
+    let flags = ["--pool", "max", "--normalize"];
+    ok(&embed(&mlm_fixture(), &input, &from_source, &flags));
+    ok(&embed(s(&out), &input, &from_export, &flags));
+    assert_eq!(npy(&from_source).2, npy(&from_export).2);
+    let err = fails(&run(&[
+        "export",
+        "--pool",
+        "mean",
+        "--checkpoint",
+        &mlm_fixture(),
+        "--out",
+        s(&dir.path().join("x")),
+    ]));
+    assert!(err.contains("--sentence-transformers"), "{err}");
+}
+
+/// A linear probe finds a label the texts spell out; one class and labels only in valid
+/// are refused by file and line.
+#[test]
+fn probe_scores_a_label_the_text_tells() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (
+        ["great", "wonderful", "superb"],
+        ["awful", "terrible", "dreadful"],
+    );
+    let write = |name: &str, n: usize, shift: usize| {
+        let mut text = String::from("sentence\tlabel\n");
+        for i in 0..n {
+            let (word, label) = if i % 2 == 0 {
+                (good[(i + shift) % 3], 1)
+            } else {
+                (bad[(i + shift) % 3], 0)
+            };
+            text += &format!("{word} {word} {word}\t{label}\n");
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (train, valid) = (write("train.tsv", 60, 0), write("valid.tsv", 20, 1));
+    let output = dir.path().join("probe.json");
+    let stdout = ok(&run(&[
+        "probe",
+        "--model",
+        &mlm_fixture(),
+        "--train",
+        s(&train),
+        "--valid",
+        s(&valid),
+        "--output",
+        s(&output),
+    ]));
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+    assert_eq!(printed["metrics"], written["metrics"]);
+    assert_eq!(written["train_examples"], 60);
+    let accuracy = written["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "probe accuracy {accuracy}");
+
+    let one = dir.path().join("one.tsv");
+    std::fs::write(&one, "sentence\tlabel\na\t1\nb\t1\n").unwrap();
+    let err = fails(&run(&[
+        "probe",
+        "--model",
+        &mlm_fixture(),
+        "--train",
+        s(&one),
+        "--valid",
+        s(&valid),
+    ]));
+    assert!(
+        err.contains("one.tsv") && err.contains("two classes"),
+        "{err}"
+    );
+    let other = dir.path().join("other.tsv");
+    std::fs::write(&other, "sentence\tlabel\na\t1\nb\t7\n").unwrap();
+    let err = fails(&run(&[
+        "probe",
+        "--model",
+        &mlm_fixture(),
+        "--train",
+        s(&train),
+        "--valid",
+        s(&other),
+    ]));
+    assert!(err.contains("other.tsv:3"), "{err}");
+}
+
+/// `[eval.probe]` puts the probe's accuracy beside the validation loss at every evaluation.
+#[test]
+fn pretraining_probes_the_encoder_at_each_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let tsv = dir.path().join("probe.tsv");
+    let mut text = String::from("sentence\tlabel\n");
+    for i in 0..24 {
+        text += &format!(
+            "{} the cat sat\t{}\n",
+            if i % 2 == 0 { "yes" } else { "no" },
+            i % 2
+        );
+    }
+    std::fs::write(&tsv, text).unwrap();
+    let extra = format!(
+        "[eval.probe]\ntrain = \"{t}\"\nvalid = \"{t}\"\nmax_examples = 16\n",
+        t = tsv.display()
+    );
+    let config = tiny_config(dir.path(), &extra);
+    let run_dir = dir.path().join("run");
+    ok(&pretrain(&config, &run_dir, &[]));
+    let lines = common::jsonl(&run_dir.join("metrics.jsonl"));
+    let probed: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("valid_probe_acc").is_some())
+        .collect();
+    assert_eq!(probed.len(), 2, "steps 4 and 8: {lines:?}");
+    assert!(probed.iter().all(|l| l.get("valid_loss").is_some()));
+}
+
 #[test]
 fn tokenizer_train_then_encode_with_char_offsets() {
     let dir = tempfile::tempdir().unwrap();

@@ -483,20 +483,30 @@ fn layer_norm<const D: usize>(
     let (x, gamma, beta) = (primitive(x), primitive(gamma), primitive(beta));
     let input = contiguous(&x.primitive);
     let gamma_values = contiguous(&gamma.primitive);
-    let beta_values = contiguous(&beta.primitive);
-    let (y, stats) = layer_norm_forward(
-        values(&input),
-        values(&gamma_values),
-        values(&beta_values),
-        epsilon as f32,
-    );
-    let y = flex(y, input.layout().shape().clone());
+    let (y, stats) = layer_norm_values(&input, &gamma_values, &beta.primitive, epsilon);
     let state = LayerNormState {
         x: input,
         gamma: gamma_values,
         stats: Arc::new(stats),
     };
     record(LayerNormBackward, [&x, &gamma, &beta], y, state)
+}
+
+/// [`layer_norm_forward`] of a contiguous input.
+fn layer_norm_values(
+    input: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    epsilon: f64,
+) -> (FlexTensor, Vec<[f32; 2]>) {
+    let beta = contiguous(beta);
+    let (y, stats) = layer_norm_forward(
+        values(input),
+        values(&contiguous(gamma)),
+        values(&beta),
+        epsilon as f32,
+    );
+    (flex(y, input.layout().shape().clone()), stats)
 }
 
 /// `(y, [mean, 1/σ] per row)`; the variance is the biased one, as in PyTorch.
@@ -658,12 +668,16 @@ fn gelu_derivative(x: f32) -> f32 {
 fn gelu<const D: usize>(x: Tensor<Train, D>) -> Tensor<Train, D> {
     let x = primitive(x);
     let input = contiguous(&x.primitive);
-    let xs = values(&input);
+    let y = gelu_values(&input);
+    record(GeluBackward, [&x], y, input)
+}
+
+fn gelu_values(input: &FlexTensor) -> FlexTensor {
+    let xs = values(input);
     let y = par_fill(xs.len(), CHUNK, |start, out| {
         gelu_forward(&xs[start..start + out.len()], out);
     });
-    let y = flex(y, input.layout().shape().clone());
-    record(GeluBackward, [&x], y, input)
+    flex(y, input.layout().shape().clone())
 }
 
 multiversion! {
@@ -910,8 +924,24 @@ fn linear(
     let (x, weight, bias) = (primitive(x), primitive(weight), primitive(bias));
     let input = contiguous(&x.primitive);
     let w = contiguous(&weight.primitive);
-    let b = contiguous(&bias.primitive);
-    let (x_m, w_m) = (Matrix::of(&input), Matrix::of(&w));
+    let y = linear_values(&input, &w, &bias.primitive, transposed);
+    let state = LinearState {
+        x: input,
+        weight: w,
+        transposed,
+    };
+    record(LinearBackward, [&x, &weight, &bias], y, state)
+}
+
+/// `x · W + b` of contiguous `x` and `W`.
+fn linear_values(
+    input: &FlexTensor,
+    w: &FlexTensor,
+    bias: &FlexTensor,
+    transposed: bool,
+) -> FlexTensor {
+    let b = contiguous(bias);
+    let (x_m, w_m) = (Matrix::of(input), Matrix::of(w));
     let w_m = if transposed { w_m.t() } else { w_m };
     let (rows, cols) = (x_m.rows, w_m.cols);
     let bias_values = values(&b);
@@ -924,13 +954,7 @@ fn linear(
         }
     });
     accumulate_product(x_m, w_m, &mut y);
-    let y = flex(y, Shape::new([rows, cols]));
-    let state = LinearState {
-        x: input,
-        weight: w,
-        transposed,
-    };
-    record(LinearBackward, [&x, &weight, &bias], y, state)
+    flex(y, Shape::new([rows, cols]))
 }
 
 // ---------------------------------------------------------------------------------
@@ -1045,7 +1069,62 @@ multiversion! {
 // ---------------------------------------------------------------------------------
 // The optimizer, on the inner backend: AdamW's update and the gradient norm
 
+/// Inference (fill-mask, embed, eval, predict, the probe) and the optimizer run on the
+/// inner backend: the training kernels' forward passes, with nothing recorded.
 impl Kernels for Flex {
+    fn fused_linear(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        bias: Tensor<Self, 1>,
+        transposed: bool,
+    ) -> Tensor<Self, 2> {
+        if !(f32s(&[&x, &weight]) && bias.dtype() == DType::F32) {
+            return composed::linear(x, weight, bias, transposed);
+        }
+        let (x, w) = (contiguous(&inner(x)), contiguous(&inner(weight)));
+        outer(linear_values(&x, &w, &inner(bias), transposed))
+    }
+
+    fn fused_layer_norm<const D: usize>(
+        x: Tensor<Self, D>,
+        gamma: Tensor<Self, 1>,
+        beta: Tensor<Self, 1>,
+        epsilon: f64,
+    ) -> Tensor<Self, D> {
+        if !(f32s(&[&x]) && f32s(&[&gamma, &beta])) {
+            return composed::layer_norm(x, gamma, beta, epsilon);
+        }
+        let x = contiguous(&inner(x));
+        outer(layer_norm_values(&x, &inner(gamma), &inner(beta), epsilon).0)
+    }
+
+    fn fused_gelu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        if !f32s(&[&x]) {
+            return crate::activation::gelu(x);
+        }
+        outer(gelu_values(&contiguous(&inner(x))))
+    }
+
+    fn fused_attention(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        bias: Tensor<Self, 4>,
+        heads: usize,
+        dropout: Option<f64>,
+    ) -> Tensor<Self, 3> {
+        let [batch, seq, _] = q.dims();
+        if !(f32s(&[&q, &k, &v]) && bias.dtype() == DType::F32 && bias.dims() == [batch, 1, 1, seq])
+        {
+            return composed::attention(q, k, v, bias, heads, dropout);
+        }
+        let shape = Heads::split(q.dims(), k.dims(), v.dims(), heads);
+        let mask = dropout.map(Mask::draw);
+        let [q, k, v] = [q, k, v].map(|t| contiguous(&inner(t)));
+        let bias = contiguous(&inner(bias));
+        outer(attention_values(&q, &k, &v, &bias, shape, mask.as_ref()).0)
+    }
+
     fn fused_adamw_step<const D: usize>(
         step: &AdamWStep,
         param: Tensor<Self, D>,
@@ -1080,6 +1159,14 @@ multiversion! {
     fn squares(x: &[f32]) -> f32 {
         lane_sum(x, |v| v * v)
     }
+}
+
+fn inner<const D: usize>(x: Tensor<Flex, D>) -> FlexTensor {
+    x.into_primitive().tensor()
+}
+
+fn outer<const D: usize>(x: FlexTensor) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
 }
 
 /// `x`'s buffer, row-major and not shared with any other tensor, so it can be
@@ -1211,6 +1298,23 @@ struct Heads {
 }
 
 impl Heads {
+    /// The shapes of `q`, `k`, `v` split into `heads`.
+    fn split(q: [usize; 3], k: [usize; 3], v: [usize; 3], heads: usize) -> Self {
+        let [batch, seq, width] = q;
+        // The buffers are written, not zeroed: every element must belong to a head.
+        assert_eq!(width % heads, 0, "hidden width {width} in {heads} heads");
+        assert_eq!(k, q, "keys' shape");
+        assert_eq!(v, q, "values' shape");
+        let head_dim = width / heads;
+        Self {
+            batch,
+            seq,
+            heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
+
     fn width(&self) -> usize {
         self.heads * self.head_dim
     }
@@ -1393,19 +1497,7 @@ fn attention(
     heads: usize,
     dropout: Option<f64>,
 ) -> Tensor<Train, 3> {
-    let [batch, seq, width] = q.dims();
-    // The buffers below are written, not zeroed: every element must belong to a head.
-    assert_eq!(width % heads, 0, "hidden width {width} in {heads} heads");
-    assert_eq!(k.dims(), q.dims(), "keys' shape");
-    assert_eq!(v.dims(), q.dims(), "values' shape");
-    let head_dim = width / heads;
-    let shape = Heads {
-        batch,
-        seq,
-        heads,
-        head_dim,
-        scale: 1.0 / (head_dim as f32).sqrt(),
-    };
+    let shape = Heads::split(q.dims(), k.dims(), v.dims(), heads);
     let mask = dropout.map(Mask::draw);
     let bias = contiguous(&primitive(bias).primitive);
     let (q, k, v) = (primitive(q), primitive(k), primitive(v));
@@ -1414,12 +1506,33 @@ fn attention(
         contiguous(&k.primitive),
         contiguous(&v.primitive),
     );
-    let (qs, ks, vs, bs) = (
-        values(&q_values),
-        values(&k_values),
-        values(&v_values),
-        values(&bias),
-    );
+    let (context, probs) =
+        attention_values(&q_values, &k_values, &v_values, &bias, shape, mask.as_ref());
+    let state = AttentionState {
+        q: q_values,
+        k: k_values,
+        v: v_values,
+        probs,
+        mask,
+        shape,
+    };
+    record(AttentionBackward, [&q, &k, &v], context, state)
+}
+
+/// The context and the attention probabilities of contiguous `q`, `k`, `v` and bias.
+fn attention_values(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    bias: &FlexTensor,
+    shape: Heads,
+    mask: Option<&Mask>,
+) -> (FlexTensor, FlexTensor) {
+    let Heads {
+        batch, seq, heads, ..
+    } = shape;
+    let width = shape.width();
+    let (qs, ks, vs, bs) = (values(q), values(k), values(v), values(bias));
     let context = Shared::new(qs.len());
     let mut probs = Vec::with_capacity(batch * heads * seq * seq);
     probs.spare_capacity_mut()[..batch * heads * seq * seq]
@@ -1459,15 +1572,8 @@ fn attention(
         probs.set_len(batch * heads * seq * seq);
         context.written()
     };
-    let probs = flex(probs, Shape::new([batch, heads, seq, seq]));
-    let context = flex(context, Shape::new([batch, seq, width]));
-    let state = AttentionState {
-        q: q_values,
-        k: k_values,
-        v: v_values,
-        probs,
-        mask,
-        shape,
-    };
-    record(AttentionBackward, [&q, &k, &v], context, state)
+    (
+        flex(context, Shape::new([batch, seq, width])),
+        flex(probs, Shape::new([batch, heads, seq, seq])),
+    )
 }

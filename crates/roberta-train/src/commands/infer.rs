@@ -1,21 +1,15 @@
-//! Inference commands on HF model directories: `fill-mask` and `embed`.
+//! `fill-mask` on an HF model directory.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use roberta_data::RobertaTokenizer;
-use roberta_model::hf::write_new;
-use roberta_model::{
-    LoadOptions, Pretrained, RobertaConfig, RobertaForMaskedLM, RobertaInput, RobertaModel,
-};
+use roberta_model::{LoadOptions, Pretrained, RobertaConfig, RobertaForMaskedLM, RobertaInput};
 
 use crate::models::{load_model, load_tokenizer_for, model_dir};
 use roberta_model::{Kernels, TrainingBackend};
-use safetensors::{Dtype, tensor::TensorView};
-use serde::Deserialize;
 
 pub struct FillMaskArgs {
     pub model: PathBuf,
@@ -146,157 +140,4 @@ pub fn predict_masks<B: Kernels>(
         result.push(candidates);
     }
     Ok(result)
-}
-
-pub struct EmbedArgs {
-    pub model: PathBuf,
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub all_layers: bool,
-    pub batch_size: usize,
-    pub truncate: bool,
-}
-
-/// One line of `embed`'s input: text, or ids already tokenized.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmbedLine {
-    text: Option<String>,
-    input_ids: Option<Vec<u32>>,
-}
-
-pub fn embed<B: TrainingBackend>(device: B::Device, args: EmbedArgs) -> Result<()> {
-    crate::outputs::refuse_existing(&args.output, "--output")?;
-    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let dir = model_dir(&args.model)?;
-    let loaded = load_model::<B::InnerBackend, RobertaModel<B::InnerBackend>>(
-        &dir,
-        LoadOptions::default(),
-        &device,
-    )?;
-    let (model, config) = (loaded.model, loaded.config);
-    let rows = read_embed_input(&args.input, &dir, &config, args.truncate)?;
-    ensure!(!rows.is_empty(), "{}: no input lines", args.input.display());
-
-    let mut out: BTreeMap<String, (Vec<usize>, Vec<u8>, Dtype)> = BTreeMap::new();
-    let pad = config.pad_token_id as u32;
-    let bar = indicatif::ProgressBar::new(rows.len() as u64);
-    for (chunk_index, chunk) in rows.chunks(args.batch_size).enumerate() {
-        let input = RobertaInput::from_rows(chunk, pad, &device);
-        let output = model.forward(input, args.all_layers);
-        let [_, seq, hidden] = output.last_hidden_state.dims();
-        let last = output
-            .last_hidden_state
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()?;
-        let layers: Vec<Vec<f32>> = output
-            .hidden_states
-            .into_iter()
-            .map(|h| h.into_data().convert::<f32>().into_vec::<f32>())
-            .collect::<std::result::Result<_, _>>()?;
-        for (r, ids) in chunk.iter().enumerate() {
-            let i = chunk_index * args.batch_size + r;
-            let len = ids.len();
-            let rows_of = |t: &[f32]| bytes(&t[r * seq * hidden..(r * seq + len) * hidden]);
-            out.insert(
-                format!("{i}.last_hidden_state"),
-                (vec![len, hidden], rows_of(&last), Dtype::F32),
-            );
-            if args.all_layers {
-                let all: Vec<u8> = layers.iter().flat_map(|l| rows_of(l)).collect();
-                out.insert(
-                    format!("{i}.hidden_states"),
-                    (vec![layers.len(), len, hidden], all, Dtype::F32),
-                );
-            }
-            let ids: Vec<u8> = ids
-                .iter()
-                .flat_map(|&t| i64::from(t).to_le_bytes())
-                .collect();
-            out.insert(format!("{i}.input_ids"), (vec![len], ids, Dtype::I64));
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    let views = out
-        .iter()
-        .map(|(k, (shape, data, dtype))| {
-            Ok((k.clone(), TensorView::new(*dtype, shape.clone(), data)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = Some([("inputs".to_string(), rows.len().to_string())].into());
-    let file = safetensors::serialize(views, metadata)?;
-    write_new(&args.output, &file).with_context(|| format!("writing {}", args.output.display()))?;
-    tracing::info!(
-        "wrote {} embeddings to {}",
-        rows.len(),
-        args.output.display()
-    );
-    Ok(())
-}
-
-fn bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// Token ids per input line; the tokenizer is loaded only if some line holds text.
-fn read_embed_input(
-    path: &Path,
-    model_dir: &Path,
-    config: &roberta_model::RobertaConfig,
-    truncate: bool,
-) -> Result<Vec<Vec<u32>>> {
-    let mut tokenizer: Option<RobertaTokenizer> = None;
-    let max = config.max_sequence_length();
-    let mut rows = Vec::new();
-    for line in roberta_data::input::lines(path)? {
-        let (n, line) = line?;
-        let at = || format!("{}:{n}", path.display());
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: EmbedLine = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{}: expected {{\"text\": …}} or {{\"input_ids\": […]}}",
-                at()
-            )
-        })?;
-        let mut ids = match (parsed.text, parsed.input_ids) {
-            (Some(text), None) => {
-                if tokenizer.is_none() {
-                    tokenizer = Some(load_tokenizer_for(model_dir, config)?);
-                }
-                tokenizer.as_ref().expect("loaded").encode(&text, true)?.ids
-            }
-            (None, Some(ids)) => {
-                if let Some(bad) = ids.iter().find(|&&t| t as usize >= config.vocab_size) {
-                    bail!(
-                        "{}: token id {bad} is outside the vocabulary of {}",
-                        at(),
-                        config.vocab_size
-                    );
-                }
-                ids
-            }
-            _ => bail!(
-                "{}: expected exactly one of \"text\" or \"input_ids\"",
-                at()
-            ),
-        };
-        ensure!(!ids.is_empty(), "{}: empty input_ids", at());
-        if ids.len() > max {
-            ensure!(
-                truncate,
-                "{}: {} tokens, more than the model's {max} (pass --truncate to cut)",
-                at(),
-                ids.len()
-            );
-            let eos = ids[ids.len() - 1];
-            ids.truncate(max);
-            ids[max - 1] = eos;
-        }
-        rows.push(ids);
-    }
-    Ok(rows)
 }

@@ -3,8 +3,10 @@
 
 pub mod apply;
 pub mod data;
+pub mod embed;
 pub mod evaluate;
 pub mod export;
 pub mod finetune;
 pub mod infer;
 pub mod pretrain;
+pub mod probe;

@@ -9,14 +9,17 @@ use anyhow::{Context, Result, bail, ensure};
 use roberta_data::loader::validation_batch_count;
 use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha256};
 use roberta_data::{Corpus, DataError, MaskVocab, Meta, RobertaTokenizer, Split};
-use roberta_model::{LoadOptions, RobertaForMaskedLM};
+use roberta_model::{LoadOptions, RobertaConfig, RobertaForMaskedLM};
 
 use crate::checkpoint::{self, DataFingerprint};
-use crate::config::{PretrainConfig, RunConfig};
+use crate::config::{PretrainConfig, ProbeSection, RunConfig};
 use crate::models::load_model;
+use crate::probe::{Probe, Tokenized};
 use crate::processes::Processes;
+use crate::sentences::{PoolingChoice, TokenizerFrom};
 use crate::tasks::mlm::{Mlm, Validation};
 use crate::trainer::{self, RunFiles, Settings, check_precision, seed_init, start_run, stop_flag};
+use roberta_data::labeled::Columns;
 use roberta_model::TrainingBackend;
 
 pub struct PretrainArgs {
@@ -249,11 +252,18 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
     if let Some((path, saved)) = &resume {
         data.check_resume(path, saved, args.force)?;
     }
+    let probe = config
+        .eval
+        .probe
+        .as_ref()
+        .map(|p| probe_of(p, &tokenizer, &model_config, config.train.batch_size))
+        .transpose()?;
     let task = Mlm {
         corpus: Arc::new(train),
         valid,
         queue_depth: config.train.loader_queue,
         vocab_size: model_config.vocab_size,
+        probe,
     };
     let files = RunFiles {
         run_dir: run_dir.clone(),
@@ -282,4 +292,38 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         );
     }
     Ok(())
+}
+
+/// `[eval.probe]`'s files, tokenized once with the run's tokenizer.
+fn probe_of(
+    section: &ProbeSection,
+    tokenizer: &RobertaTokenizer,
+    model_config: &RobertaConfig,
+    batch_size: usize,
+) -> Result<Probe> {
+    let columns = Columns {
+        text_a: section.text.clone(),
+        text_b: section.text_b.clone(),
+        label: Some(section.label.clone()),
+        header: section.header,
+    };
+    let read = |path: &Path| {
+        Tokenized::read(
+            path,
+            &columns,
+            TokenizerFrom::Given(tokenizer),
+            model_config,
+            section.max_examples,
+        )
+        .with_context(|| format!("eval.probe: reading {}", path.display()))
+    };
+    Ok(Probe {
+        train: read(&section.train)?,
+        valid: read(&section.valid)?,
+        choice: PoolingChoice::new(section.pool, false, -1, model_config.num_hidden_layers)?,
+        regression: section.regression,
+        c: section.c,
+        batch_size,
+        pad: model_config.pad_token_id as u32,
+    })
 }

@@ -14,6 +14,7 @@ use roberta_model::{Kernels, RobertaForMaskedLM, RobertaInput, TrainingBackend};
 
 use super::{BatchPlan, Batches, StepLoss, Task, Window};
 use crate::metrics::Metrics;
+use crate::probe::Probe;
 
 pub struct Mlm {
     pub corpus: Arc<Corpus>,
@@ -23,6 +24,8 @@ pub struct Mlm {
     pub queue_depth: usize,
     /// The model's vocabulary: every token id must be below it.
     pub vocab_size: usize,
+    /// A linear probe of the encoder at every evaluation (`[eval.probe]`).
+    pub probe: Option<Probe>,
 }
 
 /// The validation split and how it is cut into batches: each batch is built when it is
@@ -200,7 +203,7 @@ impl<B: TrainingBackend> Task<B> for Mlm {
     }
 
     fn has_valid(&self) -> bool {
-        self.valid.as_ref().is_some_and(|v| v.batches > 0)
+        self.valid.as_ref().is_some_and(|v| v.batches > 0) || self.probe.is_some()
     }
 
     fn evaluate(
@@ -209,9 +212,17 @@ impl<B: TrainingBackend> Task<B> for Mlm {
         device: &B::Device,
         stop: &AtomicBool,
     ) -> Result<Option<Metrics>> {
-        match &self.valid {
-            Some(valid) => evaluate(model, valid, device, stop),
-            None => Ok(Some(Metrics::new())),
+        let metrics = match &self.valid {
+            Some(valid) => evaluate(model, valid, device, stop)?,
+            None => Some(Metrics::new()),
+        };
+        match (metrics, &self.probe) {
+            (Some(_), Some(_)) if stop.load(Ordering::Relaxed) => Ok(None),
+            (Some(mut metrics), Some(probe)) => {
+                metrics.extend(probe.score(&model.roberta, device)?);
+                Ok(Some(metrics))
+            }
+            (metrics, _) => Ok(metrics),
         }
     }
 }

@@ -72,6 +72,41 @@ fn matchable(labels: &[String], examples: &[Example]) -> Vec<String> {
     }
 }
 
+/// `<s> A </s>`, or `<s> A </s></s> B </s>` for a pair, in at most `max_length` tokens:
+/// a pair is cut as HF's "longest_first" cuts it (from the longer text until both fit).
+/// Also the length it would have whole.
+pub fn sentence_ids(
+    tokenizer: &RobertaTokenizer,
+    text_a: &str,
+    text_b: Option<&str>,
+    max_length: usize,
+) -> Result<(Vec<u32>, usize)> {
+    let s = tokenizer.specials();
+    let mut a = tokenizer.encode(text_a, false)?.ids;
+    Ok(match text_b {
+        None => {
+            let whole = a.len() + 2;
+            a.truncate(max_length - 2);
+            ([vec![s.bos], a, vec![s.eos]].concat(), whole)
+        }
+        Some(text_b) => {
+            let mut b = tokenizer.encode(text_b, false)?.ids;
+            let whole = a.len() + b.len() + 4;
+            while a.len() + b.len() > max_length - 4 {
+                if a.len() >= b.len() {
+                    a.pop();
+                } else {
+                    b.pop();
+                }
+            }
+            (
+                [vec![s.bos], a, vec![s.eos, s.eos], b, vec![s.eos]].concat(),
+                whole,
+            )
+        }
+    })
+}
+
 #[derive(Serialize)]
 struct Label<'a> {
     line: usize,
@@ -155,7 +190,6 @@ impl LabeledTask for Sequence {
         max_length: usize,
         labeled: bool,
     ) -> Result<TaskData<Self>> {
-        let s = tokenizer.specials();
         let examples = read_examples(path, &Self::columns(&self.section, labeled))?;
         let targets: Vec<Target> = if !labeled {
             vec![Target::None; examples.len()]
@@ -172,25 +206,7 @@ impl LabeledTask for Sequence {
         };
         let mut features = Vec::with_capacity(examples.len());
         for (ex, target) in examples.iter().zip(targets) {
-            let mut a = tokenizer.encode(&ex.text_a, false)?.ids;
-            let ids = match &ex.text_b {
-                None => {
-                    a.truncate(max_length - 2);
-                    [vec![s.bos], a, vec![s.eos]].concat()
-                }
-                Some(text_b) => {
-                    let mut b = tokenizer.encode(text_b, false)?.ids;
-                    // HF's "longest_first": drop from the longer text until both fit.
-                    while a.len() + b.len() > max_length - 4 {
-                        if a.len() >= b.len() {
-                            a.pop();
-                        } else {
-                            b.pop();
-                        }
-                    }
-                    [vec![s.bos], a, vec![s.eos, s.eos], b, vec![s.eos]].concat()
-                }
-            };
+            let (ids, _) = sentence_ids(tokenizer, &ex.text_a, ex.text_b.as_deref(), max_length)?;
             features.push(Feature { ids, target });
         }
         Ok(TaskData { features, examples })

@@ -965,13 +965,20 @@ def kernel_totals(path):
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) != 4 or cells[0] in ("Name", "Total") or not cells[2].isdigit():
+            first = parse_duration(cells[0]) if cells else None
+            if first is not None and len(cells) >= 2:
+                # level "basic": one line per kernel, `| duration | name parts… | runtime`
+                name, count, seconds = " | ".join(cells[1:-1] or cells[1:]), 1, first
+            elif len(cells) == 4 and cells[0] not in ("Name", "Total") and cells[2].isdigit():
+                # a summary table: `| name | duration | count | … |`
+                seconds = parse_duration(cells[1])
+                if seconds is None:
+                    continue
+                name, count = cells[0], int(cells[2])
+            else:
                 continue
-            seconds = parse_duration(cells[1])
-            if seconds is None:
-                continue
-            t = totals.setdefault(cells[0], [0, 0.0])
-            t[0] += int(cells[2])
+            t = totals.setdefault(name, [0, 0.0])
+            t[0] += count
             t[1] += seconds
     return totals
 

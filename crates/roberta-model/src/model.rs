@@ -30,11 +30,17 @@ impl<B: Backend> RobertaInput<B> {
     }
 
     /// Builds a batch from padded rows of ids and their lengths.
-    pub fn from_rows(rows: &[Vec<u32>], pad_token_id: u32, device: &B::Device) -> Self {
-        let seq = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    pub fn from_rows<R: AsRef<[u32]>>(rows: &[R], pad_token_id: u32, device: &B::Device) -> Self {
+        let seq = rows
+            .iter()
+            .map(|r| r.as_ref().len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut ids = Vec::with_capacity(rows.len() * seq);
         let mut mask = Vec::with_capacity(rows.len() * seq);
         for row in rows {
+            let row = row.as_ref();
             for i in 0..seq {
                 ids.push(row.get(i).copied().unwrap_or(pad_token_id) as i64);
                 mask.push(i64::from(i < row.len()));

@@ -231,9 +231,9 @@ impl PoolingChoice {
 
 /// Rows pooled per forward pass, sorted by length within a window so that a batch pads
 /// little; vectors come back in the rows' order.
-pub fn encode<B: Kernels>(
+pub fn encode<B: Kernels, R: AsRef<[u32]>>(
     model: &RobertaModel<B>,
-    rows: &[Vec<u32>],
+    rows: &[R],
     pad: u32,
     batch_size: usize,
     choice: PoolingChoice,
@@ -241,10 +241,10 @@ pub fn encode<B: Kernels>(
 ) -> Result<Vec<Vec<f32>>> {
     let layers = model.num_layers();
     let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(rows[i].len()));
+    order.sort_by_key(|&i| std::cmp::Reverse(rows[i].as_ref().len()));
     let mut out = vec![Vec::new(); rows.len()];
     for batch in order.chunks(batch_size) {
-        let batch_rows: Vec<Vec<u32>> = batch.iter().map(|&i| rows[i].clone()).collect();
+        let batch_rows: Vec<&[u32]> = batch.iter().map(|&i| rows[i].as_ref()).collect();
         let input = RobertaInput::from_rows(&batch_rows, pad, device);
         let mask = input.attention_mask.clone();
         let output = model.forward(input, choice.layer < layers);

@@ -81,7 +81,7 @@ pub fn embed<B: TrainingBackend>(device: B::Device, args: EmbedArgs) -> Result<(
                     if chunk.is_empty() {
                         break;
                     }
-                    let ids: Vec<Vec<u32>> = chunk.iter().map(|r| r.ids.clone()).collect();
+                    let ids: Vec<&[u32]> = chunk.iter().map(|r| r.ids.as_slice()).collect();
                     let vectors = encode(&model, &ids, pad, args.batch_size, choice, &device)?;
                     for (row, vector) in chunk.iter().zip(&vectors) {
                         sink.push(row, vector)?;

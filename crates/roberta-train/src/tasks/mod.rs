@@ -177,7 +177,7 @@ pub trait LabeledTask: Sized + Send + Sync {
     fn ids(feature: &Self::Feature) -> &[u32];
     /// A batch's token ids as a padded model input.
     fn input<B: Kernels>(batch: &[Self::Feature], pad: u32, device: &B::Device) -> RobertaInput<B> {
-        let rows: Vec<Vec<u32>> = batch.iter().map(|f| Self::ids(f).to_vec()).collect();
+        let rows: Vec<&[u32]> = batch.iter().map(Self::ids).collect();
         RobertaInput::from_rows(&rows, pad, device)
     }
     /// Terms of a batch's summed loss.

@@ -379,6 +379,15 @@ pub fn save(
     Ok(target)
 }
 
+/// Whether a checkpoint holds the record `name` (burn's recorder adds its extension).
+pub fn has_file(dir: &Path, name: &str) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| Path::new(&e.file_name()).file_stem() == Some(std::ffi::OsStr::new(name)))
+    })
+}
+
 /// Writes the model, its HF `config.json` and the tokenizer into a checkpoint being
 /// written, so that `export` makes an HF directory of any checkpoint on its own.
 pub fn write_model<B: Backend, M: Pretrained<B> + Module<B>>(

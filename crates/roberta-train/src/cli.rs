@@ -149,6 +149,23 @@ pub enum Command {
         #[arg(long, requires = "sentence_transformers")]
         normalize: bool,
     },
+    /// Average the weights of several checkpoints (fairseq's average_checkpoints.py)
+    /// into one HF model directory: the element-wise mean in fp32, of checkpoints of one
+    /// architecture and tokenizer.
+    Average {
+        /// Checkpoint or HF model directories.
+        #[arg(long, num_args = 1.., required_unless_present = "last", conflicts_with_all = ["last", "run"])]
+        checkpoints: Vec<PathBuf>,
+        /// The run's newest N checkpoints that verify (with --run).
+        #[arg(long, requires = "run")]
+        last: Option<usize>,
+        /// The run directory (with --last).
+        #[arg(long, requires = "last")]
+        run: Option<PathBuf>,
+        /// The HF directory to write (new).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Draw a run's loss, learning-rate and accuracy curves into a PNG.
     Plot {
         /// The run directory (holds metrics.jsonl).

@@ -90,6 +90,10 @@ pub struct DataSection {
     /// Text files hold one document per line.
     #[serde(default)]
     pub doc_per_line: bool,
+    /// Seed of everything drawn from the data: the held-out documents (with
+    /// `valid_fraction`), the order and the masks (default: `train.seed`). Give
+    /// `valid` files to keep the validation set fixed across data seeds.
+    pub seed: Option<u64>,
 }
 
 fn default_valid_fraction() -> f64 {
@@ -185,8 +189,16 @@ pub struct TrainSection {
     /// Micro-batches per update: the update sees batch_size × accumulation sequences.
     #[serde(default = "one")]
     pub accumulation: usize,
+    /// Seeds everything that `data.seed` and `train.init_seed` do not: dropout, and
+    /// those two when unset.
     #[serde(default)]
     pub seed: u64,
+    /// Seed of the weights' initialisation (default: `train.seed`).
+    pub init_seed: Option<u64>,
+    /// Keep an exponential moving average of the weights with this decay (such as
+    /// 0.9999), warmed up as `min(d, (1 + t) / (10 + t))`; evaluation, `best/` and
+    /// `final/` use it. Unset: none.
+    pub ema_decay: Option<f64>,
     /// Updates whose loss is NaN or infinite are skipped; this many in a row abort.
     #[serde(default = "default_max_bad_steps")]
     pub max_bad_steps: u32,
@@ -238,6 +250,10 @@ pub struct LogSection {
     /// synchronisation slows that update: on a GPU it shows where an update's time
     /// goes, at the cost of the overlap it removes.
     pub profile_every: u64,
+    /// TensorBoard event files with every `metrics.jsonl` number: `true` writes them
+    /// into the run directory's `tb/`, a path into that directory (`tensorboard
+    /// --logdir PATH`); `false` (default) writes none.
+    pub tensorboard: TensorBoardSetting,
 }
 
 impl Default for LogSection {
@@ -245,8 +261,37 @@ impl Default for LogSection {
         Self {
             every: 10,
             profile_every: 0,
+            tensorboard: TensorBoardSetting::On(false),
         }
     }
+}
+
+impl LogSection {
+    /// Where the run's TensorBoard files go, if anywhere.
+    pub fn tensorboard_dir(&self, run_dir: &Path) -> Option<PathBuf> {
+        match &self.tensorboard {
+            TensorBoardSetting::On(true) => Some(run_dir.join(crate::run_dir::TENSORBOARD)),
+            TensorBoardSetting::On(false) => None,
+            TensorBoardSetting::Dir(dir) => Some(dir.clone()),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let TensorBoardSetting::Dir(dir) = &self.tensorboard
+            && dir.as_os_str().is_empty()
+        {
+            bail!("log.tensorboard = \"\" must be true, false or a directory");
+        }
+        Ok(())
+    }
+}
+
+/// `log.tensorboard`: on or off, or the directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TensorBoardSetting {
+    On(bool),
+    Dir(PathBuf),
 }
 
 /// Pretraining's validation: masked-LM loss, perplexity and accuracy on the valid split.
@@ -324,6 +369,16 @@ impl ProbeSection {
     }
 }
 
+/// `train.ema_decay`, in both commands.
+fn check_ema_decay(decay: Option<f64>) -> Result<()> {
+    if let Some(d) = decay
+        && !(d > 0.0 && d < 1.0)
+    {
+        bail!("train.ema_decay = {d} must be in (0, 1)");
+    }
+    Ok(())
+}
+
 /// Keys of earlier releases, read into their new place with a warning.
 const PRETRAIN_RENAMED: &[(&str, &str)] = &[
     ("log.valid_every", "eval.every"),
@@ -336,8 +391,9 @@ impl PretrainConfig {
     /// warning per deprecated key it read.
     pub fn load(path: &Path, sets: &[String]) -> Result<(Self, Vec<String>)> {
         let (table, warnings) = read_table(path, sets, PRETRAIN_RENAMED)?;
-        let config: Self = deserialize(path, table, sets)?;
+        let mut config: Self = deserialize(path, table, sets)?;
         config.validate().map_err(|e| blame(path, sets, e))?;
+        config.resolve_seeds();
         Ok((config, warnings))
     }
 
@@ -394,6 +450,8 @@ impl PretrainConfig {
             );
         }
         self.optim.validate()?;
+        self.log.validate()?;
+        check_ema_decay(self.train.ema_decay)?;
         let d = &self.data;
         if d.train.is_empty() {
             bail!("data.train names no input");
@@ -438,6 +496,16 @@ impl PretrainConfig {
         Ok(())
     }
 
+    /// The seed of the data order and the masks.
+    pub fn data_seed(&self) -> u64 {
+        self.data.seed.unwrap_or(self.train.seed)
+    }
+
+    /// The seed of the initial weights.
+    pub fn init_seed(&self) -> u64 {
+        self.train.init_seed.unwrap_or(self.train.seed)
+    }
+
     /// The architecture for a vocabulary of `vocab_size`.
     pub fn model_config(&self, vocab_size: usize) -> RobertaConfig {
         let m = &self.model;
@@ -478,9 +546,25 @@ impl RunConfig for PretrainConfig {
             "train",
             &self.train,
             &saved.train,
-            Some(&["batch_size", "accumulation", "seed", "precision"]),
+            Some(&[
+                "batch_size",
+                "accumulation",
+                "seed",
+                "init_seed",
+                "ema_decay",
+                "precision",
+            ]),
         ));
         changes
+    }
+
+    fn resolve_seeds(&mut self) {
+        self.data.seed.get_or_insert(self.train.seed);
+        self.train.init_seed.get_or_insert(self.train.seed);
+    }
+
+    fn log(&self) -> &LogSection {
+        &self.log
     }
 
     fn accumulation_mut(&mut self) -> (usize, &mut usize) {
@@ -696,6 +780,8 @@ pub struct FinetuneDataSection {
     pub valid: Option<PathBuf>,
     /// The tokenizer; by default the one in the initial model's directory.
     pub tokenizer: Option<PathBuf>,
+    /// Seed of the example order (default: `train.seed`).
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -721,7 +807,12 @@ pub struct FinetuneTrainSection {
     /// Examples (QA: windows) per micro-batch.
     pub batch_size: usize,
     pub accumulation: usize,
+    /// Seeds dropout, and `data.seed` and `init_seed` when unset.
     pub seed: u64,
+    /// Seed of the new head's initialisation (default: `seed`).
+    pub init_seed: Option<u64>,
+    /// An exponential moving average of the weights, as pretraining's.
+    pub ema_decay: Option<f64>,
     /// Warmup as a fraction of all updates (the paper: 6%).
     pub warmup_ratio: f64,
     /// Stop after this many updates (0: train all `epochs`); the schedule spans the
@@ -740,6 +831,8 @@ impl Default for FinetuneTrainSection {
             batch_size: 32,
             accumulation: 1,
             seed: 0,
+            init_seed: None,
+            ema_decay: None,
             warmup_ratio: 0.06,
             max_steps: 0,
             max_bad_steps: 5,
@@ -795,8 +888,9 @@ impl FinetuneConfig {
                 optim.entry(k).or_insert(v);
             }
         }
-        let config: Self = deserialize(path, value, sets)?;
+        let mut config: Self = deserialize(path, value, sets)?;
         config.validate().map_err(|e| blame(path, sets, e))?;
+        config.resolve_seeds();
         Ok((config, warnings))
     }
 
@@ -832,6 +926,7 @@ impl FinetuneConfig {
     pub fn validate(&self) -> Result<()> {
         self.task.validate()?;
         self.optim.validate()?;
+        self.log.validate()?;
         let t = &self.train;
         for (key, v) in [
             ("train.epochs", t.epochs),
@@ -849,6 +944,7 @@ impl FinetuneConfig {
         if !(0.0..1.0).contains(&t.warmup_ratio) {
             bail!("train.warmup_ratio = {} must be in [0, 1)", t.warmup_ratio);
         }
+        check_ema_decay(t.ema_decay)?;
         let metric = self.metric();
         if !self.task.kind.metrics().contains(&metric) {
             bail!(
@@ -885,6 +981,16 @@ impl FinetuneConfig {
         Ok(())
     }
 
+    /// The seed of the example order.
+    pub fn data_seed(&self) -> u64 {
+        self.data.seed.unwrap_or(self.train.seed)
+    }
+
+    /// The seed of the new head's weights.
+    pub fn init_seed(&self) -> u64 {
+        self.train.init_seed.unwrap_or(self.train.seed)
+    }
+
     /// The metric that picks the best checkpoint.
     pub fn metric(&self) -> &str {
         self.eval
@@ -911,6 +1017,8 @@ impl RunConfig for FinetuneConfig {
                 "batch_size",
                 "accumulation",
                 "seed",
+                "init_seed",
+                "ema_decay",
                 "epochs",
                 "warmup_ratio",
                 "max_steps",
@@ -922,6 +1030,15 @@ impl RunConfig for FinetuneConfig {
 
     fn accumulation_mut(&mut self) -> (usize, &mut usize) {
         (self.train.batch_size, &mut self.train.accumulation)
+    }
+
+    fn resolve_seeds(&mut self) {
+        self.data.seed.get_or_insert(self.train.seed);
+        self.train.init_seed.get_or_insert(self.train.seed);
+    }
+
+    fn log(&self) -> &LogSection {
+        &self.log
     }
 }
 
@@ -939,6 +1056,13 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned {
     /// devices rescales.
     fn accumulation_mut(&mut self) -> (usize, &mut usize);
 
+    /// Writes `train.seed` into the seeds left unset (`data.seed`, `train.init_seed`),
+    /// so that the saved config records every seed the run used and a resume compares
+    /// them whichever way they were given.
+    fn resolve_seeds(&mut self);
+
+    fn log(&self) -> &LogSection;
+
     fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
@@ -950,8 +1074,10 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned {
             toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
         rename_deprecated(&mut table, Self::RENAMED)
             .with_context(|| format!("{}: saved config", path.display()))?;
-        deserialize(path, table, &[])
-            .with_context(|| format!("{} is not a config of this command", path.display()))
+        let mut config: Self = deserialize(path, table, &[])
+            .with_context(|| format!("{} is not a config of this command", path.display()))?;
+        config.resolve_seeds();
+        Ok(config)
     }
 }
 

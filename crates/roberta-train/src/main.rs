@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use roberta_train::cli::{Cli, Command, DataCommand, TokenizerCommand};
 use roberta_train::commands::{
-    self, apply::apply, embed::embed, evaluate::evaluate, export::export, finetune::finetune,
-    infer::fill_mask, pretrain::pretrain, probe::probe,
+    self, apply::apply, average::average, embed::embed, evaluate::evaluate, export::export,
+    finetune::finetune, infer::fill_mask, pretrain::pretrain, probe::probe,
 };
 use roberta_train::config::{FinetuneConfig, PretrainConfig};
 use roberta_train::processes::{self, Processes};
@@ -256,6 +256,18 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             device,
             apply(task.apply_args(model, input, Some(output)), true)
         ),
+        Command::Average {
+            checkpoints,
+            last,
+            run,
+            out,
+        } => {
+            let inputs = match (last, run) {
+                (Some(last), Some(run)) => commands::average::Inputs::Last { run, last },
+                _ => commands::average::Inputs::Dirs(checkpoints),
+            };
+            dispatch!(device, average(inputs, out))
+        }
         Command::Export {
             checkpoint,
             out,

@@ -19,6 +19,8 @@ pub const LOG: &str = "train.log";
 pub const METRICS: &str = "metrics.jsonl";
 /// Where fine-tuning exports a checkpoint it starts from.
 pub const INIT: &str = "init";
+/// TensorBoard's event files, with `log.tensorboard = true`.
+pub const TENSORBOARD: &str = "tb";
 
 /// What a run writes at the top of its directory.
 fn owned(name: &str) -> bool {
@@ -35,6 +37,7 @@ fn owned_name(name: &str) -> bool {
         checkpoint::FINAL,
         checkpoint::BEST,
         INIT,
+        TENSORBOARD,
         LOCK,
     ]
     .contains(&name)

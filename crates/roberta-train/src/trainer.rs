@@ -5,7 +5,6 @@
 //! evaluation.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,17 +18,18 @@ use burn::tensor::DType;
 use roberta_data::RobertaTokenizer;
 use roberta_data::rng::{self, Purpose};
 use roberta_model::{Precision, RobertaConfig, TrainingBackend};
-use serde::Serialize;
 
 use crate::checkpoint::{
     self, Best, DataFingerprint, LogInterval, Recorder32, Retention, TrainerState, UpdateSummary,
 };
 use crate::config::{OptimSection, RunConfig};
-use crate::metrics::{Metrics, format_metrics};
+use crate::ema::Ema;
+use crate::metrics::Metrics;
 use crate::optim::{AdamWGroups, learning_rate};
 use crate::parallel::{self, Group};
 use crate::processes::{self, Processes};
-use crate::run_dir::{self, METRICS};
+use crate::run_dir;
+use crate::sinks::{Console, MetricsFile, MetricsLine, Sinks, TensorBoard};
 use crate::tasks::{BatchPlan, Task, Window};
 
 /// How a run trains, whatever the task.
@@ -39,7 +39,10 @@ pub struct Settings {
     pub batch_size: usize,
     /// Micro-batches per update on each device.
     pub accumulation: usize,
+    /// Dropout's seed.
     pub seed: u64,
+    /// The data order's (and the masks') seed.
+    pub data_seed: u64,
     pub precision: Precision,
     pub max_bad_steps: u32,
     pub optim: OptimSection,
@@ -50,6 +53,10 @@ pub struct Settings {
     pub log_every: u64,
     /// Time an update's phases every this many updates (0: never).
     pub profile_every: u64,
+    /// Where TensorBoard's event files go, if anywhere.
+    pub tensorboard: Option<PathBuf>,
+    /// Keep an exponential moving average of the weights with this decay.
+    pub ema_decay: Option<f64>,
     /// Evaluate every this many updates; 0: at the end of every epoch.
     pub eval_every: u64,
     /// Keep the best evaluated model in `best/` (fine-tuning).
@@ -171,29 +178,51 @@ impl<'a, B: Backend> Phases<'a, B> {
     }
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Serialize, Default)]
-struct MetricsLine {
+/// The leader's metrics sinks: `metrics.jsonl` (lines past `step` dropped), the
+/// console, and TensorBoard when asked.
+fn sinks(
+    settings: &Settings,
+    files: &RunFiles,
+    bar: &indicatif::ProgressBar,
     step: u64,
-    epoch: u64,
-    loss: f64,
-    lr: f64,
-    grad_norm: f64,
-    tokens_per_s: f64,
-    /// Masked LM: accuracy on the masked tokens since the last line.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    masked_acc: Option<f64>,
-    /// Several replicas: seconds per update spent in the gradient all-reduce, waiting
-    /// for the slowest replica included.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    allreduce_s: Option<f64>,
-    /// `log.profile_every`: the phases of the last profiled update, in seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    profile: Option<BTreeMap<String, f64>>,
-    /// `valid_<metric>` of an evaluation at this step.
-    #[serde(flatten)]
-    valid: BTreeMap<String, f64>,
-    bad_steps: u64,
+) -> Result<Sinks> {
+    let mut sinks = Sinks::default()
+        .with(MetricsFile::open(&files.run_dir, step)?)
+        .with(Console {
+            bar: bar.clone(),
+            total: settings.total,
+        });
+    if let Some(dir) = &settings.tensorboard {
+        sinks = sinks.with(TensorBoard::open(dir, &files.run_dir, step)?);
+    }
+    Ok(sinks)
+}
+
+/// The weights' moving average when `train.ema_decay` asks for one: the checkpoint's
+/// when resuming, else a copy of the starting weights.
+fn ema<B: TrainingBackend, M: AutodiffModule<B>>(
+    settings: &Settings,
+    model: &M,
+    resume: Option<&checkpoint::Found>,
+    device: &B::Device,
+) -> Result<Option<Ema<M::InnerModule>>> {
+    let Some(decay) = settings.ema_decay else {
+        return Ok(None);
+    };
+    let ema = Ema::new(decay, model.valid());
+    match resume {
+        Some((path, _)) if checkpoint::has_file(path, crate::ema::EMA) => {
+            Ok(Some(ema.load::<B::InnerBackend>(path, device)?))
+        }
+        Some((path, _)) => {
+            tracing::warn!(
+                "{} holds no average of the weights: train.ema_decay starts one from its weights",
+                path.display()
+            );
+            Ok(Some(ema))
+        }
+        None => Ok(Some(ema)),
+    }
 }
 
 /// Trains `model` on `task` over `devices` (one replica each), from a checkpoint when
@@ -276,7 +305,7 @@ pub fn train<B: TrainingBackend, T: Task<B>>(
         state.step + state.bad_steps,
         DEVICE_READS.load(Ordering::Relaxed),
     );
-    let (model, state, stopped) = std::thread::scope(|scope| -> Result<_> {
+    let outcome_parts = std::thread::scope(|scope| -> Result<_> {
         // Replicas 1…N-1 run on their own threads; replica 0, on this one, also logs,
         // evaluates and checkpoints (in rank 0's process).
         let mut others = Vec::new();
@@ -290,11 +319,13 @@ pub fn train<B: TrainingBackend, T: Task<B>>(
         let first = replica(0)?;
         let model = first.group.broadcast_model(model);
         let optim = optimizer(&model, &devices[0])?;
+        let bar = crate::progress::steps_bar(settings.total, state.step);
         let leader = match processes.is_leader() {
             true => Some(Leader {
+                ema: ema(settings, &model, resume, &devices[0])?,
                 files,
-                metrics: MetricsFile::open(&files.run_dir, state.step)?,
-                bar: crate::progress::steps_bar(settings.total, state.step),
+                sinks: sinks(settings, files, &bar, state.step)?,
+                bar,
                 saved_step: state.step,
                 retention: Retention::new(settings.keep),
                 early_stop: false,
@@ -310,6 +341,12 @@ pub fn train<B: TrainingBackend, T: Task<B>>(
         }
         outcome
     })?;
+    let Finished {
+        model,
+        state,
+        stopped,
+        ema,
+    } = outcome_parts;
     tracing::debug!(
         "{} device-to-host reads in the training loop over {} updates on {} replica(s)",
         DEVICE_READS.load(Ordering::Relaxed) - reads_before,
@@ -334,7 +371,7 @@ pub fn train<B: TrainingBackend, T: Task<B>>(
     }
     checkpoint::save_hf_dir(
         &files.run_dir.join(checkpoint::FINAL),
-        &model.valid(),
+        &ema.unwrap_or_else(|| model.valid()),
         &files.model_config,
         &files.tokenizer,
         None,
@@ -353,9 +390,11 @@ struct Replica<'a, B: TrainingBackend, T: Task<B>> {
 }
 
 /// What only replica 0 does: metrics, evaluation, `best/`, checkpoints.
-struct Leader<'a> {
+struct Leader<'a, I> {
     files: &'a RunFiles,
-    metrics: MetricsFile,
+    /// The weights' moving average, which evaluation, `best/` and `final/` use.
+    ema: Option<Ema<I>>,
+    sinks: Sinks,
     bar: indicatif::ProgressBar,
     /// The step of the newest checkpoint.
     saved_step: u64,
@@ -364,6 +403,18 @@ struct Leader<'a> {
     /// The process's stop flag, which an evaluation looks at between batches.
     stop: Arc<AtomicBool>,
 }
+
+/// How a replica's loop ended: the model, the state, whether a signal stopped it, and
+/// (the leader's) the weights' average.
+struct Finished<M, I> {
+    model: M,
+    state: TrainerState,
+    stopped: bool,
+    ema: Option<I>,
+}
+
+/// The model of a task without autodiff, as evaluated and saved.
+type Inner<B, T> = <<T as Task<B>>::Model as AutodiffModule<B>>::InnerModule;
 
 impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
     /// The loop. Every replica takes its share of each micro-batch; the window's target
@@ -377,8 +428,8 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
         mut optim: AdamWGroups<B, T::Model>,
         mut state: TrainerState,
         stop: Option<Arc<AtomicBool>>,
-        mut leader: Option<Leader<'_>>,
-    ) -> Result<(T::Model, TrainerState, bool)> {
+        mut leader: Option<Leader<'_, Inner<B, T>>>,
+    ) -> Result<Finished<T::Model, Inner<B, T>>> {
         let s = self.settings;
         // Replicas that resumed from different checkpoints (processes that do not see
         // the same run directory) would train apart.
@@ -394,7 +445,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             rank: self.rank,
             world: self.world,
             batch_size: s.batch_size,
-            seed: s.seed,
+            seed: s.data_seed,
             start: state.loader,
             stop: stop.clone(),
         });
@@ -516,6 +567,10 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             model = optim.step(lr, model, grads, norm);
             phases.end("optimizer");
             state.step += 1;
+            if let Some(ema) = leader.as_mut().and_then(|l| l.ema.as_mut()) {
+                ema.update(state.step, &model.valid());
+                phases.end("ema");
+            }
             if let Some(profile) = phases.finish() {
                 state.pending.profile = Some(profile);
             }
@@ -549,12 +604,17 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
         if let Some(leader) = leader.as_mut() {
             leader.bar.finish_and_clear();
             if leader.saved_step != state.step {
-                leader.metrics.sync();
+                leader.sinks.sync();
                 self.save(leader, &model, &optim, &state, interval_start)?;
             }
         }
         self.group.leave()?;
-        Ok((model, state, stopped))
+        Ok(Finished {
+            model,
+            state,
+            stopped,
+            ema: leader.and_then(|l| l.ema).map(|e| e.model),
+        })
     }
 
     fn sum<const N: usize>(&self, values: [f64; N]) -> Result<[f64; N]> {
@@ -584,7 +644,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
     /// checkpoint.
     fn after_update(
         &self,
-        leader: &mut Leader<'_>,
+        leader: &mut Leader<'_, Inner<B, T>>,
         model: &T::Model,
         optim: &AdamWGroups<B, T::Model>,
         state: &mut TrainerState,
@@ -613,44 +673,34 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 profile: i.profile.clone(),
                 valid: BTreeMap::new(),
                 bad_steps: state.bad_steps,
+                best: false,
             };
-            let summary = format!(
-                "loss {:.4} lr {:.2e} {:.0} tok/s",
-                line.loss, line.lr, line.tokens_per_s
-            );
-            crate::progress::log_line(&format!("step {step}/{} {summary}", s.total));
-            leader.bar.set_message(summary);
             if evaluate_now {
-                let inner = model.valid();
+                let inner = match &leader.ema {
+                    Some(ema) => ema.model.clone(),
+                    None => model.valid(),
+                };
                 let Some(scores) = self.task.evaluate(&inner, &self.device, &leader.stop)? else {
                     state.unlogged = Some(update);
                     return Ok(());
                 };
-                let improved = match &s.best {
+                line.best = match &s.best {
                     Some(policy) => self.keep_best(leader, &inner, state, policy, &scores)?,
                     None => false,
                 };
-                crate::progress::report(
-                    &leader.bar,
-                    &format!(
-                        "step {step} valid {}{}",
-                        format_metrics(&scores),
-                        if improved { "  (best)" } else { "" }
-                    ),
-                );
                 line.valid = scores
                     .into_iter()
                     .map(|(k, v)| (format!("valid_{k}"), v))
                     .collect();
             }
             state.pending = LogInterval::default();
-            leader.metrics.write(&line)?;
+            leader.sinks.write(&line)?;
         }
         let periodic = s.checkpoint_every > 0 && step.is_multiple_of(s.checkpoint_every);
         // With a best model, the state records the best and the evaluations since: a
         // checkpoint keeps them in step with `best/`.
         if periodic || step == s.total || (evaluate_now && s.best.is_some()) {
-            leader.metrics.sync();
+            leader.sinks.sync();
             self.save(leader, model, optim, state, *interval_start)?;
         }
         if log_now {
@@ -664,7 +714,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
     /// `best/`, and `patience` evaluations without one ask for an early stop.
     fn keep_best(
         &self,
-        leader: &mut Leader<'_>,
+        leader: &mut Leader<'_, Inner<B, T>>,
         inner: &<T::Model as AutodiffModule<B>>::InnerModule,
         state: &mut TrainerState,
         policy: &BestPolicy,
@@ -710,7 +760,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
     /// run's tokens/s covers them too.
     fn save(
         &self,
-        leader: &mut Leader<'_>,
+        leader: &mut Leader<'_, Inner<B, T>>,
         model: &T::Model,
         optim: &AdamWGroups<B, T::Model>,
         state: &TrainerState,
@@ -726,6 +776,9 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             &mut leader.retention,
             |tmp| {
                 checkpoint::write_model(tmp, model, &files.model_config, &files.tokenizer)?;
+                if let Some(ema) = &leader.ema {
+                    ema.save(tmp)?;
+                }
                 optim.save(tmp)
             },
         )?;
@@ -752,6 +805,12 @@ pub fn start_run<C: RunConfig>(
         let found = resume_point(run_dir, resume)?;
         run_dir::check_contents(run_dir, resume.is_some(), found.is_some())?;
         run_dir::remove_stale_temporaries(run_dir)?;
+        if let Some(dir) = config.log().tensorboard_dir(run_dir)
+            && dir.is_dir()
+        {
+            let owner = crate::tensorboard::Owner::of(run_dir, &dir);
+            crate::tensorboard::check_dir(&dir, &owner)?;
+        }
         processes.barrier();
         found
     } else {
@@ -972,49 +1031,6 @@ pub fn machine_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// `metrics.jsonl`: one JSON object per logged step, appended and flushed as it comes.
-pub struct MetricsFile {
-    file: std::fs::File,
-}
-
-impl MetricsFile {
-    /// Opens the run's metrics for appending, first dropping lines past `step`: a run
-    /// killed after its last checkpoint logged steps that the resumed run takes again.
-    pub fn open(run_dir: &Path, step: u64) -> Result<Self> {
-        let path = run_dir.join(METRICS);
-        if std::fs::symlink_metadata(&path).is_ok() {
-            let text = roberta_data::input::read_to_string(&path)?;
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
-                        .is_some_and(|s| s <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            roberta_model::hf::write_atomic(&path, kept.as_bytes())?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { file })
-    }
-
-    pub fn write(&mut self, line: &impl serde::Serialize) -> Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(line)?)?;
-        self.file.flush()?;
-        Ok(())
-    }
-
-    pub fn sync(&self) {
-        self.file.sync_data().ok();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1032,20 +1048,5 @@ mod tests {
             assert!(policy.improves(0.5, None));
             assert_eq!(policy.improves(0.6, Some(0.5)), higher_is_better);
         }
-    }
-
-    #[test]
-    fn metrics_past_the_checkpoint_are_dropped_on_resume() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(METRICS);
-        std::fs::write(&path, "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n").unwrap();
-        let mut m = MetricsFile::open(dir.path(), 2).unwrap();
-        m.write(&serde_json::json!({"step": 3, "loss": 1.0}))
-            .unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            text,
-            "{\"step\":1}\n{\"step\":2}\n{\"loss\":1.0,\"step\":3}\n"
-        );
     }
 }

@@ -6,8 +6,9 @@ use std::process::Command;
 mod common;
 
 use common::{
-    assert_same_updates, fails, first_checkpoint_of, losses, mlm_fixture, ok, pretrain,
-    pretrain_no_dropout, pretrain_no_dropout_output, repo, run, s, small_corpus, tiny_config,
+    assert_no_temporaries, assert_same_updates, fails, first_checkpoint_of, jsonl, losses,
+    mlm_fixture, ok, pretrain, pretrain_args, pretrain_no_dropout, pretrain_no_dropout_output,
+    repo, run, s, small_corpus, tiny_config, weights,
 };
 
 /// A model directory with only `pytorch_model.bin` (torch.save) fills masks as its
@@ -629,12 +630,7 @@ fn preprocess_is_deterministic_idempotent_and_inspectable() {
         s(&blocked),
     ]));
     assert!(err.contains("empty.txt"), "{err}");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_temporaries(dir.path());
 }
 
 #[test]
@@ -726,16 +722,25 @@ fn resume_after_kill_9_repeats_the_uninterrupted_losses_bitwise() {
     args.extend(longer);
     ok(&run(&args));
     let again = dir.path().join("random-kills");
+    let mut args = vec!["pretrain", "--config", s(&config), "--run-dir", s(&again)];
+    args.extend(longer);
+    let kills = until_done_with_random_kills(&args, &dir.path().join("stderr.log"), half_run_ms);
+    eprintln!("finished after {kills} kills");
+    assert_eq!(losses(&again), losses(&straight));
+}
+
+/// Runs `args` with `--resume auto` again and again, each run killed (SIGKILL) at a
+/// seeded random instant within `2 × half_run_ms` (in start-up, an update, a metrics
+/// write or a checkpoint write), until one finishes; returns the number of kills.
+fn until_done_with_random_kills(args: &[&str], log: &Path, half_run_ms: u64) -> u32 {
     let mut lcg = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
-    let log = dir.path().join("stderr.log");
     loop {
         let mut child = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
-            .args(["pretrain", "--config", s(&config), "--run-dir", s(&again)])
+            .args(args)
             .args(["--resume", "auto"])
-            .args(longer)
             .current_dir(repo())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
         lcg = lcg
@@ -749,17 +754,96 @@ fn resume_after_kill_9_repeats_the_uninterrupted_losses_bitwise() {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         if let Some(status) = child.try_wait().unwrap() {
-            let stderr = std::fs::read_to_string(&log).unwrap();
+            let stderr = std::fs::read_to_string(log).unwrap();
             assert!(status.success(), "after {kills} kills: {stderr}");
-            break;
+            return kills;
         }
         child.kill().ok();
         child.wait().unwrap();
         kills += 1;
         assert!(kills < 50, "never finished");
     }
+}
+
+/// With the weights' moving average on and TensorBoard files written, a run killed at
+/// random instants resumes bitwise: the same metrics (evaluated on the average), the same
+/// `final/` (the average), and TensorBoard's files hold each line's numbers once, at its
+/// step, whatever was logged past a checkpoint before a kill.
+#[test]
+fn random_kills_with_the_weights_average_and_tensorboard_resume_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let settings = [
+        "--set",
+        "schedule.total_steps=60",
+        "--set",
+        "checkpoint.every=4",
+        "--set",
+        "train.ema_decay=0.9",
+        "--set",
+        "log.tensorboard=true",
+    ];
+    let straight = dir.path().join("straight");
+    let clock = std::time::Instant::now();
+    ok(&pretrain(&config, &straight, &settings));
+    let half_run_ms = clock.elapsed().as_millis() as u64 / 2;
+    let killed = dir.path().join("killed");
+    let args = pretrain_args(&config, &killed, &settings);
+    let kills = until_done_with_random_kills(&args, &dir.path().join("stderr.log"), half_run_ms);
     eprintln!("finished after {kills} kills");
-    assert_eq!(losses(&again), losses(&straight));
+
+    let without_speed = |run: &Path| -> Vec<serde_json::Value> {
+        let mut lines = jsonl(&run.join("metrics.jsonl"));
+        for l in &mut lines {
+            l.as_object_mut().unwrap().remove("tokens_per_s");
+        }
+        lines
+    };
+    let same_as_straight = |run: &Path| {
+        assert_eq!(without_speed(run), without_speed(&straight));
+        assert_eq!(
+            weights(&run.join("final")),
+            weights(&straight.join("final"))
+        );
+        let scalars = roberta_train::tensorboard::read_scalars(&run.join("tb")).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for (step, tag, _) in &scalars {
+            assert!(
+                seen.insert((*step, tag.clone())),
+                "{tag} twice at step {step}"
+            );
+        }
+        for line in jsonl(&run.join("metrics.jsonl")) {
+            let step = line["step"].as_u64().unwrap();
+            for (key, value) in line.as_object().unwrap() {
+                let Some(value) = value.as_f64().filter(|_| key != "step") else {
+                    continue;
+                };
+                let logged = scalars
+                    .iter()
+                    .find(|(s, t, _)| *s == step && t == key)
+                    .unwrap_or_else(|| panic!("{key} at step {step} not in TensorBoard's files"));
+                assert_eq!(logged.2, value as f32, "{key} at step {step}");
+            }
+        }
+    };
+    same_as_straight(&killed);
+    // Steps 41–60 logged, then taken again from the checkpoint at 40: each once.
+    let forty = killed.join("checkpoints/step-0000040");
+    let mut again = args.clone();
+    again.extend(["--resume", s(&forty), "--force"]);
+    ok(&run(&again));
+    same_as_straight(&killed);
+    // The average, not the raw weights, is final/.
+    let raw = dir.path().join("raw");
+    ok(&run(&[
+        "export",
+        "--checkpoint",
+        s(&straight.join("checkpoints/step-0000060")),
+        "--out",
+        s(&raw),
+    ]));
+    assert_ne!(weights(&raw), weights(&straight.join("final")));
 }
 
 #[test]
@@ -1141,4 +1225,198 @@ fn a_binary_without_mpi_refuses_to_run_as_one_of_several_ranks() {
         err.contains("without the `mpi` feature") && err.contains("OMPI_COMM_WORLD_SIZE=2"),
         "{err}"
     );
+}
+
+/// `data.seed` moves the data order and the masks and nothing else; `train.init_seed`
+/// moves the initial weights and nothing else; both default to `train.seed`, and the
+/// saved config records all three.
+#[test]
+fn data_and_init_seeds_vary_one_thing_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let go = |name: &str, sets: &[&str]| -> PathBuf {
+        let run_dir = dir.path().join(name);
+        let mut extra = vec!["--set", "optim.lr=1e-9"];
+        for set in sets {
+            extra.extend(["--set", set]);
+        }
+        pretrain_no_dropout(&config, &run_dir, &extra);
+        run_dir
+    };
+    let base = go("base", &[]); // train.seed = 1 in tiny_config
+    let other_data = go("other-data", &["data.seed=7"]);
+    let other_init = go("other-init", &["train.init_seed=7"]);
+    let swapped = go("swapped", &["train.seed=7", "data.seed=1"]);
+    // lr 1e-9: the final weights are the initial ones to ~1e-8.
+    let close = |a: &Path, b: &Path| {
+        weights(&a.join("final"))
+            .iter()
+            .zip(weights(&b.join("final")))
+            .all(|((_, x), (_, y))| x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-6))
+    };
+    assert!(
+        close(&base, &other_data),
+        "data.seed changed the initialisation"
+    );
+    assert_ne!(
+        losses(&base),
+        losses(&other_data),
+        "data.seed changed nothing"
+    );
+    assert!(
+        !close(&base, &other_init),
+        "train.init_seed changed nothing"
+    );
+    // Initialised from 7 and fed from 1 either way, with dropout off: the same run.
+    assert_eq!(losses(&other_init), losses(&swapped));
+    let saved = std::fs::read_to_string(base.join("config.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&saved).unwrap();
+    assert_eq!(table["data"]["seed"].as_integer(), Some(1));
+    assert_eq!(table["train"]["init_seed"].as_integer(), Some(1));
+    // A resume that changes the data seed is refused.
+    let err = fails(&pretrain(
+        &config,
+        &base,
+        &["--resume", "auto", "--set", "data.seed=2"],
+    ));
+    assert!(err.contains("data.seed: 1 → 2"), "{err}");
+}
+
+/// `average` writes the element-wise mean of checkpoints (checkpoint or HF directories,
+/// or a run's last N) as an HF directory, equal to the mean computed here in f64 within
+/// 1e-7; checkpoints of another architecture, too few checkpoints and an existing output
+/// are refused, leaving nothing behind.
+#[test]
+fn average_is_the_mean_of_the_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    ok(&pretrain(&config, &run_dir, &[]));
+    let averaged = dir.path().join("averaged");
+    let out = ok(&run(&[
+        "average",
+        "--last",
+        "3",
+        "--run",
+        s(&run_dir),
+        "--out",
+        s(&averaged),
+    ]));
+    assert!(out.contains("averaged 3 checkpoints"), "{out}");
+    let mut exported = Vec::new();
+    for step in [4, 6, 8] {
+        let out = dir.path().join(format!("export-{step}"));
+        let checkpoint = run_dir.join(format!("checkpoints/step-{step:07}"));
+        ok(&run(&[
+            "export",
+            "--checkpoint",
+            s(&checkpoint),
+            "--out",
+            s(&out),
+        ]));
+        exported.push(weights(&out));
+    }
+    let mean = weights(&averaged);
+    assert_eq!(mean.len(), exported[0].len());
+    let mut worst = 0f64;
+    for (i, (key, values)) in mean.iter().enumerate() {
+        assert_eq!(key, &exported[0][i].0);
+        for (j, v) in values.iter().enumerate() {
+            let exact = exported.iter().map(|w| f64::from(w[i].1[j])).sum::<f64>() / 3.0;
+            worst = worst.max((f64::from(*v) - exact).abs());
+        }
+    }
+    assert!(worst <= 1e-7, "{worst}");
+    let fill = ok(&run(&[
+        "fill-mask",
+        "--model",
+        s(&averaged),
+        "The cat <mask> at night.",
+    ]));
+    assert!(fill.lines().count() >= 5, "{fill}");
+    // Checkpoint and HF directories mix.
+    let mixed = dir.path().join("mixed");
+    ok(&run(&[
+        "average",
+        "--checkpoints",
+        s(&run_dir.join("checkpoints/step-0000008")),
+        s(&dir.path().join("export-8")),
+        "--out",
+        s(&mixed),
+    ]));
+    assert_eq!(weights(&mixed), exported[2]);
+
+    let err = fails(&run(&[
+        "average",
+        "--last",
+        "3",
+        "--run",
+        s(&run_dir),
+        "--out",
+        s(&averaged),
+    ]));
+    assert!(err.contains("already exists"), "{err}");
+    let err = fails(&run(&[
+        "average",
+        "--last",
+        "9",
+        "--run",
+        s(&run_dir),
+        "--out",
+        s(&dir.path().join("nine")),
+    ]));
+    assert!(err.contains("4 checkpoint(s)"), "{err}");
+    let wider = dir.path().join("wider");
+    ok(&pretrain(
+        &config,
+        &wider,
+        &[
+            "--set",
+            "model.hidden_size=64",
+            "--set",
+            "schedule.total_steps=2",
+        ],
+    ));
+    let err = fails(&run(&[
+        "average",
+        "--checkpoints",
+        s(&run_dir.join("checkpoints/step-0000002")),
+        s(&wider.join("checkpoints/step-0000002")),
+        "--out",
+        s(&dir.path().join("refused")),
+    ]));
+    assert!(
+        err.contains("different architectures") && err.contains("hidden_size"),
+        "{err}"
+    );
+    assert!(!dir.path().join("refused").exists());
+    assert_no_temporaries(dir.path());
+}
+
+/// `log.tensorboard` naming a directory that holds someone else's files, and a
+/// `train.ema_decay` outside (0, 1), are refused before any work.
+#[test]
+fn a_foreign_tensorboard_directory_and_a_bad_ema_decay_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let tb = dir.path().join("dashboards");
+    std::fs::create_dir(&tb).unwrap();
+    std::fs::write(tb.join("notes.txt"), "mine").unwrap();
+    let set = format!("log.tensorboard={}", tb.display());
+    let run_dir = dir.path().join("run");
+    let err = fails(&pretrain(&config, &run_dir, &["--set", &set]));
+    assert!(
+        err.contains("log.tensorboard") && err.contains("notes.txt"),
+        "{err}"
+    );
+    assert!(!run_dir.join("checkpoints").exists());
+    assert_eq!(std::fs::read_dir(&tb).unwrap().count(), 1);
+    for bad in ["0", "1", "1.5"] {
+        let set = format!("train.ema_decay={bad}");
+        let err = fails(&pretrain(&config, &run_dir, &["--set", &set]));
+        assert!(
+            err.contains("train.ema_decay") && err.contains("(0, 1)"),
+            "{err}"
+        );
+    }
 }

@@ -45,13 +45,14 @@ impl<B: TrainingBackend> WithTask<B> for Finetune<B> {
 }
 
 /// How the trainer runs a fine-tuning config of `updates` updates.
-fn settings(config: &FinetuneConfig, total: u64) -> Settings {
+fn settings(config: &FinetuneConfig, total: u64, run_dir: &std::path::Path) -> Settings {
     let t = &config.train;
     let metric = config.metric().to_string();
     Settings {
         batch_size: t.batch_size,
         accumulation: t.accumulation,
         seed: t.seed,
+        data_seed: config.data_seed(),
         precision: t.precision,
         max_bad_steps: t.max_bad_steps,
         optim: config.optim.clone(),
@@ -59,6 +60,8 @@ fn settings(config: &FinetuneConfig, total: u64) -> Settings {
         total,
         log_every: config.log.every,
         profile_every: config.log.profile_every,
+        tensorboard: config.log.tensorboard_dir(run_dir),
+        ema_decay: t.ema_decay,
         eval_every: config.eval.every,
         best: Some(BestPolicy {
             higher_is_better: TaskKind::higher_is_better(&metric),
@@ -95,7 +98,7 @@ where
         section.clone(),
         T::train_labels(&config.data.train, &section)?,
     );
-    crate::trainer::seed_init::<B>(&device, config.train.seed);
+    crate::trainer::seed_init::<B>(&device, config.init_seed());
     let (model, model_config) = build_model::<B, T>(
         &config,
         &task,
@@ -136,7 +139,7 @@ where
     if t.max_steps > 0 {
         total = total.min(t.max_steps);
     }
-    let settings = settings(&config, total);
+    let settings = settings(&config, total, &run_dir);
     tracing::info!(
         "{}: {} train examples ({} features), {total} updates of {per_update} ({steps_per_epoch} per epoch), warmup {}",
         section.kind.name(),

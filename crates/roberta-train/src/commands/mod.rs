@@ -2,6 +2,7 @@
 //! with the device(s) and its parsed arguments.
 
 pub mod apply;
+pub mod average;
 pub mod data;
 pub mod embed;
 pub mod evaluate;

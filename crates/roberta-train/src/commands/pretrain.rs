@@ -72,7 +72,7 @@ pub fn prepare_data(
             doc_per_line: data.doc_per_line,
             ..Default::default()
         },
-        seed: config.train.seed,
+        seed: config.data_seed(),
         stop: Some(stop.clone()),
         ..Default::default()
     };
@@ -135,7 +135,7 @@ fn open_corpora(
                 batches: validation_batch_count(&corpus, config.train.batch_size, max),
                 corpus,
                 batch_size: config.train.batch_size,
-                seed: config.train.seed,
+                seed: config.data_seed(),
             })
         }
         Err(DataError::MissingSplit { .. }) => None,
@@ -145,12 +145,13 @@ fn open_corpora(
 }
 
 /// How the trainer runs a pretraining config.
-fn settings(config: &PretrainConfig) -> Settings {
+fn settings(config: &PretrainConfig, run_dir: &std::path::Path) -> Settings {
     let c = config;
     Settings {
         batch_size: c.train.batch_size,
         accumulation: c.train.accumulation,
         seed: c.train.seed,
+        data_seed: c.data_seed(),
         precision: c.train.precision,
         max_bad_steps: c.train.max_bad_steps,
         optim: c.optim.clone(),
@@ -158,6 +159,8 @@ fn settings(config: &PretrainConfig) -> Settings {
         total: c.schedule.total_steps,
         log_every: c.log.every,
         profile_every: c.log.profile_every,
+        tensorboard: c.log.tensorboard_dir(run_dir),
+        ema_decay: c.train.ema_decay,
         eval_every: c.eval.every,
         best: None,
         checkpoint_every: c.checkpoint.every,
@@ -201,7 +204,7 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
     );
 
     // The model, on the first device; the trainer copies it to the others.
-    seed_init::<B>(&device, config.train.seed);
+    seed_init::<B>(&device, config.init_seed());
     let mut model_config = config.model_config(tokenizer.vocab_size());
     if config.model.init.is_none() {
         trainer::check_model_memory(&model_config, true, "model")?;
@@ -277,7 +280,7 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         &devices,
         model,
         resume.as_ref(),
-        &settings(&config),
+        &settings(&config, &run_dir),
         &files,
         stop,
     )?;

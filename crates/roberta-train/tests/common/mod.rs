@@ -141,6 +141,16 @@ pub fn pretrain_args<'a>(config: &'a Path, run_dir: &'a Path, extra: &[&'a str])
     args
 }
 
+/// Nothing in `dir` is a temporary (`.NAME.tmp-PID`) left by a failed write.
+pub fn assert_no_temporaries(dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 /// The (step, loss as written) of every metrics line.
 pub fn losses(run_dir: &Path) -> Vec<(u64, String)> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))

@@ -1,0 +1,278 @@
+//! `average`: the element-wise mean of several checkpoints' weights as one HF model
+//! directory, as fairseq's `scripts/average_checkpoints.py` does (its `--inputs` or
+//! `--num-update-checkpoints N`). The mean of the last few checkpoints of a run is often
+//! better than any one of them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use roberta_model::TrainingBackend;
+use roberta_model::hf::{CONFIG_FILE, HfWeights, PYTORCH_WEIGHTS_FILE, WEIGHTS_FILE};
+use safetensors::{Dtype, tensor::TensorView};
+
+use crate::checkpoint;
+use crate::models::{ScratchDir, export_checkpoint, load_tokenizer_for};
+
+/// What to average.
+pub enum Inputs {
+    /// Checkpoint or HF model directories.
+    Dirs(Vec<PathBuf>),
+    /// A run's newest `last` checkpoints that verify.
+    Last { run: PathBuf, last: usize },
+}
+
+/// Each input as an HF model directory: checkpoints are exported into `scratch`.
+fn hf_dirs<B: TrainingBackend>(
+    inputs: Inputs,
+    scratch: &ScratchDir,
+    device: &B::Device,
+) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let dirs = match inputs {
+        Inputs::Dirs(dirs) => dirs,
+        Inputs::Last { run, last } => {
+            let mut verified = Vec::new();
+            for dir in checkpoint::list(&run)? {
+                match checkpoint::verify_model(&dir) {
+                    Ok(_) => verified.push(dir),
+                    Err(e) => tracing::warn!("skipping {}: {e:#}", dir.display()),
+                }
+                if verified.len() == last {
+                    break;
+                }
+            }
+            if verified.len() < last {
+                bail!(
+                    "--last {last}: {} holds {} checkpoint(s) that verify",
+                    run.display(),
+                    verified.len()
+                );
+            }
+            verified.reverse();
+            verified
+        }
+    };
+    if dirs.len() < 2 {
+        bail!(
+            "average needs at least two checkpoints (got {})",
+            dirs.len()
+        );
+    }
+    let mut out = Vec::new();
+    for (i, dir) in dirs.into_iter().enumerate() {
+        if dir.join(checkpoint::MANIFEST).is_file() {
+            checkpoint::verify_model(&dir)?;
+            let exported = scratch.path().join(format!("{i}"));
+            export_checkpoint::<B::InnerBackend>(&dir, &exported, device)?;
+            out.push((dir, exported));
+        } else if roberta_model::hf::has_weights(&dir) {
+            out.push((dir.clone(), dir));
+        } else {
+            bail!(
+                "{}: neither a checkpoint (no {}) nor an HF model directory (no {WEIGHTS_FILE})",
+                dir.display(),
+                checkpoint::MANIFEST
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn read_weights(dir: &Path) -> Result<HfWeights> {
+    let weights = if dir.join(WEIGHTS_FILE).is_file() {
+        HfWeights::read(&dir.join(WEIGHTS_FILE))?
+    } else {
+        HfWeights::read_pytorch(&dir.join(PYTORCH_WEIGHTS_FILE))?
+    };
+    Ok(weights)
+}
+
+/// The architecture a config describes, for comparing checkpoints: everything but what
+/// training does not fix (dropout rates, the transformers version, names).
+fn architecture(dir: &Path) -> Result<serde_json::Value> {
+    let config = checkpoint::model_config(dir)?;
+    let mut value = serde_json::to_value(&config)?;
+    if let Some(map) = value.as_object_mut() {
+        for key in [
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "classifier_dropout",
+            "transformers_version",
+            "_name_or_path",
+        ] {
+            map.remove(key);
+        }
+    }
+    Ok(value)
+}
+
+/// The tokenizer's files, hashed: `tokenizer.json`, or else `vocab.json` and
+/// `merges.txt`.
+fn tokenizer_hash(dir: &Path) -> Result<String> {
+    let json = dir.join(checkpoint::TOKENIZER);
+    let files = if json.is_file() {
+        vec![json]
+    } else {
+        vec![dir.join("vocab.json"), dir.join("merges.txt")]
+    };
+    let hashes = files
+        .iter()
+        .map(|f| checkpoint::sha256_file(f))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(hashes.join(" "))
+}
+
+/// The key of an architecture that differs between two configs, with both values.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+    let (a, b) = (a.as_object()?, b.as_object()?);
+    a.keys()
+        .chain(b.keys())
+        .find(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show =
+                |v: Option<&serde_json::Value>| v.map_or("(unset)".into(), |v| v.to_string());
+            format!("{k}: {} vs {}", show(a.get(k)), show(b.get(k)))
+        })
+}
+
+pub fn average<B: TrainingBackend>(device: B::Device, inputs: Inputs, out: PathBuf) -> Result<()> {
+    crate::outputs::refuse_existing(&out, "--out")?;
+    let scratch = ScratchDir::for_this_process();
+    let dirs = hf_dirs::<B>(inputs, &scratch, &device)?;
+    let (first_source, first) = &dirs[0];
+    let first_architecture = architecture(first)?;
+    let first_tokenizer = tokenizer_hash(first)
+        .with_context(|| format!("{}: its tokenizer", first_source.display()))?;
+    for (source, dir) in &dirs[1..] {
+        if let Some(d) = first_difference(&first_architecture, &architecture(dir)?) {
+            bail!(
+                "{} and {} are different architectures ({d}): only checkpoints of one model average",
+                first_source.display(),
+                source.display()
+            );
+        }
+        let hash =
+            tokenizer_hash(dir).with_context(|| format!("{}: its tokenizer", source.display()))?;
+        if hash != first_tokenizer {
+            bail!(
+                "{} and {} have different tokenizers: only checkpoints of one model average",
+                first_source.display(),
+                source.display()
+            );
+        }
+    }
+
+    // The running sum in f64, so that the mean is the correctly rounded f32 of the
+    // exact mean whatever the number of checkpoints.
+    let mut sums: BTreeMap<String, (Vec<usize>, Vec<f64>)> = BTreeMap::new();
+    let mut integers: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    for (i, (source, dir)) in dirs.iter().enumerate() {
+        let weights = read_weights(dir)?;
+        let keys: Vec<String> = weights.keys().map(String::from).collect();
+        if i > 0 && keys.len() != sums.len() + integers.len() {
+            bail!(
+                "{}: {} tensors, {} has {}",
+                source.display(),
+                keys.len(),
+                first_source.display(),
+                sums.len() + integers.len()
+            );
+        }
+        for key in keys {
+            let (shape, values) = weights.get(&key).expect("listed key");
+            if weights.is_integer(&key) {
+                let entry = integers
+                    .entry(key.clone())
+                    .or_insert_with(|| (shape.to_vec(), values.to_vec()));
+                if i > 0 && (entry.0 != shape || entry.1 != values) {
+                    bail!(
+                        "{}: buffer `{key}` differs from the first checkpoint's",
+                        source.display()
+                    );
+                }
+                continue;
+            }
+            if i == 0 {
+                let sum = values.iter().map(|&v| f64::from(v)).collect();
+                sums.insert(key, (shape.to_vec(), sum));
+                continue;
+            }
+            let Some((expected, sum)) = sums.get_mut(&key) else {
+                bail!(
+                    "{}: tensor `{key}` is not in {}",
+                    source.display(),
+                    first_source.display()
+                );
+            };
+            if expected.as_slice() != shape {
+                bail!(
+                    "{}: tensor `{key}` has shape {shape:?}, {} has {expected:?}",
+                    source.display(),
+                    first_source.display()
+                );
+            }
+            for (s, &v) in sum.iter_mut().zip(values) {
+                *s += f64::from(v);
+            }
+        }
+    }
+    let n = dirs.len() as f64;
+    let tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = sums
+        .into_iter()
+        .map(|(key, (shape, sum))| {
+            let bytes = sum
+                .iter()
+                .flat_map(|s| ((s / n) as f32).to_le_bytes())
+                .collect();
+            (key, shape, Dtype::F32, bytes)
+        })
+        .chain(integers.into_iter().map(|(key, (shape, values))| {
+            let bytes = values
+                .iter()
+                .flat_map(|&v| (v as i64).to_le_bytes())
+                .collect();
+            (key, shape, Dtype::I64, bytes)
+        }))
+        .collect();
+    let views = tensors.iter().map(|(key, shape, dtype, bytes)| {
+        (
+            key.clone(),
+            TensorView::new(*dtype, shape.clone(), bytes).expect("shape matches data"),
+        )
+    });
+    let metadata = Some([("format".to_string(), "pt".to_string())].into());
+    let safetensors = safetensors::serialize(views, metadata).context("serialising the mean")?;
+
+    let config = checkpoint::model_config(first)?;
+    let tokenizer = load_tokenizer_for(first, &config)?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp)?;
+        roberta_model::hf::write_atomic(&tmp.join(WEIGHTS_FILE), &safetensors)?;
+        roberta_model::hf::write_atomic(
+            &tmp.join(CONFIG_FILE),
+            &std::fs::read(first.join(CONFIG_FILE))?,
+        )?;
+        tokenizer.save_dir(&tmp)?;
+        crate::outputs::refuse_existing(&out, "--out")?;
+        std::fs::rename(&tmp, &out)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written.with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "averaged {} checkpoints ({}) into {}",
+        dirs.len(),
+        dirs.iter()
+            .map(|(s, _)| s.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        out.display()
+    );
+    Ok(())
+}

@@ -57,6 +57,10 @@ pub fn read_error(e: RecorderError) -> anyhow::Error {
     }
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// Everything besides tensors that a resumed run needs to continue exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -64,6 +68,9 @@ pub struct TrainerState {
     pub step: u64,
     /// The loader position after the last micro-batch of `step`.
     pub loader: LoaderState,
+    /// The phase (`[[schedule.phases]]`) whose data `loader` is a position in.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub phase: usize,
     /// Updates skipped for a non-finite loss or gradient, in total and in a row.
     pub bad_steps: u64,
     pub bad_in_a_row: u32,
@@ -204,6 +211,7 @@ impl Default for TrainerState {
         Self {
             step: 0,
             loader: LoaderState::default(),
+            phase: 0,
             bad_steps: 0,
             bad_in_a_row: 0,
             tokens: 0,

@@ -172,13 +172,59 @@ impl OptimSection {
     }
 }
 
-/// Linear warmup to `optim.lr`, then linear decay to zero at `total_steps`.
+/// Linear warmup to `optim.lr`, then linear decay to zero at `total_steps`; and the
+/// phases a pretraining run goes through.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSection {
     pub warmup_steps: u64,
     /// Optimizer updates in the whole run.
     pub total_steps: u64,
+    /// `[[schedule.phases]]`, in order: BERT's 90% of updates at 128 tokens then 512,
+    /// or cramming's short sequences first. Updates after the last phase run with the
+    /// config's own `data.block_size`, `train.batch_size`, … (so the last phase need not
+    /// be written); the learning-rate schedule spans all phases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
+    /// Batch-size warmup (GPT-3, ModernBERT): over this many first updates the
+    /// sequences per update grow linearly from `batch_warmup_start` to the phase's own,
+    /// in whole micro-batches. 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batch_warmup_steps: u64,
+    /// Sequences per update (over all devices) at the first update of the warmup.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batch_warmup_start: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One phase: the updates after the previous phase's `until_step` up to its own. What it
+/// leaves unset is the config's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// The last update of the phase.
+    pub until_step: u64,
+    /// Tokens per sequence (at most `data.block_size`, which sizes the positions).
+    pub block_size: Option<usize>,
+    /// Sequences per micro-batch (per device).
+    pub batch_size: Option<usize>,
+    /// Micro-batches per update.
+    pub accumulation: Option<usize>,
+    /// The fraction of tokens masked (the 80/10/10 split stays `[masking]`'s).
+    pub mask_prob: Option<f64>,
+}
+
+/// A phase with every setting filled in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhasePlan {
+    pub until_step: u64,
+    pub block_size: usize,
+    pub batch_size: usize,
+    pub accumulation: usize,
+    pub mask_prob: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -452,6 +498,7 @@ impl PretrainConfig {
         self.optim.validate()?;
         self.log.validate()?;
         check_ema_decay(self.train.ema_decay)?;
+        self.validate_phases()?;
         let d = &self.data;
         if d.train.is_empty() {
             bail!("data.train names no input");
@@ -506,6 +553,106 @@ impl PretrainConfig {
         self.train.init_seed.unwrap_or(self.train.seed)
     }
 
+    /// Every phase of the run, settings filled in: the configured ones, then the
+    /// config's own settings up to `schedule.total_steps` (unless the last phase ends
+    /// there).
+    pub fn phases(&self) -> Vec<PhasePlan> {
+        let base = PhasePlan {
+            until_step: self.schedule.total_steps,
+            block_size: self.data.block_size,
+            batch_size: self.train.batch_size,
+            accumulation: self.train.accumulation,
+            mask_prob: self.masking.mask_prob,
+        };
+        let mut plans: Vec<PhasePlan> = self
+            .schedule
+            .phases
+            .iter()
+            .map(|p| PhasePlan {
+                until_step: p.until_step,
+                block_size: p.block_size.unwrap_or(base.block_size),
+                batch_size: p.batch_size.unwrap_or(base.batch_size),
+                accumulation: p.accumulation.unwrap_or(base.accumulation),
+                mask_prob: p.mask_prob.unwrap_or(base.mask_prob),
+            })
+            .collect();
+        if plans.last().is_none_or(|p| p.until_step < base.until_step) {
+            plans.push(base);
+        }
+        plans
+    }
+
+    fn validate_phases(&self) -> Result<()> {
+        let s = &self.schedule;
+        if s.batch_warmup_steps > 0 {
+            let first = self.phases()[0];
+            let full = (first.batch_size * first.accumulation) as u64;
+            if s.batch_warmup_start == 0 || s.batch_warmup_start >= full {
+                bail!(
+                    "schedule.batch_warmup_start = {} must be in [1, {full}) (the first phase's sequences per update on one device; with more devices the warmup scales with them)",
+                    s.batch_warmup_start
+                );
+            }
+            if s.batch_warmup_steps > s.total_steps {
+                bail!(
+                    "schedule.batch_warmup_steps = {} is past schedule.total_steps = {}",
+                    s.batch_warmup_steps,
+                    s.total_steps
+                );
+            }
+        } else if s.batch_warmup_start > 0 {
+            bail!(
+                "schedule.batch_warmup_start = {} without schedule.batch_warmup_steps: set both",
+                s.batch_warmup_start
+            );
+        }
+        let mut previous = 0;
+        for (i, p) in self.schedule.phases.iter().enumerate() {
+            let key = |k: &str| format!("schedule.phases[{i}].{k}");
+            if p.until_step <= previous {
+                bail!(
+                    "{} = {} must come after the previous phase's end ({previous}): phases are listed in order and do not overlap",
+                    key("until_step"),
+                    p.until_step
+                );
+            }
+            if p.until_step > self.schedule.total_steps {
+                bail!(
+                    "{} = {} is past schedule.total_steps = {}",
+                    key("until_step"),
+                    p.until_step,
+                    self.schedule.total_steps
+                );
+            }
+            previous = p.until_step;
+            if let Some(b) = p.block_size {
+                roberta_data::blocks::check_block_size(&key("block_size"), b)
+                    .map_err(anyhow::Error::msg)?;
+                if b > self.data.block_size {
+                    bail!(
+                        "{} = {b} is above data.block_size = {}, which sizes the model's positions: raise data.block_size",
+                        key("block_size"),
+                        self.data.block_size
+                    );
+                }
+            }
+            for (k, v) in [
+                ("batch_size", p.batch_size),
+                ("accumulation", p.accumulation),
+            ] {
+                if v == Some(0) {
+                    bail!("{} must be at least 1", key(k));
+                }
+            }
+            if let Some(m) = p.mask_prob
+                && !(m > 0.0 && m < 1.0)
+            {
+                bail!("{} = {m} must be in (0, 1)", key("mask_prob"));
+            }
+        }
+        Ok(())
+    }
+
     /// The architecture for a vocabulary of `vocab_size`.
     pub fn model_config(&self, vocab_size: usize) -> RobertaConfig {
         let m = &self.model;
@@ -540,7 +687,12 @@ impl RunConfig for PretrainConfig {
             "schedule",
             &self.schedule,
             &saved.schedule,
-            Some(&["warmup_steps"]),
+            Some(&[
+                "warmup_steps",
+                "phases",
+                "batch_warmup_steps",
+                "batch_warmup_start",
+            ]),
         ));
         changes.extend(section_changes(
             "train",
@@ -569,6 +721,14 @@ impl RunConfig for PretrainConfig {
 
     fn accumulation_mut(&mut self) -> (usize, &mut usize) {
         (self.train.batch_size, &mut self.train.accumulation)
+    }
+
+    fn phase_accumulations_mut(&mut self) -> Vec<&mut usize> {
+        self.schedule
+            .phases
+            .iter_mut()
+            .filter_map(|p| p.accumulation.as_mut())
+            .collect()
     }
 }
 
@@ -1056,6 +1216,11 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned {
     /// devices rescales.
     fn accumulation_mut(&mut self) -> (usize, &mut usize);
 
+    /// The accumulations phases set, which such a resume rescales too.
+    fn phase_accumulations_mut(&mut self) -> Vec<&mut usize> {
+        Vec::new()
+    }
+
     /// Writes `train.seed` into the seeds left unset (`data.seed`, `train.init_seed`),
     /// so that the saved config records every seed the run used and a resume compares
     /// them whichever way they were given.
@@ -1371,7 +1536,17 @@ batch_size = 4
                 seen += 1;
             }
         }
-        assert_eq!(seen, 3);
+        assert_eq!(seen, 5);
+        let (phases, _) = PretrainConfig::load(&dir.join("bert-phases.toml"), &[]).unwrap();
+        let plans = phases.phases();
+        assert_eq!(
+            plans
+                .iter()
+                .map(|p| (p.until_step, p.block_size, p.batch_size * p.block_size))
+                .collect::<Vec<_>>(),
+            [(720, 64, 4096), (800, 128, 4096)],
+            "90% of the updates at half the length, the same tokens per update"
+        );
         let (base, _) = PretrainConfig::load(&dir.join("roberta-base.toml"), &[]).unwrap();
         assert_eq!(
             base.train.batch_size * base.train.accumulation,
@@ -1381,6 +1556,59 @@ batch_size = 4
         let (large, _) = PretrainConfig::load(&dir.join("roberta-large.toml"), &[]).unwrap();
         assert_eq!(large.train.batch_size * large.train.accumulation, 8192);
         assert_eq!((large.optim.lr, large.schedule.warmup_steps), (4e-4, 30000));
+    }
+
+    #[test]
+    fn phases_fill_in_the_config_and_bad_ones_are_named() {
+        let phase = |body: &str| format!("{MINIMAL}[[schedule.phases]]\n{body}\n");
+        let c = load(
+            &phase("until_step = 90\nblock_size = 32\nmask_prob = 0.3"),
+            &[],
+        )
+        .unwrap();
+        let plans = c.phases();
+        assert_eq!(plans.len(), 2);
+        assert_eq!(
+            (plans[0].block_size, plans[0].batch_size, plans[0].mask_prob),
+            (32, 4, 0.3)
+        );
+        assert_eq!((plans[1].until_step, plans[1].block_size), (100, 64));
+        let ends = load(&phase("until_step = 100\nblock_size = 32"), &[]).unwrap();
+        assert_eq!(
+            ends.phases().len(),
+            1,
+            "no base phase after one ending the run"
+        );
+        for (body, expected) in [
+            (
+                "until_step = 0",
+                "schedule.phases[0].until_step = 0 must come after",
+            ),
+            ("until_step = 101", "is past schedule.total_steps = 100"),
+            (
+                "until_step = 50\nblock_size = 128",
+                "above data.block_size = 64",
+            ),
+            (
+                "until_step = 50\nblock_size = 7",
+                "schedule.phases[0].block_size",
+            ),
+            (
+                "until_step = 50\nbatch_size = 0",
+                "schedule.phases[0].batch_size must be at least 1",
+            ),
+            (
+                "until_step = 50\nmask_prob = 1.0",
+                "schedule.phases[0].mask_prob = 1 must be in (0, 1)",
+            ),
+            (
+                "until_step = 50\n[[schedule.phases]]\nuntil_step = 40",
+                "schedule.phases[1].until_step = 40 must come after the previous phase's end (50)",
+            ),
+        ] {
+            let err = format!("{:#}", load(&phase(body), &[]).unwrap_err());
+            assert!(err.contains(expected), "{body}: {err}");
+        }
     }
 
     #[test]

@@ -35,10 +35,11 @@ use crate::tasks::{BatchPlan, Task, Window};
 /// How a run trains, whatever the task.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Rows per micro-batch on each device.
-    pub batch_size: usize,
-    /// Micro-batches per update on each device.
-    pub accumulation: usize,
+    /// The run's phases in order, the last ending at `total`: one, or pretraining's
+    /// `[[schedule.phases]]`.
+    pub phases: Vec<TrainPhase>,
+    /// Batch-size warmup: `(updates, sequences per update at the first)`.
+    pub batch_warmup: Option<(u64, u64)>,
     /// Dropout's seed.
     pub seed: u64,
     /// The data order's (and the masks') seed.
@@ -64,6 +65,43 @@ pub struct Settings {
     /// A checkpoint every this many updates (0: only at the end).
     pub checkpoint_every: u64,
     pub keep: usize,
+}
+
+/// Updates with one micro-batch shape: the task's data for this phase (pretraining: its
+/// block size and masking rate), this many rows per micro-batch on each device, this
+/// many micro-batches per update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainPhase {
+    /// The phase's last update.
+    pub until_step: u64,
+    pub batch_size: usize,
+    pub accumulation: usize,
+}
+
+impl Settings {
+    /// The phase update `step` (counting from 1) belongs to.
+    pub fn phase_at(&self, step: u64) -> usize {
+        self.phases
+            .iter()
+            .position(|p| step <= p.until_step)
+            .unwrap_or(self.phases.len() - 1)
+    }
+
+    /// Micro-batches per device in update `step` of `phase` on `world` replicas: the
+    /// phase's, or during the batch-size warmup the whole micro-batches that the
+    /// linearly growing sequences per update fill (at least one).
+    pub fn accumulation_at(&self, step: u64, phase: usize, world: usize) -> usize {
+        let p = self.phases[phase];
+        match self.batch_warmup {
+            Some((updates, start)) if step <= updates => {
+                let (micro, start) = ((p.batch_size * world) as f64, start as f64);
+                let full = micro * p.accumulation as f64;
+                let sequences = start + (full - start) * (step - 1) as f64 / updates as f64;
+                ((sequences / micro).floor() as usize).clamp(1, p.accumulation)
+            }
+            _ => p.accumulation,
+        }
+    }
 }
 
 /// Which evaluation is the best, and when to stop looking for a better one.
@@ -441,14 +479,18 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 state.step
             );
         }
-        let mut batches = self.task.batches(BatchPlan {
-            rank: self.rank,
-            world: self.world,
-            batch_size: s.batch_size,
-            seed: s.data_seed,
-            start: state.loader,
-            stop: stop.clone(),
-        });
+        if let Some((updates, start)) = s.batch_warmup
+            && state.step < updates
+            && self.rank == 0
+        {
+            tracing::info!(
+                "batch-size warmup: {start} sequences per update at update 1, growing to the phase's over {updates} updates (whole micro-batches of {} × {} devices)",
+                s.phases[0].batch_size,
+                self.world
+            );
+        }
+        // The loader of the current phase, made when first needed.
+        let mut batches = None;
         let first_step = state.step;
         // An update whose line a signal kept from being written (its evaluation was
         // interrupted) is logged first, evaluated again.
@@ -465,11 +507,37 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 &self.device,
                 s.profile_every > 0 && (state.step + 1).is_multiple_of(s.profile_every),
             );
+            // 0. A new phase starts its own data at the next epoch's order.
+            let phase = s.phase_at(state.step + 1);
+            if phase != state.phase {
+                state.phase = phase;
+                batches = None;
+                state.loader = roberta_data::LoaderState {
+                    epoch: state.loader.epoch + 1,
+                    cursor: 0,
+                };
+            }
+            let settings = s.phases[phase];
+            let batches = batches.get_or_insert_with(|| {
+                if self.rank == 0 {
+                    self.task.log_phase(phase, settings, self.world, state.step);
+                }
+                self.task.batches(BatchPlan {
+                    rank: self.rank,
+                    world: self.world,
+                    batch_size: settings.batch_size,
+                    seed: s.data_seed,
+                    start: state.loader,
+                    phase,
+                    stop: stop.clone(),
+                })
+            });
             // 1. The window: this update's micro-batches, their target count over all
             //    replicas, and whether replica 0 was asked to stop.
             //    A batch that could not be read (a corrupt shard) or that the model cannot
             //    take stops every replica with its reason.
-            let (window, unreadable) = match batches.next_window(s.accumulation) {
+            let accumulation = s.accumulation_at(state.step + 1, phase, self.world);
+            let (window, unreadable) = match batches.next_window(accumulation) {
                 Ok(window) => (window, None),
                 Err(e) => (Window::empty(state.loader), Some(format!("{e:#}"))),
             };
@@ -853,6 +921,14 @@ pub fn start_run<C: RunConfig>(
             );
             *saved_accumulation = accumulation;
             *config.accumulation_mut().1 = accumulation;
+            for phases in [
+                saved.phase_accumulations_mut(),
+                config.phase_accumulations_mut(),
+            ] {
+                for a in phases {
+                    *a = parallel::rescale_accumulation(*a, saved_state.devices, world)?;
+                }
+            }
         }
         check_resume_changes(&config.exactness_changes(&saved), force)?;
     }
@@ -1034,6 +1110,45 @@ pub fn machine_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_and_the_batch_warmup_are_functions_of_the_step() {
+        let phase = |until_step, batch_size, accumulation| TrainPhase {
+            until_step,
+            batch_size,
+            accumulation,
+        };
+        let settings = Settings {
+            phases: vec![phase(10, 4, 8), phase(20, 2, 16)],
+            batch_warmup: Some((8, 4)),
+            seed: 0,
+            data_seed: 0,
+            precision: Precision::F32,
+            max_bad_steps: 1,
+            optim: OptimSection::default(),
+            warmup: 0,
+            total: 20,
+            log_every: 1,
+            profile_every: 0,
+            tensorboard: None,
+            ema_decay: None,
+            eval_every: 0,
+            best: None,
+            checkpoint_every: 0,
+            keep: 1,
+        };
+        let phases: Vec<usize> = (1..=20).map(|t| settings.phase_at(t)).collect();
+        assert_eq!(phases, [[0; 10], [1; 10]].concat());
+        // 4 sequences at update 1 growing to 32 at update 9: whole micro-batches of 4.
+        let one: Vec<usize> = (1..=10)
+            .map(|t| settings.accumulation_at(t, 0, 1))
+            .collect();
+        assert_eq!(one, [1, 1, 2, 3, 4, 5, 6, 7, 8, 8]);
+        // Two replicas: micro-batches of 8, from 4 sequences (one each) to 64.
+        let two: Vec<usize> = (1..=9).map(|t| settings.accumulation_at(t, 0, 2)).collect();
+        assert_eq!(two, [1, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(settings.accumulation_at(12, 1, 1), 16);
+    }
 
     #[test]
     fn a_nan_metric_is_never_the_best() {

@@ -765,14 +765,19 @@ fn until_done_with_random_kills(args: &[&str], log: &Path, half_run_ms: u64) -> 
     }
 }
 
-/// With the weights' moving average on and TensorBoard files written, a run killed at
-/// random instants resumes bitwise: the same metrics (evaluated on the average), the same
+/// With two phases (shorter blocks, more of them, more masking, then the config's), a
+/// batch-size warmup, the weights' moving average on and TensorBoard files written, a run killed at random
+/// instants resumes bitwise: the same metrics (evaluated on the average), the same
 /// `final/` (the average), and TensorBoard's files hold each line's numbers once, at its
-/// step, whatever was logged past a checkpoint before a kill.
+/// step, whatever was logged past a checkpoint before a kill. Resuming from the last
+/// checkpoint of the first phase starts the second as the uninterrupted run did.
 #[test]
-fn random_kills_with_the_weights_average_and_tensorboard_resume_bitwise() {
+fn random_kills_across_phases_with_the_weights_average_and_tensorboard_resume_bitwise() {
     let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path(), "");
+    let config = tiny_config(
+        dir.path(),
+        "[[schedule.phases]]\nuntil_step = 32\nblock_size = 16\nbatch_size = 8\nmask_prob = 0.3\n",
+    );
     let settings = [
         "--set",
         "schedule.total_steps=60",
@@ -782,10 +787,17 @@ fn random_kills_with_the_weights_average_and_tensorboard_resume_bitwise() {
         "train.ema_decay=0.9",
         "--set",
         "log.tensorboard=true",
+        "--set",
+        "train.accumulation=2",
+        "--set",
+        "schedule.batch_warmup_steps=10",
+        "--set",
+        "schedule.batch_warmup_start=4",
     ];
     let straight = dir.path().join("straight");
     let clock = std::time::Instant::now();
-    ok(&pretrain(&config, &straight, &settings));
+    let straight_out = pretrain(&config, &straight, &settings);
+    ok(&straight_out);
     let half_run_ms = clock.elapsed().as_millis() as u64 / 2;
     let killed = dir.path().join("killed");
     let args = pretrain_args(&config, &killed, &settings);
@@ -828,10 +840,17 @@ fn random_kills_with_the_weights_average_and_tensorboard_resume_bitwise() {
         }
     };
     same_as_straight(&killed);
-    // Steps 41–60 logged, then taken again from the checkpoint at 40: each once.
-    let forty = killed.join("checkpoints/step-0000040");
+    let log = String::from_utf8_lossy(&straight_out.stderr);
+    assert!(
+        log.contains("phase 2 of 2 from update 33: blocks of 32 tokens")
+            && log.contains("batch-size warmup: 4 sequences per update at update 1"),
+        "{log}"
+    );
+    // Steps 33–60 logged, then taken again from the last checkpoint of the first phase:
+    // each once.
+    let boundary = killed.join("checkpoints/step-0000032");
     let mut again = args.clone();
-    again.extend(["--resume", s(&forty), "--force"]);
+    again.extend(["--resume", s(&boundary), "--force"]);
     ok(&run(&again));
     same_as_straight(&killed);
     // The average, not the raw weights, is final/.

@@ -15,7 +15,9 @@ use crate::models::{ScratchDir, init_dir, load_model, load_tokenizer};
 use crate::processes::Processes;
 use crate::run_dir::INIT;
 use crate::tasks::{Finetuning, LabeledTask, TASK_KEY, TaskModel, WithTask, with_task};
-use crate::trainer::{self, BestPolicy, RunFiles, Settings, check_precision, start_run, stop_flag};
+use crate::trainer::{
+    self, BestPolicy, RunFiles, Settings, TrainPhase, check_precision, start_run, stop_flag,
+};
 
 pub struct FinetuneArgs {
     pub config: FinetuneConfig,
@@ -49,8 +51,12 @@ fn settings(config: &FinetuneConfig, total: u64, run_dir: &std::path::Path) -> S
     let t = &config.train;
     let metric = config.metric().to_string();
     Settings {
-        batch_size: t.batch_size,
-        accumulation: t.accumulation,
+        phases: vec![TrainPhase {
+            until_step: total,
+            batch_size: t.batch_size,
+            accumulation: t.accumulation,
+        }],
+        batch_warmup: None,
         seed: t.seed,
         data_seed: config.data_seed(),
         precision: t.precision,

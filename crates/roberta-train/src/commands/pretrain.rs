@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, bail, ensure};
 use roberta_data::loader::validation_batch_count;
 use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha256};
-use roberta_data::{Corpus, DataError, MaskVocab, Meta, RobertaTokenizer, Split};
+use roberta_data::{Corpus, DataError, MaskVocab, MaskingConfig, Meta, RobertaTokenizer, Split};
 use roberta_model::{LoadOptions, RobertaConfig, RobertaForMaskedLM};
 
 use crate::checkpoint::{self, DataFingerprint};
@@ -18,7 +18,9 @@ use crate::probe::{Probe, Tokenized};
 use crate::processes::Processes;
 use crate::sentences::{PoolingChoice, TokenizerFrom};
 use crate::tasks::mlm::{Mlm, Validation};
-use crate::trainer::{self, RunFiles, Settings, check_precision, seed_init, start_run, stop_flag};
+use crate::trainer::{
+    self, RunFiles, Settings, TrainPhase, check_precision, seed_init, start_run, stop_flag,
+};
 use roberta_data::labeled::Columns;
 use roberta_model::TrainingBackend;
 
@@ -103,33 +105,42 @@ pub fn prepare_data(
     Ok(data.data_dir.clone())
 }
 
-/// The train split packed into blocks, and the validation split when there is one.
+/// The train split packed into blocks as each phase cuts and masks it (the last: as
+/// the config does), and the validation split when there is one.
 fn open_corpora(
     config: &PretrainConfig,
     tokenizer: &RobertaTokenizer,
     stop: &Arc<AtomicBool>,
-) -> Result<(Corpus, Option<Validation>)> {
+) -> Result<(Vec<Corpus>, Option<Validation>)> {
     let data_dir = prepare_data(config, tokenizer, stop)?;
     let hash = tokenizer_sha256(tokenizer);
     let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
         tokenizer.id_to_token(id)
     });
-    let corpus = |split: Split| {
+    let corpus = |split: Split, block_size: usize, mask_prob: f64| {
         Corpus::open(
             split,
-            config.data.block_size,
+            block_size,
             config.data.break_mode,
             vocab.clone(),
-            config.masking.clone(),
+            MaskingConfig {
+                mask_prob,
+                ..config.masking.clone()
+            },
         )
     };
-    let train = corpus(Split::open(&data_dir, "train", Some(&hash))?)?;
-    if train.is_empty() {
-        bail!("{}: the train split has no blocks", data_dir.display());
+    let mut train = Vec::new();
+    for phase in config.phases() {
+        let split = Split::open(&data_dir, "train", Some(&hash))?;
+        let blocks = corpus(split, phase.block_size, phase.mask_prob)?;
+        if blocks.is_empty() {
+            bail!("{}: the train split has no blocks", data_dir.display());
+        }
+        train.push(blocks);
     }
     let valid = match Split::open(&data_dir, "valid", Some(&hash)) {
         Ok(split) => {
-            let corpus = corpus(split)?;
+            let corpus = corpus(split, config.data.block_size, config.masking.mask_prob)?;
             let max = (config.eval.batches > 0).then_some(config.eval.batches);
             Some(Validation {
                 batches: validation_batch_count(&corpus, config.train.batch_size, max),
@@ -148,8 +159,17 @@ fn open_corpora(
 fn settings(config: &PretrainConfig, run_dir: &std::path::Path) -> Settings {
     let c = config;
     Settings {
-        batch_size: c.train.batch_size,
-        accumulation: c.train.accumulation,
+        phases: c
+            .phases()
+            .iter()
+            .map(|p| TrainPhase {
+                until_step: p.until_step,
+                batch_size: p.batch_size,
+                accumulation: p.accumulation,
+            })
+            .collect(),
+        batch_warmup: (c.schedule.batch_warmup_steps > 0)
+            .then_some((c.schedule.batch_warmup_steps, c.schedule.batch_warmup_start)),
         seed: c.train.seed,
         data_seed: c.data_seed(),
         precision: c.train.precision,
@@ -194,7 +214,8 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
     if processes.is_leader() {
         processes.barrier();
     }
-    let (train, valid) = opened?;
+    let (phases, valid) = opened?;
+    let train = phases.last().expect("a phase at least");
     tracing::info!(
         "{} train blocks of ≤{} tokens ({} fill), {} validation batches",
         train.len(),
@@ -227,14 +248,20 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         None => RobertaForMaskedLM::new(&model_config, &device),
     };
 
-    trainer::check_batch_memory::<B>(
-        &device,
-        "train.batch_size",
-        config.train.batch_size,
-        config.data.block_size,
-        config.train.loader_queue,
-        &model_config,
-    )?;
+    for (i, phase) in config.phases().iter().enumerate() {
+        let key = match i < config.schedule.phases.len() {
+            true => format!("schedule.phases[{i}].batch_size"),
+            false => "train.batch_size".into(),
+        };
+        trainer::check_batch_memory::<B>(
+            &device,
+            &key,
+            phase.batch_size,
+            phase.block_size,
+            config.train.loader_queue,
+            &model_config,
+        )?;
+    }
     ensure!(
         model_config.vocab_size >= tokenizer.vocab_size(),
         "the tokenizer {} has {} tokens but the model's vocabulary only {}: use the model's own tokenizer (data.tokenizer)",
@@ -262,7 +289,7 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         .map(|p| probe_of(p, &tokenizer, &model_config, config.train.batch_size))
         .transpose()?;
     let task = Mlm {
-        corpus: Arc::new(train),
+        corpora: phases.into_iter().map(Arc::new).collect(),
         valid,
         queue_depth: config.train.loader_queue,
         vocab_size: model_config.vocab_size,

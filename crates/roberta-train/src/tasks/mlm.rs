@@ -15,9 +15,12 @@ use roberta_model::{Kernels, RobertaForMaskedLM, RobertaInput, TrainingBackend};
 use super::{BatchPlan, Batches, StepLoss, Task, Window};
 use crate::metrics::Metrics;
 use crate::probe::Probe;
+use crate::trainer::TrainPhase;
 
 pub struct Mlm {
-    pub corpus: Arc<Corpus>,
+    /// The train split as each phase of the run cuts and masks it (one corpus without
+    /// `[[schedule.phases]]`).
+    pub corpora: Vec<Arc<Corpus>>,
     /// Validation data, masked the same way at every evaluation of the run.
     pub valid: Option<Validation>,
     /// Batches the background loader may prepare ahead.
@@ -159,11 +162,30 @@ impl<B: TrainingBackend> Task<B> for Mlm {
             queue_depth: self.queue_depth,
         };
         Box::new(LoaderBatches(Loader::new(
-            self.corpus.clone(),
+            self.corpora[plan.phase].clone(),
             config,
             plan.start,
             plan.stop,
         )))
+    }
+
+    fn log_phase(&self, phase: usize, settings: TrainPhase, world: usize, step: u64) {
+        if self.corpora.len() < 2 {
+            return;
+        }
+        let corpus = &self.corpora[phase];
+        let sequences = settings.batch_size * settings.accumulation * world;
+        tracing::info!(
+            "phase {} of {} from update {}: blocks of {} tokens, {sequences} sequences ({} × {} × {world} devices) ≈ {} tokens per update, {:.0}% masked",
+            phase + 1,
+            self.corpora.len(),
+            step + 1,
+            corpus.block_size,
+            settings.batch_size,
+            settings.accumulation,
+            sequences * corpus.block_size,
+            corpus.masking.mask_prob * 100.0
+        );
     }
 
     fn targets(&self, batch: &Batch) -> usize {
@@ -183,7 +205,7 @@ impl<B: TrainingBackend> Task<B> for Mlm {
             Some(id) => Err(format!(
                 "a batch holds token id {id}, outside the model's vocabulary of {}: the shards in {} were made with another tokenizer or are damaged; preprocess again (--force)",
                 self.vocab_size,
-                self.corpus.split.dir.display()
+                self.corpora[0].split.dir.display()
             )),
             None => Ok(()),
         }

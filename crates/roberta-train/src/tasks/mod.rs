@@ -26,6 +26,7 @@ use roberta_model::{
 
 use crate::config::{TaskKind, TaskSection};
 use crate::metrics::Metrics;
+use crate::trainer::TrainPhase;
 use roberta_model::{Kernels, TrainingBackend};
 
 /// The config.json key under which a fine-tuned model keeps its [`TaskSection`].
@@ -67,6 +68,8 @@ pub struct BatchPlan {
     pub batch_size: usize,
     pub seed: u64,
     pub start: LoaderState,
+    /// The phase of the run (see [`crate::trainer::TrainPhase`]) the batches are for.
+    pub phase: usize,
     /// Raised by a signal: a loader building a batch stops midway.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -84,6 +87,9 @@ pub trait Task<B: TrainingBackend>: Sync {
     type Batch: Send;
 
     fn batches(&self, plan: BatchPlan) -> Box<dyn Batches<Self::Batch> + '_>;
+    /// Says what a phase of a run with several trains on, when it starts (after update
+    /// `step`).
+    fn log_phase(&self, _phase: usize, _settings: TrainPhase, _world: usize, _step: u64) {}
     /// The terms a batch's summed loss has (masked tokens, examples, labeled tokens):
     /// the window's loss is divided by their total over every replica.
     fn targets(&self, batch: &Self::Batch) -> usize;
@@ -423,6 +429,7 @@ mod tests {
             batch_size,
             seed: 7,
             start: LoaderState::default(),
+            phase: 0,
             stop: None,
         }
     }

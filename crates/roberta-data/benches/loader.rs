@@ -39,6 +39,7 @@ fn stream(dir: &std::path::Path) {
         world: 1,
         pad_to: None,
         queue_depth: 8,
+        mask_ramp: None,
     };
     let mut loader = Loader::new(corpus, config, LoaderState::default(), None);
     let start = Instant::now();
@@ -139,6 +140,7 @@ fn main() {
         world: 1,
         pad_to: None,
         queue_depth: 1,
+        mask_ramp: None,
     };
     let batches = corpus.len() / 32;
 

@@ -18,7 +18,7 @@ pub mod tokenizer;
 
 pub use dataset::{BreakMode, Meta, Split};
 pub use error::{DataError, Result};
-pub use loader::{Batch, Corpus, Loader, LoaderConfig, LoaderState};
+pub use loader::{Batch, Corpus, Loader, LoaderConfig, LoaderState, MaskRamp};
 pub use masking::{MaskVocab, MaskingConfig};
 pub use tokenizer::{Encoded, RobertaTokenizer, SpecialTokens};
 

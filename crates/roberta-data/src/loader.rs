@@ -97,6 +97,34 @@ pub struct LoaderConfig {
     pub pad_to: Option<usize>,
     /// Batches the producer thread may run ahead.
     pub queue_depth: usize,
+    /// A masking rate that changes as the data is served (else the corpus's).
+    #[serde(default)]
+    pub mask_ramp: Option<MaskRamp>,
+}
+
+/// A masking rate that moves from `from` at the first sequence served from `start` to
+/// `to` at the `sequences`-th, linearly or along a half cosine: a function of the data
+/// position, so a resumed loader masks as the uninterrupted one did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MaskRamp {
+    pub from: f64,
+    pub to: f64,
+    pub cosine: bool,
+    pub start: LoaderState,
+    /// Sequences (over all ranks) from `start` to the end of the ramp.
+    pub sequences: u64,
+}
+
+impl MaskRamp {
+    /// The rate of the sequence `served` positions after `start`.
+    pub fn at(&self, served: u64) -> f64 {
+        let t = (served as f64 / self.sequences.max(1) as f64).min(1.0);
+        let shape = match self.cosine {
+            true => (1.0 - (std::f64::consts::PI * t).cos()) / 2.0,
+            false => t,
+        };
+        self.from + (self.to - self.from) * shape
+    }
 }
 
 /// Where the loader is: the next sample is position `cursor` of epoch `epoch`'s
@@ -206,7 +234,20 @@ pub fn batch_at(
             epoch,
             block,
         };
-        let masked = mask_tokens(&tokens, &corpus.masking, &corpus.vocab, key);
+        let ramped;
+        let masking = match &config.mask_ramp {
+            Some(ramp) => {
+                let served =
+                    (epoch * n + position).saturating_sub(ramp.start.epoch * n + ramp.start.cursor);
+                ramped = MaskingConfig {
+                    mask_prob: ramp.at(served),
+                    ..corpus.masking.clone()
+                };
+                &ramped
+            }
+            None => &corpus.masking,
+        };
+        let masked = mask_tokens(&tokens, masking, &corpus.vocab, key);
         rows.push((masked.input_ids, masked.labels));
     }
     let after = state.cursor + group;
@@ -373,6 +414,7 @@ mod tests {
             world,
             pad_to: None,
             queue_depth: 2,
+            mask_ramp: None,
         }
     }
 
@@ -393,6 +435,58 @@ mod tests {
             all.last().unwrap().next.epoch >= 1,
             "the test crosses an epoch boundary"
         );
+    }
+
+    #[test]
+    fn a_mask_ramp_moves_the_rate_by_the_data_position_and_resumes() {
+        let ramp = MaskRamp {
+            from: 0.5,
+            to: 0.1,
+            cosine: true,
+            start: LoaderState {
+                epoch: 2,
+                cursor: 0,
+            },
+            sequences: 1000,
+        };
+        assert_eq!(ramp.at(0), 0.5);
+        assert!((ramp.at(500) - 0.3).abs() < 1e-12);
+        assert!((ramp.at(1000) - 0.1).abs() < 1e-12 && ramp.at(5000) == ramp.at(1000));
+        let linear = MaskRamp {
+            cosine: false,
+            ..ramp
+        };
+        assert!((linear.at(250) - 0.4).abs() < 1e-12);
+
+        let dir = write_split(&docs());
+        let c = corpus(dir.path());
+        let n = c.len();
+        let cfg = LoaderConfig {
+            mask_ramp: Some(MaskRamp {
+                start: LoaderState::default(),
+                sequences: 4 * n,
+                ..linear
+            }),
+            ..config(8, 0, 1)
+        };
+        let mut loader = Loader::new(c.clone(), cfg.clone(), LoaderState::default(), None);
+        let all: Vec<Batch> = (0..(4 * n as usize).div_ceil(8))
+            .map(|_| loader.next_batch().unwrap())
+            .collect();
+        let rate = |batches: &[Batch]| {
+            let masked: usize = batches.iter().map(|b| b.masked).sum();
+            let tokens: usize = batches.iter().map(|b| b.tokens).sum();
+            masked as f64 / tokens as f64
+        };
+        let quarter = all.len() / 4;
+        let (early, late) = (rate(&all[..quarter]), rate(&all[3 * quarter..]));
+        // 0.45 then 0.15 of the maskable tokens (`<s>` and `</s>` are a quarter here).
+        assert!(early > 2.5 * late && early > 0.25, "{early} then {late}");
+        // Resumed mid-ramp: the same masks.
+        let mut resumed = Loader::new(c, cfg, all[quarter].next, None);
+        for expected in &all[quarter + 1..quarter + 6] {
+            assert_eq!(&resumed.next_batch().unwrap(), expected);
+        }
     }
 
     #[test]

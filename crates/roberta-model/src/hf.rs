@@ -618,15 +618,25 @@ pub fn load_pretrained<B: Backend, M: Pretrained<B>>(
 
     let mut loader = Loader::<B>::new(&weights, device);
     let with_pooler = M::head_prefix().is_none() && loader.has_prefix(&format!("{prefix}pooler."));
-    let mut model = M::init(&config, num_labels, device);
-    if M::head_prefix().is_none() && !with_pooler {
-        model.backbone_mut().pooler = None;
-    }
-    if M::head_prefix().is_none() && with_pooler && model.backbone().pooler.is_none() {
-        model.backbone_mut().pooler = Some(RobertaPooler {
-            dense: crate::init::linear(&config, config.hidden_size, config.hidden_size, device),
-        });
-    }
+    let build = || {
+        let mut model = M::init(&config, num_labels, device);
+        if M::head_prefix().is_none() && !with_pooler {
+            model.backbone_mut().pooler = None;
+        }
+        if M::head_prefix().is_none() && with_pooler && model.backbone().pooler.is_none() {
+            model.backbone_mut().pooler = Some(RobertaPooler {
+                dense: crate::init::linear(&config, config.hidden_size, config.hidden_size, device),
+            });
+        }
+        model
+    };
+    // Every weight is loaded unless the head is new (fine-tuning's start): only then
+    // are the weights drawn first.
+    let new_head = M::head_prefix().is_some_and(|p| !loader.has_prefix(p));
+    let mut model = match new_head {
+        true => build(),
+        false => crate::init::without_drawing(build),
+    };
     model
         .backbone_mut()
         .hf_keys(prefix.trim_end_matches('.'), &mut loader);

@@ -14,6 +14,7 @@ pub mod error;
 pub mod heads;
 pub mod hf;
 mod init;
+pub use init::without_drawing;
 pub mod kernels;
 pub mod loss;
 pub mod model;

@@ -68,9 +68,12 @@ pub struct TrainerState {
     pub step: u64,
     /// The loader position after the last micro-batch of `step`.
     pub loader: LoaderState,
-    /// The phase (`[[schedule.phases]]`) whose data `loader` is a position in.
+    /// The phase (`[[schedule.phases]]`) whose data `loader` is a position in, and
+    /// where that phase's data began.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub phase: usize,
+    #[serde(default)]
+    pub phase_start: LoaderState,
     /// Updates skipped for a non-finite loss or gradient, in total and in a row.
     pub bad_steps: u64,
     pub bad_in_a_row: u32,
@@ -212,6 +215,7 @@ impl Default for TrainerState {
             step: 0,
             loader: LoaderState::default(),
             phase: 0,
+            phase_start: LoaderState::default(),
             bad_steps: 0,
             bad_in_a_row: 0,
             tokens: 0,
@@ -533,7 +537,8 @@ pub fn read_model<B: Backend, M: Pretrained<B> + Module<B>>(
 ) -> Result<(M, RobertaConfig)> {
     let config = model_config(dir)?;
     let num_labels = config.num_labels().unwrap_or(2);
-    let model = M::init(&config, num_labels, device)
+    // Every weight is read from the file: none is drawn first.
+    let model = roberta_model::without_drawing(|| M::init(&config, num_labels, device))
         .load_file(dir.join(MODEL), &Recorder32::new(), device)
         .map_err(read_error)
         .with_context(|| format!("{}: model weights", dir.display()))?;

@@ -8,7 +8,7 @@ use roberta_data::{BreakMode, MaskingConfig};
 
 use crate::backend::DeviceSpec;
 use crate::commands::apply::{ApplyArgs, TaskOverrides};
-use crate::commands::data::{InspectArgs, PreprocessArgs};
+use crate::commands::data::{InspectArgs, PreprocessArgs, RunAt};
 use crate::config::TaskKind;
 use roberta_data::labeled::Columns;
 use roberta_model::pooling::Pooling;
@@ -595,8 +595,18 @@ pub enum DataCommand {
 #[derive(Args)]
 pub struct InspectCli {
     /// A preprocessed data directory.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    pub data: Option<PathBuf>,
+    /// A pretraining config: show the micro-batches of update --step as the run serves
+    /// them (its phase, batch, masks and data seed; no update skipped).
+    #[arg(long, requires = "step", conflicts_with_all = ["data", "split", "epoch", "batch_size", "block_size", "break_mode", "seed", "mask_prob", "whole_word", "batches"])]
+    pub config: Option<PathBuf>,
+    /// Overrides of the config's keys, as `pretrain --set`.
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
+    pub sets: Vec<String>,
+    /// The update (from 1) whose micro-batches to show, with --config.
+    #[arg(long, requires = "config")]
+    pub step: Option<u64>,
     #[arg(long, value_enum, default_value = "train")]
     pub split: SplitArg,
     #[arg(long, default_value_t = 4)]
@@ -623,7 +633,12 @@ pub struct InspectCli {
 impl InspectCli {
     pub fn into_args(self) -> InspectArgs {
         InspectArgs {
-            data: self.data,
+            data: self.data.unwrap_or_default(),
+            run: self.config.map(|config| RunAt {
+                config,
+                sets: self.sets,
+                step: self.step.unwrap_or(1),
+            }),
             split: self.split.name().to_string(),
             batches: self.batches,
             epoch: self.epoch,

@@ -194,6 +194,29 @@ pub struct ScheduleSection {
     /// Sequences per update (over all devices) at the first update of the warmup.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub batch_warmup_start: u64,
+    /// A masking rate that moves, within each phase (the whole run without phases),
+    /// from the phase's `mask_prob` to this one by the phase's end ("Should You Mask
+    /// 15%?": high early, lower late). Unset: constant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_prob_end: Option<f64>,
+    /// How it moves: "linear" (default) or "cosine" (a half cosine).
+    #[serde(default, skip_serializing_if = "RampShape::is_linear")]
+    pub mask_prob_shape: RampShape,
+}
+
+/// The shape of a ramp from one value to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RampShape {
+    #[default]
+    Linear,
+    Cosine,
+}
+
+impl RampShape {
+    fn is_linear(&self) -> bool {
+        *self == Self::Linear
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -584,6 +607,11 @@ impl PretrainConfig {
 
     fn validate_phases(&self) -> Result<()> {
         let s = &self.schedule;
+        if let Some(end) = s.mask_prob_end
+            && !(end > 0.0 && end < 1.0)
+        {
+            bail!("schedule.mask_prob_end = {end} must be in (0, 1)");
+        }
         if s.batch_warmup_steps > 0 {
             let first = self.phases()[0];
             let full = (first.batch_size * first.accumulation) as u64;
@@ -692,6 +720,8 @@ impl RunConfig for PretrainConfig {
                 "phases",
                 "batch_warmup_steps",
                 "batch_warmup_start",
+                "mask_prob_end",
+                "mask_prob_shape",
             ]),
         ));
         changes.extend(section_changes(
@@ -1608,6 +1638,27 @@ batch_size = 4
         ] {
             let err = format!("{:#}", load(&phase(body), &[]).unwrap_err());
             assert!(err.contains(expected), "{body}: {err}");
+        }
+        for (sets, expected) in [
+            (
+                &["schedule.mask_prob_end=1.5"][..],
+                "schedule.mask_prob_end = 1.5 must be in (0, 1)",
+            ),
+            (
+                &[
+                    "schedule.batch_warmup_steps=10",
+                    "schedule.batch_warmup_start=4",
+                ],
+                "schedule.batch_warmup_start = 4 must be in [1, 4)",
+            ),
+            (
+                &["schedule.batch_warmup_start=2"],
+                "without schedule.batch_warmup_steps",
+            ),
+            (&["schedule.mask_prob_shape=\"square\""], "mask_prob_shape"),
+        ] {
+            let err = format!("{:#}", load(MINIMAL, sets).unwrap_err());
+            assert!(err.contains(expected), "{sets:?}: {err}");
         }
     }
 

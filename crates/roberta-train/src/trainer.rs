@@ -87,6 +87,52 @@ impl Settings {
             .unwrap_or(self.phases.len() - 1)
     }
 
+    /// Where the loader of a run on `world` replicas stands before update `step`, when
+    /// no update was skipped, given each phase's number of blocks: the phase, the
+    /// position, and where the phase's data began. The loop's own transitions, replayed.
+    pub fn loader_position(
+        &self,
+        step: u64,
+        world: usize,
+        blocks: &[u64],
+    ) -> (usize, roberta_data::LoaderState, roberta_data::LoaderState) {
+        let mut state = roberta_data::LoaderState::default();
+        let (mut phase, mut start) = (0, state);
+        for t in 1..=step {
+            let now = self.phase_at(t);
+            if now != phase {
+                phase = now;
+                state = roberta_data::LoaderState {
+                    epoch: state.epoch + 1,
+                    cursor: 0,
+                };
+                start = state;
+            }
+            if t == step {
+                break;
+            }
+            let rows = self.phases[now].batch_size * world * self.accumulation_at(t, now, world);
+            let after = state.cursor + rows as u64;
+            state = roberta_data::LoaderState {
+                epoch: state.epoch + after / blocks[now],
+                cursor: after % blocks[now],
+            };
+        }
+        (phase, state, start)
+    }
+
+    /// The sequences `phase` serves over `world` replicas, batch-size warmup included.
+    pub fn phase_sequences(&self, phase: usize, world: usize) -> u64 {
+        let first = match phase {
+            0 => 1,
+            p => self.phases[p - 1].until_step + 1,
+        };
+        let rows = (self.phases[phase].batch_size * world) as u64;
+        (first..=self.phases[phase].until_step)
+            .map(|t| self.accumulation_at(t, phase, world) as u64 * rows)
+            .sum()
+    }
+
     /// Micro-batches per device in update `step` of `phase` on `world` replicas: the
     /// phase's, or during the batch-size warmup the whole micro-batches that the
     /// linearly growing sequences per update fill (at least one).
@@ -516,6 +562,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                     epoch: state.loader.epoch + 1,
                     cursor: 0,
                 };
+                state.phase_start = state.loader;
             }
             let settings = s.phases[phase];
             let batches = batches.get_or_insert_with(|| {
@@ -529,6 +576,8 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                     seed: s.data_seed,
                     start: state.loader,
                     phase,
+                    phase_start: state.phase_start,
+                    phase_sequences: s.phase_sequences(phase, self.world),
                     stop: stop.clone(),
                 })
             });

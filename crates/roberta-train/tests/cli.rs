@@ -766,7 +766,7 @@ fn until_done_with_random_kills(args: &[&str], log: &Path, half_run_ms: u64) -> 
 }
 
 /// With two phases (shorter blocks, more of them, more masking, then the config's), a
-/// batch-size warmup, the weights' moving average on and TensorBoard files written, a run killed at random
+/// batch-size warmup, a masking rate that decays within each phase, the weights' moving average on and TensorBoard files written, a run killed at random
 /// instants resumes bitwise: the same metrics (evaluated on the average), the same
 /// `final/` (the average), and TensorBoard's files hold each line's numbers once, at its
 /// step, whatever was logged past a checkpoint before a kill. Resuming from the last
@@ -793,6 +793,10 @@ fn random_kills_across_phases_with_the_weights_average_and_tensorboard_resume_bi
         "schedule.batch_warmup_steps=10",
         "--set",
         "schedule.batch_warmup_start=4",
+        "--set",
+        "schedule.mask_prob_end=0.1",
+        "--set",
+        "schedule.mask_prob_shape=cosine",
     ];
     let straight = dir.path().join("straight");
     let clock = std::time::Instant::now();
@@ -801,6 +805,18 @@ fn random_kills_across_phases_with_the_weights_average_and_tensorboard_resume_bi
     let half_run_ms = clock.elapsed().as_millis() as u64 / 2;
     let killed = dir.path().join("killed");
     let args = pretrain_args(&config, &killed, &settings);
+    // One kill for certain, mid-phase, after a checkpoint; then at random instants.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roberta-train"))
+        .args(&args)
+        .current_dir(repo())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !killed.join("checkpoints/step-0000024").exists() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().ok();
+    child.wait().unwrap();
     let kills = until_done_with_random_kills(&args, &dir.path().join("stderr.log"), half_run_ms);
     eprintln!("finished after {kills} kills");
 
@@ -843,9 +859,38 @@ fn random_kills_across_phases_with_the_weights_average_and_tensorboard_resume_bi
     let log = String::from_utf8_lossy(&straight_out.stderr);
     assert!(
         log.contains("phase 2 of 2 from update 33: blocks of 32 tokens")
+            && log.contains("30% → 10% masked (cosine)")
             && log.contains("batch-size warmup: 4 sequences per update at update 1"),
         "{log}"
     );
+    // `data inspect --step` replays the loader: where it says update N starts is where
+    // the checkpoint after update N − 1 left it (at the boundary, the next phase's start).
+    for (step, next_phase) in [(28, false), (32, true), (40, false)] {
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                straight.join(format!("checkpoints/step-{step:07}/trainer.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let (epoch, cursor) = match next_phase {
+            true => (state["loader"]["epoch"].as_u64().unwrap() + 1, 0),
+            false => (
+                state["loader"]["epoch"].as_u64().unwrap(),
+                state["loader"]["cursor"].as_u64().unwrap(),
+            ),
+        };
+        let next = (step + 1).to_string();
+        let output = dir.path().join(format!("inspect-{next}.jsonl"));
+        let mut args = vec!["data", "inspect", "--config", s(&config), "--step", &next];
+        args.extend(settings);
+        args.extend(["--output", s(&output)]);
+        let out = ok(&run(&args));
+        assert!(
+            out.contains(&format!("from epoch {epoch} position {cursor}")),
+            "update {next}: {out}"
+        );
+    }
     // Steps 33–60 logged, then taken again from the last checkpoint of the first phase:
     // each once.
     let boundary = killed.join("checkpoints/step-0000032");

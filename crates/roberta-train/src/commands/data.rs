@@ -220,8 +220,17 @@ pub fn run_preprocess(args: PreprocessArgs) -> Result<()> {
     Ok(())
 }
 
+/// `data inspect --config --step`: what update `step` of a run serves.
+pub struct RunAt {
+    pub config: PathBuf,
+    pub sets: Vec<String>,
+    pub step: u64,
+}
+
 pub struct InspectArgs {
     pub data: PathBuf,
+    /// Instead of the flags below: a run's config and an update.
+    pub run: Option<RunAt>,
     pub split: String,
     pub batches: usize,
     pub epoch: u64,
@@ -233,8 +242,115 @@ pub struct InspectArgs {
     pub output: PathBuf,
 }
 
+/// What `data inspect` shows: batches of one loader from one position.
+struct Served {
+    data: PathBuf,
+    tokenizer: RobertaTokenizer,
+    corpus: Corpus,
+    config: LoaderConfig,
+    state: LoaderState,
+    batches: usize,
+}
+
 pub fn inspect(args: InspectArgs) -> Result<()> {
     refuse_existing(&args.output, "--output")?;
+    let served = match &args.run {
+        Some(run) => served_at(run)?,
+        None => served_by_flags(&args)?,
+    };
+    write_batches(served, &args.output)
+}
+
+/// The data directory's tokenizer and one split of it.
+fn open_split(data: &Path, split: &str) -> Result<(RobertaTokenizer, Split, MaskVocab)> {
+    let tokenizer = RobertaTokenizer::load(&data.join("tokenizer.json"))
+        .with_context(|| format!("{}: the data directory's tokenizer", data.display()))?;
+    let split = Split::open(
+        data,
+        split,
+        Some(&roberta_data::preprocess::tokenizer_sha256(&tokenizer)),
+    )?;
+    split.check_vocab(tokenizer.vocab_size())?;
+    let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
+        tokenizer.id_to_token(id)
+    });
+    Ok((tokenizer, split, vocab))
+}
+
+/// The micro-batches of update `run.step` of a pretraining run, as its loader serves
+/// them when no update was skipped.
+fn served_at(run: &RunAt) -> Result<Served> {
+    let (config, _) = crate::config::PretrainConfig::load(&run.config, &run.sets)?;
+    let settings = crate::commands::pretrain::settings(&config, Path::new("."));
+    ensure!(
+        (1..=settings.total).contains(&run.step),
+        "--step {} is outside the run's updates 1..={}",
+        run.step,
+        settings.total
+    );
+    let data = config.data.data_dir.clone();
+    let mut corpora = Vec::new();
+    for phase in config.phases() {
+        let (_, split, vocab) = open_split(&data, "train")?;
+        let masking = MaskingConfig {
+            mask_prob: phase.mask_prob,
+            ..config.masking.clone()
+        };
+        let corpus = Corpus::open(
+            split,
+            phase.block_size,
+            config.data.break_mode,
+            vocab,
+            masking,
+        )?;
+        ensure!(
+            !corpus.is_empty(),
+            "{}: the train split has no blocks",
+            data.display()
+        );
+        corpora.push(corpus);
+    }
+    let blocks: Vec<u64> = corpora.iter().map(Corpus::len).collect();
+    let (phase, state, start) = settings.loader_position(run.step, 1, &blocks);
+    let corpus = corpora.swap_remove(phase);
+    let batches = settings.accumulation_at(run.step, phase, 1);
+    let batch_size = settings.phases[phase].batch_size;
+    println!(
+        "update {}: phase {} of {}, blocks of {} tokens, {batches} micro-batch(es) of {batch_size}, from epoch {} position {}",
+        run.step,
+        phase + 1,
+        blocks.len(),
+        corpus.block_size,
+        state.epoch,
+        state.cursor
+    );
+    let config = LoaderConfig {
+        batch_size,
+        seed: config.data_seed(),
+        rank: 0,
+        world: 1,
+        pad_to: None,
+        queue_depth: 1,
+        mask_ramp: crate::tasks::mlm::mask_ramp(
+            &corpus,
+            crate::tasks::mlm::mask_prob_end(&config),
+            start,
+            settings.phase_sequences(phase, 1),
+        ),
+    };
+    let (tokenizer, ..) = open_split(&data, "train")?;
+    Ok(Served {
+        data,
+        tokenizer,
+        corpus,
+        config,
+        state,
+        batches,
+    })
+}
+
+/// `--batches` batches of the loader the flags describe, from the start of `--epoch`.
+fn served_by_flags(args: &InspectArgs) -> Result<Served> {
     args.masking.validate().map_err(|e| anyhow::anyhow!(e))?;
     roberta_data::blocks::check_block_size("--block-size", args.block_size)
         .map_err(anyhow::Error::msg)?;
@@ -256,17 +372,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             memory as f64 / f64::from(1u32 << 30)
         );
     }
-    let tokenizer = RobertaTokenizer::load(&args.data.join("tokenizer.json"))
-        .with_context(|| format!("{}: the data directory's tokenizer", args.data.display()))?;
-    let split = Split::open(
-        &args.data,
-        &args.split,
-        Some(&roberta_data::preprocess::tokenizer_sha256(&tokenizer)),
-    )?;
-    split.check_vocab(tokenizer.vocab_size())?;
-    let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
-        tokenizer.id_to_token(id)
-    });
+    let (tokenizer, split, vocab) = open_split(&args.data, &args.split)?;
     let corpus = Corpus::open(
         split,
         args.block_size,
@@ -287,12 +393,32 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         world: 1,
         pad_to: None,
         queue_depth: 1,
+        mask_ramp: None,
     };
-    let mut state = LoaderState {
-        epoch: args.epoch,
-        cursor: 0,
-    };
-    let mut out = NewOutput::create(&args.output)?;
+    Ok(Served {
+        data: args.data.clone(),
+        tokenizer,
+        corpus,
+        config,
+        state: LoaderState {
+            epoch: args.epoch,
+            cursor: 0,
+        },
+        batches: args.batches,
+    })
+}
+
+/// The batches as JSONL rows into `output`, and their mask statistics on stdout.
+fn write_batches(served: Served, output: &Path) -> Result<()> {
+    let Served {
+        data,
+        tokenizer,
+        corpus,
+        config,
+        mut state,
+        batches,
+    } = served;
+    let mut out = NewOutput::create(output)?;
     let mask = tokenizer.specials().mask;
     let (mut maskable, mut chosen, mut as_mask, mut as_random, mut kept) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
@@ -300,7 +426,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     // Ids the tokenizer does not have: how many, and the first (batch, row, id).
     let vocab_size = tokenizer.vocab_size();
     let (mut out_of_vocab, mut first_out_of_vocab) = (0usize, None);
-    for b in 0..args.batches {
+    for b in 0..batches {
         let batch = batch_at(&corpus, &config, state, None)?;
         for row in 0..batch.batch_size {
             let range = row * batch.seq_len..(row + 1) * batch.seq_len;
@@ -349,11 +475,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     }
     out.finish()?;
     let pct = |x: usize, of: usize| 100.0 * x as f64 / of.max(1) as f64;
-    println!(
-        "wrote {} batches to {}",
-        args.batches,
-        args.output.display()
-    );
+    println!("wrote {} batches to {}", batches, output.display());
     println!(
         "mask rate: {:.2}% of {maskable} maskable tokens",
         pct(chosen, maskable)
@@ -367,13 +489,13 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     println!(
         "block fill rate: {:.1}% of {} tokens over {} blocks",
         corpus.fill_rate() * 100.0,
-        args.block_size,
+        corpus.block_size,
         corpus.len()
     );
     if let Some((batch, row, id)) = first_out_of_vocab {
         bail!(
             "{}: {out_of_vocab} token id(s) outside the tokenizer's {vocab_size} (first: {id}, batch {batch} row {row}): the shards do not match their tokenizer; preprocess again",
-            args.data.display()
+            data.display()
         );
     }
     Ok(())

@@ -156,7 +156,7 @@ fn open_corpora(
 }
 
 /// How the trainer runs a pretraining config.
-fn settings(config: &PretrainConfig, run_dir: &std::path::Path) -> Settings {
+pub fn settings(config: &PretrainConfig, run_dir: &std::path::Path) -> Settings {
     let c = config;
     Settings {
         phases: c
@@ -292,6 +292,7 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         corpora: phases.into_iter().map(Arc::new).collect(),
         valid,
         queue_depth: config.train.loader_queue,
+        mask_prob_end: crate::tasks::mlm::mask_prob_end(&config),
         vocab_size: model_config.vocab_size,
         probe,
     };

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use burn::prelude::*;
 use roberta_data::loader::validation_batch;
-use roberta_data::{Batch, Corpus, Loader, LoaderConfig};
+use roberta_data::{Batch, Corpus, Loader, LoaderConfig, LoaderState, MaskRamp};
 use roberta_model::loss::cross_entropy_sum;
 use roberta_model::{Kernels, RobertaForMaskedLM, RobertaInput, TrainingBackend};
 
 use super::{BatchPlan, Batches, StepLoss, Task, Window};
+use crate::config::{PretrainConfig, RampShape};
 use crate::metrics::Metrics;
 use crate::probe::Probe;
 use crate::trainer::TrainPhase;
@@ -25,6 +26,9 @@ pub struct Mlm {
     pub valid: Option<Validation>,
     /// Batches the background loader may prepare ahead.
     pub queue_depth: usize,
+    /// The masking rate each phase ends at, and whether it gets there along a half
+    /// cosine (else linearly), from the phase's own.
+    pub mask_prob_end: Option<(f64, bool)>,
     /// The model's vocabulary: every token id must be below it.
     pub vocab_size: usize,
     /// A linear probe of the encoder at every evaluation (`[eval.probe]`).
@@ -38,6 +42,29 @@ pub struct Validation {
     pub batches: usize,
     pub batch_size: usize,
     pub seed: u64,
+}
+
+/// `schedule.mask_prob_end` and whether its shape is the cosine.
+pub fn mask_prob_end(config: &PretrainConfig) -> Option<(f64, bool)> {
+    let cosine = config.schedule.mask_prob_shape == RampShape::Cosine;
+    config.schedule.mask_prob_end.map(|end| (end, cosine))
+}
+
+/// The masking rate of a phase whose data begins at `start` and runs `sequences` long:
+/// from the phase's own rate to `end`, if there is one.
+pub fn mask_ramp(
+    corpus: &Corpus,
+    end: Option<(f64, bool)>,
+    start: LoaderState,
+    sequences: u64,
+) -> Option<MaskRamp> {
+    end.map(|(to, cosine)| MaskRamp {
+        from: corpus.masking.mask_prob,
+        to,
+        cosine,
+        start,
+        sequences,
+    })
 }
 
 /// A batch as tensors: the model input, flat indices of the masked positions, targets.
@@ -160,6 +187,12 @@ impl<B: TrainingBackend> Task<B> for Mlm {
             world: plan.world,
             pad_to: None,
             queue_depth: self.queue_depth,
+            mask_ramp: mask_ramp(
+                &self.corpora[plan.phase],
+                self.mask_prob_end,
+                plan.phase_start,
+                plan.phase_sequences,
+            ),
         };
         Box::new(LoaderBatches(Loader::new(
             self.corpora[plan.phase].clone(),
@@ -170,13 +203,22 @@ impl<B: TrainingBackend> Task<B> for Mlm {
     }
 
     fn log_phase(&self, phase: usize, settings: TrainPhase, world: usize, step: u64) {
-        if self.corpora.len() < 2 {
+        if self.corpora.len() < 2 && self.mask_prob_end.is_none() {
             return;
         }
         let corpus = &self.corpora[phase];
         let sequences = settings.batch_size * settings.accumulation * world;
+        let masked = corpus.masking.mask_prob * 100.0;
+        let masking = match self.mask_prob_end {
+            Some((end, cosine)) => format!(
+                "{masked:.0}% → {:.0}% masked ({})",
+                end * 100.0,
+                if cosine { "cosine" } else { "linear" }
+            ),
+            None => format!("{masked:.0}% masked"),
+        };
         tracing::info!(
-            "phase {} of {} from update {}: blocks of {} tokens, {sequences} sequences ({} × {} × {world} devices) ≈ {} tokens per update, {:.0}% masked",
+            "phase {} of {} from update {}: blocks of {} tokens, {sequences} sequences ({} × {} × {world} devices) ≈ {} tokens per update, {masking}",
             phase + 1,
             self.corpora.len(),
             step + 1,
@@ -184,7 +226,6 @@ impl<B: TrainingBackend> Task<B> for Mlm {
             settings.batch_size,
             settings.accumulation,
             sequences * corpus.block_size,
-            corpus.masking.mask_prob * 100.0
         );
     }
 

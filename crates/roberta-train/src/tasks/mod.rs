@@ -68,8 +68,11 @@ pub struct BatchPlan {
     pub batch_size: usize,
     pub seed: u64,
     pub start: LoaderState,
-    /// The phase of the run (see [`crate::trainer::TrainPhase`]) the batches are for.
+    /// The phase of the run (see [`crate::trainer::TrainPhase`]) the batches are for,
+    /// where its data began, and how many sequences it serves over all replicas.
     pub phase: usize,
+    pub phase_start: LoaderState,
+    pub phase_sequences: u64,
     /// Raised by a signal: a loader building a batch stops midway.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -430,6 +433,8 @@ mod tests {
             seed: 7,
             start: LoaderState::default(),
             phase: 0,
+            phase_start: LoaderState::default(),
+            phase_sequences: 0,
             stop: None,
         }
     }

@@ -22,20 +22,34 @@ pub use loader::{Batch, Corpus, Loader, LoaderConfig, LoaderState, MaskRamp};
 pub use masking::{MaskVocab, MaskingConfig};
 pub use tokenizer::{Encoded, RobertaTokenizer, SpecialTokens};
 
-/// Real datasets in `../shared/data` for tests; absent ones are skipped with a reason.
-#[cfg(test)]
-pub(crate) mod test_data {
+/// For the workspace's tests, not for users: the real datasets in `../shared/data`.
+#[doc(hidden)]
+pub mod test_data {
+    use std::io::Write;
     use std::path::{Path, PathBuf};
 
+    /// `../shared/data/PATH` beside the workspace, or `None` where it is absent: the
+    /// calling test skips what needs it, says so on stderr, and adds a line naming
+    /// itself and the file to the file `ROBERTA_SKIP_LOG` names, when set (CI prints
+    /// those lines after the tests, and fails on any while the data is there).
     pub fn shared(path: &str) -> Option<PathBuf> {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../../shared/data")
             .join(path);
         if p.exists() {
-            Some(p)
-        } else {
-            eprintln!("skipped: {} is absent", p.display());
-            None
+            return Some(p);
         }
+        eprintln!("skipped: {} is absent", p.display());
+        if let Some(log) = std::env::var_os("ROBERTA_SKIP_LOG") {
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let line = format!("{test}: ../shared/data/{path} is absent\n");
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .ok();
+        }
+        None
     }
 }

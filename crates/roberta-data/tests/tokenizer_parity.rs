@@ -17,14 +17,9 @@ struct Vector {
 }
 
 fn roberta_base() -> Option<PathBuf> {
-    let dir =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/roberta_base_tokenizer");
-    if dir.join(TOKENIZER_FILE).exists() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: {} is absent", dir.display());
-        None
-    }
+    let file =
+        roberta_data::test_data::shared(&format!("roberta_base_tokenizer/{TOKENIZER_FILE}"))?;
+    file.parent().map(Path::to_path_buf)
 }
 
 fn vectors() -> Vec<Vector> {

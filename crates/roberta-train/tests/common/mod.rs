@@ -46,15 +46,9 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A file of `../shared/data`, or `None` (with the reason printed) where it is absent.
+/// A file of `../shared/data`, or `None` where it is absent (the skip is reported).
 pub fn shared(path: &str) -> Option<PathBuf> {
-    let p = repo().join("../shared/data").join(path);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipped: {} is absent", p.display());
-        None
-    }
+    roberta_data::test_data::shared(path)
 }
 
 /// The first `n` lines of `path` (its header included) written to `out`.

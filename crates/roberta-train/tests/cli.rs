@@ -99,6 +99,15 @@ fn embed_writes_every_input_and_names_bad_lines() {
     );
     assert_eq!(file.tensor("1.hidden_states").unwrap().shape(), &[3, 4, 32]);
     assert!(file.tensor("0.input_ids").is_ok());
+    let ids: Vec<u8> = [0i64, 100, 101, 2]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(file.tensor("1.input_ids").unwrap().data(), ids);
+    // The last layer's output is the last hidden state.
+    let layers = file.tensor("1.hidden_states").unwrap().data().to_vec();
+    let last = file.tensor("1.last_hidden_state").unwrap().data().to_vec();
+    assert_eq!(&layers[2 * 4 * 32 * 4..], &last[..]);
 
     std::fs::write(&input, "{\"text\": \"ok\"}\n{\"txt\": \"typo\"}\n").unwrap();
     let bad = dir.path().join("bad.safetensors");

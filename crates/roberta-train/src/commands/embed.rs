@@ -1,15 +1,13 @@
 //! `embed`: hidden states of every input, per token (a safetensors file) or pooled into
 //! one vector per input (`--pool`: safetensors, `.npy` or JSONL, streamed as it goes).
 
-use std::collections::BTreeMap;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
-use roberta_model::hf::{write_new, write_new_with};
+use roberta_model::hf::write_new_with;
 use roberta_model::pooling::Pooling;
 use roberta_model::{RobertaInput, RobertaModel, TrainingBackend};
-use safetensors::{Dtype, tensor::TensorView};
 
 use crate::models::{ScratchDir, load_encoder};
 use crate::sentences::{PoolingChoice, Row, Rows, TokenizerFrom, encode};
@@ -63,7 +61,7 @@ pub fn embed<B: TrainingBackend>(device: B::Device, args: EmbedArgs) -> Result<(
     )?;
     let pad = config.pad_token_id as u32;
     match args.pool {
-        None => embed_tokens(&model, &mut rows, pad, &args, &device)?,
+        None => embed_tokens(&model, &config, &mut rows, &args, &device)?,
         Some(pooling) => {
             let choice = PoolingChoice::new(
                 pooling,
@@ -102,65 +100,99 @@ pub fn embed<B: TrainingBackend>(device: B::Device, args: EmbedArgs) -> Result<(
     Ok(())
 }
 
-/// Per-token hidden states in one safetensors file, as earlier versions wrote them.
+/// Per-token hidden states in one safetensors file, as earlier versions wrote them:
+/// `i.last_hidden_state` `[tokens, hidden]`, `i.hidden_states` `[layers, tokens, hidden]`
+/// with `--all-layers`, `i.input_ids` `[tokens]`. The inputs are tokenized first (their
+/// ids are all that is held), so the header, which names every tensor with its offsets,
+/// is written first and the states stream after it, batch by batch, in input order.
 fn embed_tokens<B: roberta_model::Kernels>(
     model: &RobertaModel<B>,
+    config: &roberta_model::RobertaConfig,
     rows: &mut Rows,
-    pad: u32,
     args: &EmbedArgs,
     device: &B::Device,
 ) -> Result<()> {
     let rows: Vec<Vec<u32>> = rows.map(|r| r.map(|r| r.ids)).collect::<Result<_>>()?;
     ensure!(!rows.is_empty(), "{}: no inputs", args.input.display());
-    let mut out: BTreeMap<String, (Vec<usize>, Vec<u8>, Dtype)> = BTreeMap::new();
-    let bar = indicatif::ProgressBar::new(rows.len() as u64);
-    for (chunk_index, chunk) in rows.chunks(args.batch_size).enumerate() {
-        let input = RobertaInput::from_rows(chunk, pad, device);
-        let output = model.forward(input, args.all_layers);
-        let [_, seq, hidden] = output.last_hidden_state.dims();
-        let last = output
-            .last_hidden_state
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()?;
-        let layers: Vec<Vec<f32>> = output
-            .hidden_states
-            .into_iter()
-            .map(|h| h.into_data().convert::<f32>().into_vec::<f32>())
-            .collect::<std::result::Result<_, _>>()?;
-        for (r, ids) in chunk.iter().enumerate() {
-            let i = chunk_index * args.batch_size + r;
-            let len = ids.len();
-            let rows_of = |t: &[f32]| f32_bytes(&t[r * seq * hidden..(r * seq + len) * hidden]);
-            out.insert(
-                format!("{i}.last_hidden_state"),
-                (vec![len, hidden], rows_of(&last), Dtype::F32),
-            );
-            if args.all_layers {
-                let all: Vec<u8> = layers.iter().flat_map(|l| rows_of(l)).collect();
-                out.insert(
-                    format!("{i}.hidden_states"),
-                    (vec![layers.len(), len, hidden], all, Dtype::F32),
-                );
+    // The embeddings' output, then every layer's.
+    let (hidden, layers) = (config.hidden_size, config.num_hidden_layers + 1);
+    let pad = config.pad_token_id as u32;
+    let header = tokens_header(&rows, hidden, args.all_layers.then_some(layers))?;
+    write_new_with(&args.output, |file| -> Result<()> {
+        let mut out = BufWriter::new(file);
+        out.write_all(&header)?;
+        let bar = indicatif::ProgressBar::new(rows.len() as u64);
+        for chunk in rows.chunks(args.batch_size) {
+            let input = RobertaInput::from_rows(chunk, pad, device);
+            let output = model.forward(input, args.all_layers);
+            let [_, seq, _] = output.last_hidden_state.dims();
+            let values =
+                |t: burn::tensor::Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>();
+            let last = values(output.last_hidden_state)?;
+            let all: Vec<Vec<f32>> = output
+                .hidden_states
+                .into_iter()
+                .map(values)
+                .collect::<std::result::Result<_, _>>()?;
+            for (r, ids) in chunk.iter().enumerate() {
+                let states =
+                    |t: &[f32]| f32_bytes(&t[r * seq * hidden..(r * seq + ids.len()) * hidden]);
+                out.write_all(&states(&last))?;
+                for layer in &all {
+                    out.write_all(&states(layer))?;
+                }
+                for &t in ids {
+                    out.write_all(&i64::from(t).to_le_bytes())?;
+                }
             }
-            let ids: Vec<u8> = ids
-                .iter()
-                .flat_map(|&t| i64::from(t).to_le_bytes())
-                .collect();
-            out.insert(format!("{i}.input_ids"), (vec![len], ids, Dtype::I64));
+            bar.inc(chunk.len() as u64);
         }
-        bar.inc(chunk.len() as u64);
+        bar.finish_and_clear();
+        out.flush()?;
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", args.output.display()))
+}
+
+/// The safetensors header of [`embed_tokens`]'s file: each input's tensors in input
+/// order, one after another, padded with spaces to 8 bytes as the format's writer does.
+fn tokens_header(rows: &[Vec<u32>], hidden: usize, layers: Option<usize>) -> Result<Vec<u8>> {
+    let mut entries = serde_json::Map::new();
+    entries.insert(
+        "__metadata__".into(),
+        serde_json::json!({ "inputs": rows.len().to_string() }),
+    );
+    let mut at = 0usize;
+    let mut add = |name: String, dtype: &str, shape: Vec<usize>, bytes: usize| {
+        entries.insert(
+            name,
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [at, at + bytes] }),
+        );
+        at += bytes;
+    };
+    for (i, ids) in rows.iter().enumerate() {
+        let len = ids.len();
+        add(
+            format!("{i}.last_hidden_state"),
+            "F32",
+            vec![len, hidden],
+            len * hidden * 4,
+        );
+        if let Some(layers) = layers {
+            add(
+                format!("{i}.hidden_states"),
+                "F32",
+                vec![layers, len, hidden],
+                layers * len * hidden * 4,
+            );
+        }
+        add(format!("{i}.input_ids"), "I64", vec![len], len * 8);
     }
-    bar.finish_and_clear();
-    let views = out
-        .iter()
-        .map(|(k, (shape, data, dtype))| {
-            Ok((k.clone(), TensorView::new(*dtype, shape.clone(), data)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = Some([("inputs".to_string(), rows.len().to_string())].into());
-    let file = safetensors::serialize(views, metadata)?;
-    write_new(&args.output, &file).with_context(|| format!("writing {}", args.output.display()))
+    let mut json = serde_json::to_vec(&entries)?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut header = (json.len() as u64).to_le_bytes().to_vec();
+    header.extend_from_slice(&json);
+    Ok(header)
 }
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {

@@ -360,10 +360,6 @@ impl Saver {
         let metadata = Some([("format".to_string(), "pt".to_string())].into());
         safetensors::serialize(views, metadata).expect("f32 tensors serialise")
     }
-
-    pub fn keys(&self) -> Vec<&str> {
-        self.tensors.iter().map(|(k, _, _)| k.as_str()).collect()
-    }
 }
 
 impl<B: Backend> HfIo<B> for Saver {
@@ -706,15 +702,6 @@ fn head_labels_from_weights(weights: &HfWeights) -> Option<usize> {
     ["classifier.out_proj.bias", "classifier.bias"]
         .iter()
         .find_map(|k| weights.get(k).map(|(shape, _)| shape[0]))
-}
-
-/// The HF key names `save_pretrained` would write for this model.
-pub fn hf_keys<B: Backend, M: Pretrained<B>>(model: &M) -> Vec<String> {
-    collect(model)
-        .keys()
-        .into_iter()
-        .map(String::from)
-        .collect()
 }
 
 fn collect<B: Backend, M: Pretrained<B>>(model: &M) -> Saver {

@@ -30,7 +30,7 @@ use crate::parallel::{self, Group};
 use crate::processes::{self, Processes};
 use crate::run_dir;
 use crate::sinks::{Console, MetricsFile, MetricsLine, Sinks, TensorBoard};
-use crate::tasks::{BatchPlan, Task, Window};
+use crate::tasks::{BatchPlan, Batches, Task, Window};
 
 /// How a run trains, whatever the task.
 #[derive(Debug, Clone)]
@@ -497,6 +497,15 @@ struct Finished<M, I> {
     ema: Option<I>,
 }
 
+/// What [`Replica::next_window`] found.
+enum Next<T> {
+    Window(Window<T>, f64),
+    Stop { signal: bool },
+}
+
+/// A sum kept on the device over a window's micro-batches (none yet: `None`).
+type DeviceSum<B> = Option<Tensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, 1>>;
+
 /// The model of a task without autodiff, as evaluated and saved.
 type Inner<B, T> = <<T as Task<B>>::Model as AutodiffModule<B>>::InnerModule;
 
@@ -555,95 +564,32 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             );
             // 0. A new phase starts its own data at the next epoch's order.
             let phase = s.phase_at(state.step + 1);
-            if phase != state.phase {
-                state.phase = phase;
+            if self.enter_phase(phase, &mut state) {
                 batches = None;
-                state.loader = roberta_data::LoaderState {
-                    epoch: state.loader.epoch + 1,
-                    cursor: 0,
-                };
-                state.phase_start = state.loader;
             }
-            let settings = s.phases[phase];
-            let batches = batches.get_or_insert_with(|| {
-                if self.rank == 0 {
-                    self.task.log_phase(phase, settings, self.world, state.step);
-                }
-                self.task.batches(BatchPlan {
-                    rank: self.rank,
-                    world: self.world,
-                    batch_size: settings.batch_size,
-                    seed: s.data_seed,
-                    start: state.loader,
-                    phase,
-                    phase_start: state.phase_start,
-                    phase_sequences: s.phase_sequences(phase, self.world),
-                    stop: stop.clone(),
-                })
-            });
-            // 1. The window: this update's micro-batches, their target count over all
-            //    replicas, and whether replica 0 was asked to stop.
-            //    A batch that could not be read (a corrupt shard) or that the model cannot
-            //    take stops every replica with its reason.
+            let batches = batches.get_or_insert_with(|| self.loader(phase, &state, &stop));
+            // 1. The window: this update's micro-batches and their target count over all
+            //    replicas; or the decision, taken by all, to stop.
             let accumulation = s.accumulation_at(state.step + 1, phase, self.world);
-            let (window, unreadable) = match batches.next_window(accumulation) {
-                Ok(window) => (window, None),
-                Err(e) => (Window::empty(state.loader), Some(format!("{e:#}"))),
-            };
-            let local_targets: usize = window.batches.iter().map(|b| self.task.targets(b)).sum();
-            let signal = stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
             let early = leader.as_ref().is_some_and(|l| l.early_stop);
-            let refused =
-                unreadable.or_else(|| window.batches.iter().find_map(|b| self.task.check(b).err()));
-            let [window_targets, signal, early, refusals] = self.sum([
-                local_targets as f64,
-                f64::from(u8::from(signal)),
-                f64::from(u8::from(early)),
-                f64::from(u8::from(refused.is_some())),
-            ])?;
-            // A signal first: it may have interrupted the reading of this window.
-            if signal > 0.0 || early > 0.0 {
-                stopped = signal > 0.0;
-                break;
-            }
-            if refusals > 0.0 {
-                bail!(refused.unwrap_or_else(|| "another replica's batch was refused".into()));
-            }
+            let (window, window_targets) =
+                match self.next_window(batches.as_mut(), accumulation, &state, &stop, early)? {
+                    Next::Window(window, targets) => (window, targets),
+                    Next::Stop { signal } => {
+                        stopped = signal;
+                        break;
+                    }
+                };
             state.loader = window.next;
             let epoch_done = window.next.epoch > window.epoch;
             phases.end("data");
 
-            // 2. Forward and backward each micro-batch; its summed loss over the window's
-            //    target count, so the accumulated gradient is that of one big batch. The
-            //    loss sums and right predictions stay on the device.
-            let forward = s.precision.forward_model(&model);
-            let mut accumulator = GradientsAccumulator::<T::Model>::new();
-            let mut window_loss: Option<Tensor<B::InnerBackend, 1>> = None;
-            let mut window_correct: Option<Tensor<B::InnerBackend, 1>> = None;
-            for (i, batch) in window.batches.iter().enumerate() {
-                // Dropout masks become a function of (seed, step, micro-batch): exact resume.
-                seed_dropout::<B>(&self.device, s.seed, state.step, i * self.world + self.rank);
-                let Some(step) = self.task.loss(&forward, batch, &self.device) else {
-                    continue;
-                };
-                phases.end("forward");
-                let add = |sum: Option<Tensor<B::InnerBackend, 1>>, x| match sum {
-                    Some(sum) => sum + x,
-                    None => x,
-                };
-                window_loss = Some(add(window_loss, step.sum.clone().inner()));
-                if let Some(correct) = step.correct {
-                    window_correct = Some(add(window_correct, correct.inner()));
-                }
-                let grads = (step.sum / window_targets.max(1.0)).backward();
-                accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
-                phases.end("backward");
-            }
-            // In fp32 `forward` is a clone sharing the model's buffers; once it is
-            // dropped, the optimizer updates them in place instead of copying each one.
-            drop(forward);
+            // 2. Forward and backward each micro-batch (the loss sums and right
+            //    predictions stay on the device), then the gradients summed over replicas.
+            let (accumulated, window_loss, window_correct) =
+                self.forward_backward(&model, &window, window_targets, state.step, &mut phases);
             let reduce = Instant::now();
-            let grads = self.group.sum_gradients(accumulator.grads(), &model)?;
+            let grads = self.group.sum_gradients(accumulated, &model)?;
             let allreduce_s = reduce.elapsed().as_secs_f64();
             phases.end("allreduce");
 
@@ -725,6 +671,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 self.save(leader, &model, &optim, &state, interval_start)?;
             }
         }
+        drop(batches);
         self.group.leave()?;
         Ok(Finished {
             model,
@@ -732,6 +679,123 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             stopped,
             ema: leader.and_then(|l| l.ema).map(|e| e.model),
         })
+    }
+
+    /// Moves the state into `phase` when the next update starts it: its data begins at
+    /// the next epoch's order. Whether it did.
+    fn enter_phase(&self, phase: usize, state: &mut TrainerState) -> bool {
+        if phase == state.phase {
+            return false;
+        }
+        state.phase = phase;
+        state.loader = roberta_data::LoaderState {
+            epoch: state.loader.epoch + 1,
+            cursor: 0,
+        };
+        state.phase_start = state.loader;
+        true
+    }
+
+    /// The task's batches for `phase` from where the state stands.
+    fn loader(
+        &self,
+        phase: usize,
+        state: &TrainerState,
+        stop: &Option<Arc<AtomicBool>>,
+    ) -> Box<dyn Batches<T::Batch> + '_> {
+        let s = self.settings;
+        let settings = s.phases[phase];
+        if self.rank == 0 {
+            self.task.log_phase(phase, settings, self.world, state.step);
+        }
+        self.task.batches(BatchPlan {
+            rank: self.rank,
+            world: self.world,
+            batch_size: settings.batch_size,
+            seed: s.data_seed,
+            start: state.loader,
+            phase,
+            phase_start: state.phase_start,
+            phase_sequences: s.phase_sequences(phase, self.world),
+            stop: stop.clone(),
+        })
+    }
+
+    /// The next update's window and its target count over all replicas, or a stop that
+    /// every replica takes together: a signal (it may have interrupted the read) or an
+    /// early stop. A batch that could not be read (a corrupt shard) or that the model
+    /// cannot take stops every replica with its reason.
+    fn next_window(
+        &self,
+        batches: &mut dyn Batches<T::Batch>,
+        accumulation: usize,
+        state: &TrainerState,
+        stop: &Option<Arc<AtomicBool>>,
+        early: bool,
+    ) -> Result<Next<T::Batch>> {
+        let (window, unreadable) = match batches.next_window(accumulation) {
+            Ok(window) => (window, None),
+            Err(e) => (Window::empty(state.loader), Some(format!("{e:#}"))),
+        };
+        let local_targets: usize = window.batches.iter().map(|b| self.task.targets(b)).sum();
+        let signal = stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+        let refused =
+            unreadable.or_else(|| window.batches.iter().find_map(|b| self.task.check(b).err()));
+        let [targets, signal, early, refusals] = self.sum([
+            local_targets as f64,
+            f64::from(u8::from(signal)),
+            f64::from(u8::from(early)),
+            f64::from(u8::from(refused.is_some())),
+        ])?;
+        if signal > 0.0 || early > 0.0 {
+            return Ok(Next::Stop {
+                signal: signal > 0.0,
+            });
+        }
+        if refusals > 0.0 {
+            bail!(refused.unwrap_or_else(|| "another replica's batch was refused".into()));
+        }
+        Ok(Next::Window(window, targets))
+    }
+
+    /// Forward and backward each micro-batch of the window: its summed loss over the
+    /// window's target count, so the accumulated gradient is that of one big batch.
+    /// Returns the gradients and, on the device, the loss sum and right predictions.
+    fn forward_backward(
+        &self,
+        model: &T::Model,
+        window: &Window<T::Batch>,
+        window_targets: f64,
+        step: u64,
+        phases: &mut Phases<'_, B>,
+    ) -> (GradientsParams, DeviceSum<B>, DeviceSum<B>) {
+        let s = self.settings;
+        let forward = s.precision.forward_model(model);
+        let mut accumulator = GradientsAccumulator::<T::Model>::new();
+        let (mut window_loss, mut window_correct): (DeviceSum<B>, DeviceSum<B>) = (None, None);
+        let add = |sum: DeviceSum<B>, x| match sum {
+            Some(sum) => sum + x,
+            None => x,
+        };
+        for (i, batch) in window.batches.iter().enumerate() {
+            // Dropout masks become a function of (seed, step, micro-batch): exact resume.
+            seed_dropout::<B>(&self.device, s.seed, step, i * self.world + self.rank);
+            let Some(loss) = self.task.loss(&forward, batch, &self.device) else {
+                continue;
+            };
+            phases.end("forward");
+            window_loss = Some(add(window_loss, loss.sum.clone().inner()));
+            if let Some(correct) = loss.correct {
+                window_correct = Some(add(window_correct, correct.inner()));
+            }
+            let grads = (loss.sum / window_targets.max(1.0)).backward();
+            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+            phases.end("backward");
+        }
+        // In fp32 `forward` is a clone sharing the model's buffers; once it is dropped,
+        // the optimizer updates them in place instead of copying each one.
+        drop(forward);
+        (accumulator.grads(), window_loss, window_correct)
     }
 
     fn sum<const N: usize>(&self, values: [f64; N]) -> Result<[f64; N]> {

@@ -139,6 +139,24 @@ pub fn average<B: TrainingBackend>(device: B::Device, inputs: Inputs, out: PathB
     crate::outputs::refuse_existing(&out, "--out")?;
     let scratch = ScratchDir::for_this_process();
     let dirs = hf_dirs::<B>(inputs, &scratch, &device)?;
+    check_one_model(&dirs)?;
+    let safetensors = mean_weights(&dirs)?;
+    write_hf_dir(&dirs[0].1, &safetensors, &out)?;
+    println!(
+        "averaged {} checkpoints ({}) into {}",
+        dirs.len(),
+        dirs.iter()
+            .map(|(s, _)| s.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Refuses checkpoints of different architectures or tokenizers, naming the first two
+/// that differ. `dirs` pairs each input with its HF directory.
+fn check_one_model(dirs: &[(PathBuf, PathBuf)]) -> Result<()> {
     let (first_source, first) = &dirs[0];
     let first_architecture = architecture(first)?;
     let first_tokenizer = tokenizer_hash(first)
@@ -161,9 +179,14 @@ pub fn average<B: TrainingBackend>(device: B::Device, inputs: Inputs, out: PathB
             );
         }
     }
+    Ok(())
+}
 
-    // The running sum in f64, so that the mean is the correctly rounded f32 of the
-    // exact mean whatever the number of checkpoints.
+/// The element-wise mean of every float tensor as a safetensors file (integer buffers,
+/// equal in every checkpoint, kept). The running sum is in f64, so that the mean is the
+/// correctly rounded f32 of the exact mean whatever the number of checkpoints.
+fn mean_weights(dirs: &[(PathBuf, PathBuf)]) -> Result<Vec<u8>> {
+    let first_source = &dirs[0].0;
     let mut sums: BTreeMap<String, (Vec<usize>, Vec<f64>)> = BTreeMap::new();
     let mut integers: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     for (i, (source, dir)) in dirs.iter().enumerate() {
@@ -241,8 +264,12 @@ pub fn average<B: TrainingBackend>(device: B::Device, inputs: Inputs, out: PathB
         )
     });
     let metadata = Some([("format".to_string(), "pt".to_string())].into());
-    let safetensors = safetensors::serialize(views, metadata).context("serialising the mean")?;
+    safetensors::serialize(views, metadata).context("serialising the mean")
+}
 
+/// `out` as a new HF directory: the mean's weights, the first checkpoint's config and
+/// tokenizer; written under a temporary name and renamed, or not at all.
+fn write_hf_dir(first: &Path, safetensors: &[u8], out: &Path) -> Result<()> {
     let config = checkpoint::model_config(first)?;
     let tokenizer = load_tokenizer_for(first, &config)?;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
@@ -251,28 +278,18 @@ pub fn average<B: TrainingBackend>(device: B::Device, inputs: Inputs, out: PathB
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let written = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp)?;
-        roberta_model::hf::write_atomic(&tmp.join(WEIGHTS_FILE), &safetensors)?;
+        roberta_model::hf::write_atomic(&tmp.join(WEIGHTS_FILE), safetensors)?;
         roberta_model::hf::write_atomic(
             &tmp.join(CONFIG_FILE),
             &std::fs::read(first.join(CONFIG_FILE))?,
         )?;
         tokenizer.save_dir(&tmp)?;
-        crate::outputs::refuse_existing(&out, "--out")?;
-        std::fs::rename(&tmp, &out)?;
+        crate::outputs::refuse_existing(out, "--out")?;
+        std::fs::rename(&tmp, out)?;
         Ok(())
     })();
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    written.with_context(|| format!("writing {}", out.display()))?;
-    println!(
-        "averaged {} checkpoints ({}) into {}",
-        dirs.len(),
-        dirs.iter()
-            .map(|(s, _)| s.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        out.display()
-    );
-    Ok(())
+    written.with_context(|| format!("writing {}", out.display()))
 }

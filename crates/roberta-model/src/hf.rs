@@ -785,6 +785,31 @@ fn write_bytes(path: &Path, file: &mut std::fs::File, bytes: &[u8]) -> Result<()
     })
 }
 
+/// Removes the `.NAME.tmp-PID` files in `dir` that a process no longer running left
+/// behind (killed while writing NAME): they are this program's, and nobody will finish
+/// them. A temporary of a live process is left alone.
+fn remove_dead_temporaries(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    // Without /proc there is no telling a dead process from a live one.
+    let (true, Ok(entries)) = (Path::new("/proc/self").exists(), std::fs::read_dir(dir)) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(entry.path()).ok();
+        }
+    }
+}
+
 /// `.NAME.tmp-PID` beside `path`, written by `write` and synced, then `publish`ed to
 /// `path`; the temporary is gone afterwards, whatever happened.
 fn write_through_temporary<E: From<ModelError>>(
@@ -800,6 +825,7 @@ fn write_through_temporary<E: From<ModelError>>(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    remove_dead_temporaries(dir, &name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
@@ -822,6 +848,24 @@ fn write_through_temporary<E: From<ModelError>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_writers_temporary_is_removed_and_a_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".out.bin.tmp-4194303");
+        let live = dir.path().join(".out.bin.tmp-1");
+        let other = dir.path().join(".other.bin.tmp-4194303");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, "partial").unwrap();
+        }
+        write_new(&dir.path().join("out.bin"), b"done").unwrap();
+        assert!(!dead.exists(), "no process 4194303: its temporary goes");
+        assert!(live.exists(), "process 1 is alive: its temporary stays");
+        assert!(
+            other.exists(),
+            "another file's temporary is not this write's"
+        );
+    }
 
     #[test]
     fn write_new_never_replaces_a_file() {

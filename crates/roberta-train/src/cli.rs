@@ -154,7 +154,7 @@ pub enum Command {
     /// architecture and tokenizer.
     Average {
         /// Checkpoint or HF model directories.
-        #[arg(long, num_args = 1.., required_unless_present = "last", conflicts_with_all = ["last", "run"])]
+        #[arg(long, num_args = 1.., required_unless_present_any = ["last", "run"], conflicts_with_all = ["last", "run"])]
         checkpoints: Vec<PathBuf>,
         /// The run's newest N checkpoints that verify (with --run).
         #[arg(long, requires = "run")]
@@ -607,6 +607,9 @@ pub struct InspectCli {
     /// The update (from 1) whose micro-batches to show, with --config.
     #[arg(long, requires = "config")]
     pub step: Option<u64>,
+    /// The devices the run trains on, with --config: the first one's share is shown.
+    #[arg(long, requires = "config", default_value_t = 1)]
+    pub devices: usize,
     #[arg(long, value_enum, default_value = "train")]
     pub split: SplitArg,
     #[arg(long, default_value_t = 4)]
@@ -638,6 +641,7 @@ impl InspectCli {
                 config,
                 sets: self.sets,
                 step: self.step.unwrap_or(1),
+                devices: self.devices,
             }),
             split: self.split.name().to_string(),
             batches: self.batches,

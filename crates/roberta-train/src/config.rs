@@ -200,7 +200,7 @@ pub struct ScheduleSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_prob_end: Option<f64>,
     /// How it moves: "linear" (default) or "cosine" (a half cosine).
-    #[serde(default, skip_serializing_if = "RampShape::is_linear")]
+    #[serde(default)]
     pub mask_prob_shape: RampShape,
 }
 
@@ -211,12 +211,6 @@ pub enum RampShape {
     #[default]
     Linear,
     Cosine,
-}
-
-impl RampShape {
-    fn is_linear(&self) -> bool {
-        *self == Self::Linear
-    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -346,10 +340,18 @@ impl LogSection {
     }
 
     fn validate(&self) -> Result<()> {
-        if let TensorBoardSetting::Dir(dir) = &self.tensorboard
-            && dir.as_os_str().is_empty()
-        {
-            bail!("log.tensorboard = \"\" must be true, false or a directory");
+        if let TensorBoardSetting::Dir(dir) = &self.tensorboard {
+            let text = dir.to_string_lossy();
+            if text.is_empty() || text == "true" || text == "false" {
+                bail!(
+                    "log.tensorboard = \"{text}\" must be true or false without quotes, or a directory"
+                );
+            }
+            if text == "~" || text.starts_with("~/") {
+                bail!(
+                    "log.tensorboard = \"{text}\": a config's paths are not expanded as a shell's: give the full path"
+                );
+            }
         }
         Ok(())
     }
@@ -612,9 +614,18 @@ impl PretrainConfig {
         {
             bail!("schedule.mask_prob_end = {end} must be in (0, 1)");
         }
+        if s.mask_prob_end.is_none() && s.mask_prob_shape != RampShape::Linear {
+            bail!("schedule.mask_prob_shape is set without schedule.mask_prob_end: set both");
+        }
         if s.batch_warmup_steps > 0 {
             let first = self.phases()[0];
             let full = (first.batch_size * first.accumulation) as u64;
+            if first.accumulation < 2 {
+                bail!(
+                    "schedule.batch_warmup_steps = {}: the warmup grows the micro-batches per update, and the first phase takes 1 (train.accumulation or the phase's accumulation): raise it, lowering the batch size to keep the update's",
+                    s.batch_warmup_steps
+                );
+            }
             if s.batch_warmup_start == 0 || s.batch_warmup_start >= full {
                 bail!(
                     "schedule.batch_warmup_start = {} must be in [1, {full}) (the first phase's sequences per update on one device; with more devices the warmup scales with them)",
@@ -1647,9 +1658,21 @@ batch_size = 4
             (
                 &[
                     "schedule.batch_warmup_steps=10",
-                    "schedule.batch_warmup_start=4",
+                    "schedule.batch_warmup_start=2",
                 ],
-                "schedule.batch_warmup_start = 4 must be in [1, 4)",
+                "the first phase takes 1",
+            ),
+            (
+                &[
+                    "train.accumulation=2",
+                    "schedule.batch_warmup_steps=10",
+                    "schedule.batch_warmup_start=8",
+                ],
+                "schedule.batch_warmup_start = 8 must be in [1, 8)",
+            ),
+            (
+                &["schedule.mask_prob_shape=\"cosine\""],
+                "without schedule.mask_prob_end",
             ),
             (
                 &["schedule.batch_warmup_start=2"],

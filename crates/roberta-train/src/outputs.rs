@@ -17,6 +17,26 @@ pub fn refuse_existing(path: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses `path` inside a run directory (one of its ancestors holds a run's lock
+/// file): runs manage what is there, prune checkpoints and replace `final/`, and would
+/// take a new directory there for a stranger's. `flag` names the option that gave it.
+pub fn refuse_inside_run(path: &Path, flag: &str) -> Result<()> {
+    let absolute = std::env::current_dir()
+        .map(|d| d.join(path))
+        .unwrap_or_else(|_| path.to_path_buf());
+    for dir in absolute.ancestors().skip(1) {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        if dir.join(crate::run_dir::LOCK).is_file() {
+            bail!(
+                "{flag} {}: inside the run directory {}, whose contents its runs manage: choose a path outside it",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The OS error inside a library's error that only carries it as Debug text
 /// (`… Os { code: 28, kind: StorageFull, … }`): burn's recorder and plotters' image
 /// writer do so. The error of a full or read-only disk then reads as the OS says it.

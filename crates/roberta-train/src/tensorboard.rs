@@ -247,10 +247,46 @@ pub struct Owner {
     pub any_run: bool,
 }
 
+/// `path` made absolute and free of links as far as it exists (a directory not made yet
+/// is its parent's canonical form joined with its name).
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            canonical(parent).join(name)
+        }
+        _ => std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf()),
+    }
+}
+
+/// Refuses, before a run does any work, a TensorBoard directory it could not keep: a
+/// path that is not a directory, a place inside the run directory other than its
+/// `tb/` (the run manages what is there), or a directory holding other files.
+pub fn check_place(dir: &Path, run_dir: &Path) -> Result<()> {
+    let (place, run) = (canonical(dir), canonical(run_dir));
+    if place.starts_with(&run) && place != run.join(crate::run_dir::TENSORBOARD) {
+        bail!(
+            "log.tensorboard = \"{}\" is inside the run directory {}: use `true` (its tb/) or a directory outside it",
+            dir.display(),
+            run_dir.display()
+        );
+    }
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => {
+            bail!("log.tensorboard = \"{}\" is not a directory", dir.display())
+        }
+        Ok(_) => check_dir(dir, &Owner::of(run_dir, dir)),
+        Err(_) => Ok(()),
+    }
+}
+
 impl Owner {
     pub fn of(run_dir: &Path, tb_dir: &Path) -> Self {
         use sha2::Digest;
-        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let run_dir = canonical(run_dir);
         let hash = sha2::Sha256::digest(run_dir.to_string_lossy().as_bytes());
         Self {

@@ -986,11 +986,8 @@ pub fn start_run<C: RunConfig>(
         let found = resume_point(run_dir, resume)?;
         run_dir::check_contents(run_dir, resume.is_some(), found.is_some())?;
         run_dir::remove_stale_temporaries(run_dir)?;
-        if let Some(dir) = config.log().tensorboard_dir(run_dir)
-            && dir.is_dir()
-        {
-            let owner = crate::tensorboard::Owner::of(run_dir, &dir);
-            crate::tensorboard::check_dir(&dir, &owner)?;
+        if let Some(dir) = config.log().tensorboard_dir(run_dir) {
+            crate::tensorboard::check_place(&dir, run_dir)?;
         }
         processes.barrier();
         found
@@ -1015,11 +1012,24 @@ pub fn start_run<C: RunConfig>(
             .collect();
         if !newer.is_empty() && !force {
             bail!(
-                "--resume {}: {} holds newer checkpoints ({}), which the resumed run would replace as it passes their steps; resume the newest with --resume auto, or pass --force",
+                "--resume {}: {} holds newer checkpoints ({}), which --force removes (the run goes on from the older one); resume the newest with --resume auto",
                 path.display(),
                 run_dir.display(),
                 newer.join(", ")
             );
+        }
+        // The newer checkpoints belong to the line of updates this resume abandons: left
+        // in place, a later `--resume auto` would go back to them.
+        if processes.is_leader() {
+            for name in &newer {
+                let dir = checkpoint::checkpoints_dir(run_dir).join(name);
+                tracing::warn!(
+                    "--force: removing {} (newer than the checkpoint resumed)",
+                    dir.display()
+                );
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
         }
         let mut saved = C::from_saved(&path.join(checkpoint::CONFIG))?;
         if saved_state.devices != world {
@@ -1034,12 +1044,15 @@ pub fn start_run<C: RunConfig>(
             );
             *saved_accumulation = accumulation;
             *config.accumulation_mut().1 = accumulation;
-            for phases in [
-                saved.phase_accumulations_mut(),
-                config.phase_accumulations_mut(),
-            ] {
-                for a in phases {
-                    *a = parallel::rescale_accumulation(*a, saved_state.devices, world)?;
+            let mut rescaled = Vec::new();
+            for a in saved.phase_accumulations_mut() {
+                *a = parallel::rescale_accumulation(*a, saved_state.devices, world)?;
+                rescaled.push(*a);
+            }
+            let mine = config.phase_accumulations_mut();
+            if mine.len() == rescaled.len() {
+                for (a, r) in mine.into_iter().zip(rescaled) {
+                    *a = r;
                 }
             }
         }

@@ -99,6 +99,9 @@ fn embed_writes_every_input_and_names_bad_lines() {
     );
     assert_eq!(file.tensor("1.hidden_states").unwrap().shape(), &[3, 4, 32]);
     assert!(file.tensor("0.input_ids").is_ok());
+    let npy = dir.path().join("tokens.npy");
+    let err = fails(&embed(&mlm_fixture(), &input, &npy, &[]));
+    assert!(err.contains("written as safetensors"), "{err}");
     let ids: Vec<u8> = [0i64, 100, 101, 2]
         .iter()
         .flat_map(|v| v.to_le_bytes())
@@ -1061,6 +1064,23 @@ fn two_replicas_equal_one_device_with_twice_the_batch_and_resume_on_either() {
         &["--set", "train.batch_size=4", "--devices", "cpu,cpu"],
     );
     assert_same_updates(&one, &two);
+    // `data inspect --devices 2` replays the two-replica loader: update 3 starts where
+    // the checkpoint after update 2 left it.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(two.join("checkpoints/step-0000002/trainer.json")).unwrap(),
+    )
+    .unwrap();
+    let mut args = vec!["data", "inspect", "--config", s(&config), "--step", "3"];
+    args.extend(common::NO_DROPOUT_THREE_UPDATES);
+    let output = dir.path().join("inspect.jsonl");
+    args.extend(["--set", "train.batch_size=4", "--devices", "2"]);
+    args.extend(["--output", s(&output)]);
+    let out = ok(&run(&args));
+    let expected = format!(
+        "from epoch {} position {}",
+        state["loader"]["epoch"], state["loader"]["cursor"]
+    );
+    assert!(out.contains(&expected), "{out} vs {expected}");
 
     // Resume from update 1 on two replicas: bitwise the same losses.
     let resume_on = |name: &str, devices: &str| {
@@ -1429,6 +1449,41 @@ fn average_is_the_mean_of_the_checkpoints() {
         s(&averaged),
     ]));
     assert!(err.contains("already exists"), "{err}");
+    for last in ["0", "1"] {
+        let err = fails(&run(&[
+            "average",
+            "--last",
+            last,
+            "--run",
+            s(&run_dir),
+            "--out",
+            s(&dir.path().join("few")),
+        ]));
+        assert!(err.contains("at least two"), "{err}");
+    }
+    let eight = run_dir.join("checkpoints/step-0000008");
+    let alias = run_dir.join("checkpoints/step-0000006/../step-0000008");
+    let err = fails(&run(&[
+        "average",
+        "--checkpoints",
+        s(&eight),
+        s(&alias),
+        "--out",
+        s(&dir.path().join("twice")),
+    ]));
+    assert!(err.contains("the same checkpoint"), "{err}");
+    let inside = run_dir.join("checkpoints/averaged");
+    let err = fails(&run(&[
+        "average",
+        "--last",
+        "2",
+        "--run",
+        s(&run_dir),
+        "--out",
+        s(&inside),
+    ]));
+    assert!(err.contains("inside the run directory"), "{err}");
+    assert!(!inside.exists());
     let err = fails(&run(&[
         "average",
         "--last",
@@ -1492,4 +1547,19 @@ fn a_foreign_tensorboard_directory_and_a_bad_ema_decay_are_refused() {
             "{err}"
         );
     }
+    let inside = format!("log.tensorboard={}", run_dir.join("final").display());
+    let err = fails(&pretrain(&config, &run_dir, &["--set", &inside]));
+    assert!(err.contains("inside the run directory"), "{err}");
+    let quoted = "log.tensorboard=\"true\"";
+    let err = fails(&pretrain(&config, &run_dir, &["--set", quoted]));
+    assert!(err.contains("without quotes"), "{err}");
+    let file = dir.path().join("tb-file");
+    std::fs::write(&file, "mine").unwrap();
+    let set = format!("log.tensorboard={}", file.display());
+    let err = fails(&pretrain(&config, &run_dir, &["--set", &set]));
+    assert!(err.contains("is not a directory"), "{err}");
+    assert!(
+        !run_dir.join("metrics.jsonl").exists(),
+        "refused before any work"
+    );
 }

@@ -116,6 +116,48 @@ fn a_second_process_on_a_run_directory_is_refused_with_the_holders_pid() {
     ));
 }
 
+/// `--resume DIR --force` from a checkpoint older than others of the run removes the
+/// newer ones: they belong to the abandoned line of updates, and `--resume auto` would
+/// otherwise go back to them.
+#[test]
+fn a_forced_resume_from_an_older_checkpoint_removes_the_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let run = dir.path().join("run");
+    ok(&pretrain(&config, &run, &[]));
+    let four = run.join("checkpoints/step-0000004");
+    let err = fails(&pretrain(&config, &run, &["--resume", s(&four)]));
+    assert!(
+        err.contains("step-0000006") && err.contains("--force"),
+        "{err}"
+    );
+    ok(&pretrain(
+        &config,
+        &run,
+        &[
+            "--resume",
+            s(&four),
+            "--force",
+            "--set",
+            "checkpoint.every=5",
+        ],
+    ));
+    let left: std::collections::BTreeSet<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left.into_iter().collect::<Vec<_>>(),
+        [
+            "step-0000002",
+            "step-0000004",
+            "step-0000005",
+            "step-0000008"
+        ],
+        "the old line's 6 and 8 removed; the new line's 5 and 8 written"
+    );
+}
+
 #[test]
 fn a_forced_resume_cannot_change_the_architecture_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use roberta_model::TrainingBackend;
 use roberta_model::hf::{CONFIG_FILE, HfWeights, PYTORCH_WEIGHTS_FILE, WEIGHTS_FILE};
 use safetensors::{Dtype, tensor::TensorView};
@@ -31,6 +31,10 @@ fn hf_dirs<B: TrainingBackend>(
     let dirs = match inputs {
         Inputs::Dirs(dirs) => dirs,
         Inputs::Last { run, last } => {
+            ensure!(
+                last >= 2,
+                "--last {last}: an average needs at least two checkpoints"
+            );
             let mut verified = Vec::new();
             for dir in checkpoint::list(&run)? {
                 match checkpoint::verify_model(&dir) {
@@ -57,6 +61,18 @@ fn hf_dirs<B: TrainingBackend>(
             "average needs at least two checkpoints (got {})",
             dirs.len()
         );
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for dir in &dirs {
+        let real = std::fs::canonicalize(dir)
+            .with_context(|| format!("{}: no such directory", dir.display()))?;
+        if let Some(first) = seen.insert(real, dir) {
+            bail!(
+                "{} and {} are the same checkpoint: each is averaged once",
+                first.display(),
+                dir.display()
+            );
+        }
     }
     let mut out = Vec::new();
     for (i, dir) in dirs.into_iter().enumerate() {
@@ -87,39 +103,49 @@ fn read_weights(dir: &Path) -> Result<HfWeights> {
     Ok(weights)
 }
 
-/// The architecture a config describes, for comparing checkpoints: everything but what
-/// training does not fix (dropout rates, the transformers version, names).
+/// What makes two checkpoints the same model to average: the head and every size and
+/// setting the weights mean something under (not dropout, names or versions, nor the
+/// defaults one writer spells out and another leaves out).
 fn architecture(dir: &Path) -> Result<serde_json::Value> {
-    let config = checkpoint::model_config(dir)?;
-    let mut value = serde_json::to_value(&config)?;
-    if let Some(map) = value.as_object_mut() {
-        for key in [
-            "hidden_dropout_prob",
-            "attention_probs_dropout_prob",
-            "classifier_dropout",
-            "transformers_version",
-            "_name_or_path",
-        ] {
-            map.remove(key);
-        }
-    }
-    Ok(value)
+    let c = checkpoint::model_config(dir)?;
+    Ok(serde_json::json!({
+        "architectures": c.architectures,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "intermediate_size": c.intermediate_size,
+        "max_position_embeddings": c.max_position_embeddings,
+        "type_vocab_size": c.type_vocab_size,
+        "hidden_act": c.hidden_act,
+        "layer_norm_eps": c.layer_norm_eps,
+        "pad_token_id": c.pad_token_id,
+        "labels": c.num_labels(),
+    }))
 }
 
-/// The tokenizer's files, hashed: `tokenizer.json`, or else `vocab.json` and
-/// `merges.txt`.
-fn tokenizer_hash(dir: &Path) -> Result<String> {
-    let json = dir.join(checkpoint::TOKENIZER);
-    let files = if json.is_file() {
-        vec![json]
-    } else {
-        vec![dir.join("vocab.json"), dir.join("merges.txt")]
-    };
-    let hashes = files
+/// What makes two tokenizers the same, whatever files hold them: the vocabulary, and
+/// the ids of a few texts that exercise the merges and the byte fallback.
+#[derive(PartialEq)]
+struct TokenizerIdentity {
+    vocab: Vec<(String, u32)>,
+    ids: Vec<Vec<u32>>,
+}
+
+fn tokenizer_identity(dir: &Path) -> Result<TokenizerIdentity> {
+    let config = checkpoint::model_config(dir)?;
+    let tokenizer = load_tokenizer_for(dir, &config)?;
+    let mut vocab: Vec<(String, u32)> = tokenizer.inner().get_vocab(true).into_iter().collect();
+    vocab.sort();
+    let probes = [
+        "The quick brown fox jumps over the lazy dog, doesn't it?",
+        "  RoBERTa's 512-token blocks: naïve café, 東京, emoji 🙂\n\ttabs",
+    ];
+    let ids = probes
         .iter()
-        .map(|f| checkpoint::sha256_file(f))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(hashes.join(" "))
+        .map(|t| tokenizer.encode(t, true).map(|e| e.ids))
+        .collect::<roberta_data::Result<Vec<_>>>()?;
+    Ok(TokenizerIdentity { vocab, ids })
 }
 
 /// The key of an architecture that differs between two configs, with both values.
@@ -137,6 +163,7 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<Stri
 
 pub fn average<B: TrainingBackend>(device: B::Device, inputs: Inputs, out: PathBuf) -> Result<()> {
     crate::outputs::refuse_existing(&out, "--out")?;
+    crate::outputs::refuse_inside_run(&out, "--out")?;
     let scratch = ScratchDir::for_this_process();
     let dirs = hf_dirs::<B>(inputs, &scratch, &device)?;
     check_one_model(&dirs)?;
@@ -159,7 +186,7 @@ pub fn average<B: TrainingBackend>(device: B::Device, inputs: Inputs, out: PathB
 fn check_one_model(dirs: &[(PathBuf, PathBuf)]) -> Result<()> {
     let (first_source, first) = &dirs[0];
     let first_architecture = architecture(first)?;
-    let first_tokenizer = tokenizer_hash(first)
+    let first_tokenizer = tokenizer_identity(first)
         .with_context(|| format!("{}: its tokenizer", first_source.display()))?;
     for (source, dir) in &dirs[1..] {
         if let Some(d) = first_difference(&first_architecture, &architecture(dir)?) {
@@ -169,11 +196,19 @@ fn check_one_model(dirs: &[(PathBuf, PathBuf)]) -> Result<()> {
                 source.display()
             );
         }
-        let hash =
-            tokenizer_hash(dir).with_context(|| format!("{}: its tokenizer", source.display()))?;
-        if hash != first_tokenizer {
+        let tokenizer = tokenizer_identity(dir)
+            .with_context(|| format!("{}: its tokenizer", source.display()))?;
+        if tokenizer != first_tokenizer {
+            let what = match tokenizer.vocab == first_tokenizer.vocab {
+                true => "the same vocabulary, other merges".to_string(),
+                false => format!(
+                    "different vocabularies, of {} and {} tokens",
+                    first_tokenizer.vocab.len(),
+                    tokenizer.vocab.len()
+                ),
+            };
             bail!(
-                "{} and {} have different tokenizers: only checkpoints of one model average",
+                "{} and {} have different tokenizers ({what}): only checkpoints of one model average",
                 first_source.display(),
                 source.display()
             );

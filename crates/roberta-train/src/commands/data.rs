@@ -225,6 +225,8 @@ pub struct RunAt {
     pub config: PathBuf,
     pub sets: Vec<String>,
     pub step: u64,
+    /// Replicas the run trains on.
+    pub devices: usize,
 }
 
 pub struct InspectArgs {
@@ -288,7 +290,15 @@ fn served_at(run: &RunAt) -> Result<Served> {
         run.step,
         settings.total
     );
+    ensure!(run.devices > 0, "--devices must be at least 1");
     let data = config.data.data_dir.clone();
+    ensure!(
+        data.join("meta.json").is_file(),
+        "{}: not preprocessed yet (data.data_dir of {}): a pretraining run, or `preprocess`, writes it first",
+        data.display(),
+        run.config.display()
+    );
+    let world = run.devices;
     let mut corpora = Vec::new();
     for phase in config.phases() {
         let (_, split, vocab) = open_split(&data, "train")?;
@@ -311,12 +321,12 @@ fn served_at(run: &RunAt) -> Result<Served> {
         corpora.push(corpus);
     }
     let blocks: Vec<u64> = corpora.iter().map(Corpus::len).collect();
-    let (phase, state, start) = settings.loader_position(run.step, 1, &blocks);
+    let (phase, state, start) = settings.loader_position(run.step, world, &blocks);
     let corpus = corpora.swap_remove(phase);
-    let batches = settings.accumulation_at(run.step, phase, 1);
+    let batches = settings.accumulation_at(run.step, phase, world);
     let batch_size = settings.phases[phase].batch_size;
     println!(
-        "update {}: phase {} of {}, blocks of {} tokens, {batches} micro-batch(es) of {batch_size}, from epoch {} position {}",
+        "update {}: phase {} of {}, blocks of {} tokens, {batches} micro-batch(es) of {batch_size} on the first of {world} device(s), from epoch {} position {}",
         run.step,
         phase + 1,
         blocks.len(),
@@ -328,14 +338,14 @@ fn served_at(run: &RunAt) -> Result<Served> {
         batch_size,
         seed: config.data_seed(),
         rank: 0,
-        world: 1,
+        world,
         pad_to: None,
         queue_depth: 1,
         mask_ramp: crate::tasks::mlm::mask_ramp(
             &corpus,
             crate::tasks::mlm::mask_prob_end(&config),
             start,
-            settings.phase_sequences(phase, 1),
+            settings.phase_sequences(phase, world),
         ),
     };
     let (tokenizer, ..) = open_split(&data, "train")?;

@@ -39,6 +39,14 @@ pub fn embed<B: TrainingBackend>(device: B::Device, args: EmbedArgs) -> Result<(
                 !args.normalize && args.layer.is_none(),
                 "--normalize and --layer apply to pooled vectors: add --pool mean|cls|max (or use --all-layers for every layer's token states)"
             );
+            ensure!(
+                !args
+                    .output
+                    .extension()
+                    .is_some_and(|e| e == "npy" || e == "jsonl"),
+                "--output {}: per-token states are written as safetensors (.npy and .jsonl take pooled vectors: add --pool mean|cls|max)",
+                args.output.display()
+            );
             OutputFormat::Tokens
         }
         Some(_) => {

@@ -25,6 +25,7 @@ pub fn export<B: TrainingBackend>(
     sentence_transformers: Option<SentenceTransformers>,
 ) -> Result<()> {
     crate::outputs::refuse_existing(&out, "--out")?;
+    crate::outputs::refuse_inside_run(&out, "--out")?;
     if let Some(st) = sentence_transformers {
         return export_sentence_transformers::<B>(device, checkpoint, out, st);
     }

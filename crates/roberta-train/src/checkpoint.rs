@@ -448,15 +448,34 @@ pub fn save_hf_dir_with<B: Backend, M: Pretrained<B>>(
     tokenizer: &RobertaTokenizer,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
+    write_dir_through_temporary(dir, true, |tmp| {
+        save_pretrained(model, config, tmp)?;
+        tokenizer.save_dir(tmp)?;
+        extra(tmp)
+    })
+}
+
+/// Fills a temporary sibling `.NAME.tmp-PID` of `dir` with `fill`, then renames it to
+/// `dir`: replacing a directory there (one of ours: `best/`, `final/`) when `replace`,
+/// else refusing any path there. A failure leaves nothing behind.
+pub fn write_dir_through_temporary(
+    dir: &Path,
+    replace: bool,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| -> Result<()> {
-        save_pretrained(model, config, &tmp)?;
-        tokenizer.save_dir(&tmp)?;
-        extra(&tmp)?;
-        if dir.exists() {
+        std::fs::create_dir_all(&tmp)?;
+        fill(&tmp)?;
+        if !replace {
+            crate::outputs::refuse_existing(dir, "--out")?;
+        } else if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
         std::fs::rename(&tmp, dir)?;

@@ -307,24 +307,12 @@ fn mean_weights(dirs: &[(PathBuf, PathBuf)]) -> Result<Vec<u8>> {
 fn write_hf_dir(first: &Path, safetensors: &[u8], out: &Path) -> Result<()> {
     let config = checkpoint::model_config(first)?;
     let tokenizer = load_tokenizer_for(first, &config)?;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
-    let parent = parent.unwrap_or(Path::new("."));
-    let name = out.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = (|| -> Result<()> {
-        std::fs::create_dir_all(&tmp)?;
+    checkpoint::write_dir_through_temporary(out, false, |tmp| {
         roberta_model::hf::write_atomic(&tmp.join(WEIGHTS_FILE), safetensors)?;
         roberta_model::hf::write_atomic(
             &tmp.join(CONFIG_FILE),
             &std::fs::read(first.join(CONFIG_FILE))?,
         )?;
-        tokenizer.save_dir(&tmp)?;
-        crate::outputs::refuse_existing(out, "--out")?;
-        std::fs::rename(&tmp, out)?;
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    written.with_context(|| format!("writing {}", out.display()))
+        Ok(tokenizer.save_dir(tmp)?)
+    })
 }

@@ -263,20 +263,28 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     write_batches(served, &args.output)
 }
 
-/// The data directory's tokenizer and one split of it.
-fn open_split(data: &Path, split: &str) -> Result<(RobertaTokenizer, Split, MaskVocab)> {
-    let tokenizer = RobertaTokenizer::load(&data.join("tokenizer.json"))
-        .with_context(|| format!("{}: the data directory's tokenizer", data.display()))?;
+/// The data directory's tokenizer.
+fn open_tokenizer(data: &Path) -> Result<RobertaTokenizer> {
+    RobertaTokenizer::load(&data.join("tokenizer.json"))
+        .with_context(|| format!("{}: the data directory's tokenizer", data.display()))
+}
+
+/// One split of the data directory, checked against its `tokenizer`.
+fn open_split(
+    data: &Path,
+    split: &str,
+    tokenizer: &RobertaTokenizer,
+) -> Result<(Split, MaskVocab)> {
     let split = Split::open(
         data,
         split,
-        Some(&roberta_data::preprocess::tokenizer_sha256(&tokenizer)),
+        Some(&roberta_data::preprocess::tokenizer_sha256(tokenizer)),
     )?;
     split.check_vocab(tokenizer.vocab_size())?;
     let vocab = MaskVocab::new(tokenizer.specials(), tokenizer.vocab_size(), |id| {
         tokenizer.id_to_token(id)
     });
-    Ok((tokenizer, split, vocab))
+    Ok((split, vocab))
 }
 
 /// The micro-batches of update `run.step` of a pretraining run, as its loader serves
@@ -299,9 +307,10 @@ fn served_at(run: &RunAt) -> Result<Served> {
         run.config.display()
     );
     let world = run.devices;
+    let tokenizer = open_tokenizer(&data)?;
     let mut corpora = Vec::new();
     for phase in config.phases() {
-        let (_, split, vocab) = open_split(&data, "train")?;
+        let (split, vocab) = open_split(&data, "train", &tokenizer)?;
         let masking = MaskingConfig {
             mask_prob: phase.mask_prob,
             ..config.masking.clone()
@@ -348,7 +357,6 @@ fn served_at(run: &RunAt) -> Result<Served> {
             settings.phase_sequences(phase, world),
         ),
     };
-    let (tokenizer, ..) = open_split(&data, "train")?;
     Ok(Served {
         data,
         tokenizer,
@@ -382,7 +390,8 @@ fn served_by_flags(args: &InspectArgs) -> Result<Served> {
             memory as f64 / f64::from(1u32 << 30)
         );
     }
-    let (tokenizer, split, vocab) = open_split(&args.data, &args.split)?;
+    let tokenizer = open_tokenizer(&args.data)?;
+    let (split, vocab) = open_split(&args.data, &args.split, &tokenizer)?;
     let corpus = Corpus::open(
         split,
         args.block_size,

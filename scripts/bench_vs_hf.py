@@ -14,13 +14,16 @@ Every row is 128 real tokens for every trainer: PyTorch gets random ids with no 
 and roberta-train a copy of the embedded corpus with 200 documents to a line, so that its
 FULL-SENTENCES packing cuts full blocks (the corpus as shipped packs blocks 95% full, and a
 batch is padded to its longest row: its padding would be counted as work PyTorch is not
-asked to do). torch runs on all cores. Prints tokens/s and both ratios (ours / baseline). The
+asked to do). torch runs on all cores. Prints tokens/s and both ratios (ours / baseline);
+with --baseline-binary, also another build of roberta-train (a previous release) on the
+same configs, and ours / that. The
 vocabulary is roberta-base's when ../shared/data/roberta_base_tokenizer exists (the
 realistic case, 50,265 tokens), else the embedded corpus's own.
 
-    .venv/bin/python scripts/bench_vs_hf.py [--steps 30] [--sizes tiny,small,base]
+    .venv/bin/python scripts/bench_vs_hf.py [--steps 30] [--sizes tiny,small,base] [--baseline-binary PATH]
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -54,10 +57,12 @@ def full_block_corpus(work):
     return path
 
 
-def ours(size, steps, tok, work, devices="cpu"):
+def ours(size, steps, tok, work, devices="cpu", binary=os.path.join(ROOT, "target", "release", "roberta-train")):
     replicas = devices.count(",") + 1
     hidden, layers, heads, ffn, batch = SIZES[size]
-    config = os.path.join(work, f"{size}.toml")
+    # Each build its own data directory: another release may keep another format.
+    tag = hashlib.sha256(binary.encode()).hexdigest()[:8]
+    config = os.path.join(work, f"{size}-{tag}.toml")
     with open(config, "w") as f:
         f.write(f"""
 [model]
@@ -69,7 +74,7 @@ intermediate_size = {ffn}
 [data]
 train = ["{full_block_corpus(work)}"]
 valid = ["{ROOT}/data/default-corpus/valid.txt"]
-data_dir = "{work}/data-bin"
+data_dir = "{work}/data-bin-{tag}"
 tokenizer = "{tok}"
 block_size = {LENGTH}
 [optim]
@@ -88,8 +93,9 @@ every = 5
 every = 0
 batches = 1
 """)
-    run_dir = os.path.join(work, f"run-{size}-{replicas}")
-    subprocess.run([os.path.join(ROOT, "target", "release", "roberta-train"), "pretrain", "--config", config,
+    run_dir = tempfile.mkdtemp(prefix=f"run-{size}-{replicas}-", dir=work)
+    os.rmdir(run_dir)
+    subprocess.run([binary, "pretrain", "--config", config,
                     "--run-dir", run_dir, "--devices", devices], check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
     lines = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
     # The first interval includes start-up.
@@ -136,6 +142,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--baseline-binary", help="another roberta-train build to compare with, same run")
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     tok = tokenizer_dir()
@@ -151,6 +158,9 @@ def main():
             masked = pytorch(size, args.steps, vocab, masked_only=True)
             line = (f"{size:5} batch {batch:2}: transformers (full head) {full:6.0f} | PyTorch masked-only head {masked:6.0f}"
                     f" | roberta-train {a:6.0f} tokens/s: {a / full:.2f}x full, {a / masked:.2f}x masked-only")
+            if args.baseline_binary:
+                b = ours(size, args.steps, tok, work, binary=args.baseline_binary)
+                line += f" | {args.baseline_binary} {b:6.0f}: ours {a / b:.2f}x"
             if size != "base":
                 a2 = ours(size, args.steps, tok, work, "cpu,cpu")
                 line += f" | --devices cpu,cpu {a2:6.0f}: {a2 / full:.2f}x, {a2 / masked:.2f}x"

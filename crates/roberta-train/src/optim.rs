@@ -1,20 +1,18 @@
 //! The optimizer as the RoBERTa paper uses it: AdamW with decoupled weight decay on
 //! matrices only, PyTorch's global-norm clipping, and linear warmup then linear decay.
 
+use std::marker::PhantomData;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{
-    AdamW, AdamWState, AdaptiveMomentumState, GradientsParams, LearningRate, Optimizer,
-    SimpleOptimizer,
-};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::record::AdaptorRecord;
+use burn::optim::{AdamW, AdamWState, AdaptiveMomentumState, GradientsParams};
 use burn::prelude::*;
 use burn::record::Recorder;
-use roberta_model::kernels::{AdamWStep, Kernels, Moments, TrainingBackend};
+use burn::tensor::backend::AutodiffBackend;
+use hashbrown::HashMap;
+use roberta_model::kernels::{AdamWParam, AdamWStep, Kernels, Moments, TrainingBackend};
 
 use crate::checkpoint::{Recorder32, read_error, write_error};
 use crate::config::OptimSection;
@@ -29,202 +27,112 @@ pub fn learning_rate(step: u64, peak: f64, warmup: u64, total: u64) -> f64 {
     }
 }
 
-/// Parameter ids split the way weight decay is: matrices (weights, embeddings) decay,
-/// vectors (biases, LayerNorm) do not.
-#[derive(Default)]
-struct ParamGroups {
-    matrices: Vec<ParamId>,
-    vectors: Vec<ParamId>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for ParamGroups {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        assert!(D <= 2, "RoBERTa has only vector and matrix parameters");
-        if D == 1 {
-            self.vectors.push(param.id);
-        } else {
-            self.matrices.push(param.id);
-        }
-    }
-}
-
-impl ParamGroups {
-    fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
-        let mut groups = Self::default();
-        module.visit(&mut groups);
-        groups
-    }
-
-    /// The square of PyTorch's `clip_grad_norm_` norm (over all gradients at once, not
-    /// per tensor), as a `[1]` tensor on the device: the trainer reads it with the loss,
-    /// in the one device read of an update.
-    fn squared_norm<B: Kernels>(
-        &self,
-        grads: &GradientsParams,
-        device: &B::Device,
-    ) -> Tensor<B, 1> {
-        let mut total = Tensor::<B, 1>::zeros([1], device);
-        for &id in &self.matrices {
-            if let Some(g) = grads.get::<B, 2>(id) {
-                total = total + B::fused_sum_of_squares(g);
-            }
-        }
-        for &id in &self.vectors {
-            if let Some(g) = grads.get::<B, 1>(id) {
-                total = total + B::fused_sum_of_squares(g);
-            }
-        }
-        total
-    }
-
-    /// Moves the vector parameters' gradients into their own set, for the optimizer
-    /// without weight decay.
-    fn take_vectors<B: Backend>(&self, grads: &mut GradientsParams) -> GradientsParams {
-        let mut vectors = GradientsParams::new();
-        for &id in &self.vectors {
-            if let Some(g) = grads.remove::<B, 1>(id) {
-                vectors.register(id, g);
-            }
-        }
-        vectors
-    }
-}
-
-/// burn's AdamW with the same state (so checkpoints are the same files), whose update is
-/// the backend's [`Kernels::fused_adamw_step`]: on the CPU one parallel pass over each
-/// parameter in place. The gradient-clipping factor is applied inside the update, which
-/// saves clipping its own pass over every gradient.
-#[derive(Clone)]
-pub struct FusedAdamW {
-    beta_1: f32,
-    beta_2: f32,
-    epsilon: f32,
-    weight_decay: f32,
-    /// The factor every gradient is multiplied by first (f32 bits), set before each
-    /// step by [`AdamWGroups`]: 1, or the clipping factor.
-    grad_scale: Arc<AtomicU32>,
-}
-
-impl FusedAdamW {
-    fn new(optim: &OptimSection, weight_decay: f64, grad_scale: Arc<AtomicU32>) -> Self {
-        Self {
-            beta_1: optim.beta1 as f32,
-            beta_2: optim.beta2 as f32,
-            epsilon: optim.eps as f32,
-            weight_decay: weight_decay as f32,
-            grad_scale,
-        }
-    }
-}
-
-impl<B: Kernels> SimpleOptimizer<B> for FusedAdamW {
-    type State<const D: usize> = AdamWState<B, D>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        let step = AdamWStep {
-            lr,
-            beta_1: self.beta_1,
-            beta_2: self.beta_2,
-            epsilon: self.epsilon,
-            weight_decay: self.weight_decay,
-            grad_scale: f32::from_bits(self.grad_scale.load(Ordering::Relaxed)),
-        };
-        let moments = state.map(|s| Moments {
-            time: s.momentum.time,
-            moment_1: s.momentum.moment_1,
-            moment_2: s.momentum.moment_2,
-        });
-        let (tensor, m) = B::fused_adamw_step(&step, tensor, grad, moments);
-        let state = AdamWState::new(AdaptiveMomentumState {
-            time: m.time,
-            moment_1: m.moment_1,
-            moment_2: m.moment_2,
-            max_moment_2: None,
-        });
-        (tensor, Some(state))
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        <AdamW as SimpleOptimizer<B>>::to_device(state, device)
-    }
-}
+/// burn's AdamW state per parameter, as burn's `OptimizerAdaptor` records it: the
+/// checkpoints' optimizer files are those of burn's AdamW.
+type States<B> = HashMap<ParamId, AdaptorRecord<AdamW, B>>;
 
 /// Both start with [`crate::checkpoint::OPTIMIZER_FILES`], which an export skips.
 const OPTIM_DECAY: &str = "optim-decay";
 const OPTIM_PLAIN: &str = "optim-no-decay";
 
-/// AdamW as the paper uses it: decoupled weight decay on matrices only (a second AdamW
-/// without decay takes the biases and LayerNorm parameters), after clipping the global
-/// gradient norm.
+/// AdamW as the paper uses it: decoupled weight decay on matrices (weights,
+/// embeddings) only, not on vectors (biases, LayerNorm), after clipping the global
+/// gradient norm as PyTorch's `clip_grad_norm_`. Each group is updated by one
+/// [`Kernels::fused_adamw_steps`] call, so a backend can update the whole group at
+/// once; the clipping factor is applied inside the update, which saves clipping its
+/// own pass over every gradient.
 pub struct AdamWGroups<B: TrainingBackend, M: AutodiffModule<B>> {
-    decay: OptimizerAdaptor<FusedAdamW, M, B>,
-    plain: OptimizerAdaptor<FusedAdamW, M, B>,
-    groups: ParamGroups,
+    constants: AdamWStep,
+    weight_decay: f32,
     clip_norm: f64,
-    /// Both optimizers' [`FusedAdamW::grad_scale`].
-    grad_scale: Arc<AtomicU32>,
+    decay: States<B>,
+    plain: States<B>,
+    module: PhantomData<M>,
 }
 
 impl<B: TrainingBackend, M: AutodiffModule<B>> AdamWGroups<B, M> {
-    pub fn new(optim: &OptimSection, model: &M) -> Self {
-        let grad_scale = Arc::new(AtomicU32::new(1f32.to_bits()));
-        let adamw =
-            |decay: f64| OptimizerAdaptor::from(FusedAdamW::new(optim, decay, grad_scale.clone()));
+    pub fn new(optim: &OptimSection) -> Self {
         Self {
-            decay: adamw(optim.weight_decay),
-            plain: adamw(0.0),
-            groups: ParamGroups::of(model),
+            constants: AdamWStep {
+                lr: 0.0,
+                beta_1: optim.beta1 as f32,
+                beta_2: optim.beta2 as f32,
+                epsilon: optim.eps as f32,
+                weight_decay: 0.0,
+                grad_scale: 1.0,
+            },
+            weight_decay: optim.weight_decay as f32,
             clip_norm: optim.clip_norm,
-            grad_scale,
+            decay: States::new(),
+            plain: States::new(),
+            module: PhantomData,
         }
     }
 
-    /// The squared global norm of `grads`, on the device (see [`Self::step`]).
+    /// The square of the global norm of `grads` (over all gradients at once, not per
+    /// tensor), as a `[1]` tensor on the device: the trainer reads it with the loss, in
+    /// the one device read of an update.
     pub fn squared_norm(
         &self,
+        model: &M,
         grads: &GradientsParams,
         device: &B::Device,
     ) -> Tensor<B::InnerBackend, 1> {
-        self.groups.squared_norm::<B::InnerBackend>(grads, device)
+        let mut gradients = Gradients::<B> {
+            grads,
+            flat: Vec::new(),
+        };
+        model.visit(&mut gradients);
+        B::InnerBackend::fused_group_sum_of_squares(gradients.flat, device)
     }
 
     /// Steps both groups at `lr`, the gradients clipped by their global `norm` (from
     /// [`Self::squared_norm`], read by the caller).
     pub fn step(&mut self, lr: f64, model: M, mut grads: GradientsParams, norm: f64) -> M {
-        let scale = if self.clip_norm > 0.0 && norm > self.clip_norm {
+        let grad_scale = if self.clip_norm > 0.0 && norm > self.clip_norm {
             (self.clip_norm / (norm + 1e-6)) as f32
         } else {
             1.0
         };
-        self.grad_scale.store(scale.to_bits(), Ordering::Relaxed);
-        let vectors = self.groups.take_vectors::<B::InnerBackend>(&mut grads);
-        let model = self.decay.step(lr, model, grads);
-        self.plain.step(lr, model, vectors)
+        let mut take = Take {
+            grads: &mut grads,
+            states: [&mut self.decay, &mut self.plain],
+            groups: [Vec::new(), Vec::new()],
+        };
+        let model = model.map(&mut take);
+        let [matrices, vectors] = take.groups;
+        let mut updated = HashMap::new();
+        for (group, weight_decay) in [(matrices, self.weight_decay), (vectors, 0.0)] {
+            let (taken, members): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+            let step = AdamWStep {
+                lr,
+                weight_decay,
+                grad_scale,
+                ..self.constants
+            };
+            let results = B::InnerBackend::fused_adamw_steps(&step, members);
+            updated.extend(taken.into_iter().zip(results).map(|(t, r)| (t.id, (t, r))));
+        }
+        model.map(&mut Put::<B> {
+            updated,
+            states: [&mut self.decay, &mut self.plain],
+        })
     }
 
-    /// Writes both optimizers' moments into a checkpoint directory.
+    /// Writes both groups' moments into a checkpoint directory.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        for (name, optim) in [(OPTIM_DECAY, &self.decay), (OPTIM_PLAIN, &self.plain)] {
+        for (name, states) in [(OPTIM_DECAY, &self.decay), (OPTIM_PLAIN, &self.plain)] {
             let path = dir.join(name);
             Recorder32::new()
-                .record(optim.to_record(), path.clone())
+                .record(states.clone(), path.clone())
                 .map_err(write_error)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
     }
 
-    /// Restores both optimizers' moments. `model` is the model as loaded from the same
-    /// checkpoint: loading a record restores its parameter ids, so the groups are
-    /// taken again from it.
-    pub fn load(mut self, dir: &Path, model: &M, device: &B::Device) -> Result<Self> {
-        self.groups = ParamGroups::of(model);
+    /// Restores both groups' moments from a checkpoint directory.
+    pub fn load(mut self, dir: &Path, device: &B::Device) -> Result<Self> {
         let recorder = Recorder32::new();
         let load = |name: &str| {
             recorder
@@ -232,9 +140,111 @@ impl<B: TrainingBackend, M: AutodiffModule<B>> AdamWGroups<B, M> {
                 .map_err(read_error)
                 .with_context(|| format!("{}: optimizer state {name}", dir.display()))
         };
-        self.decay = self.decay.load_record(load(OPTIM_DECAY)?);
-        self.plain = self.plain.load_record(load(OPTIM_PLAIN)?);
+        self.decay = load(OPTIM_DECAY)?;
+        self.plain = load(OPTIM_PLAIN)?;
         Ok(self)
+    }
+}
+
+/// Weight decay's split: matrices decay, vectors do not.
+fn group_of<const D: usize>() -> usize {
+    assert!(D <= 2, "RoBERTa has only vector and matrix parameters");
+    if D == 2 { 0 } else { 1 }
+}
+
+/// Collects every gradient, flattened, in the module's order.
+struct Gradients<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    flat: Vec<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Gradients<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            self.flat.push(g.reshape([-1]));
+        }
+    }
+}
+
+/// A parameter taken out of the module for its update, and how to put it back.
+struct Taken {
+    id: ParamId,
+    dims: Vec<usize>,
+    require_grad: bool,
+}
+
+/// Takes every parameter that has a gradient out of the module, with its gradient and
+/// moments, into its weight-decay group.
+struct Take<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    states: [&'a mut States<B>; 2],
+    groups: [Vec<(Taken, AdamWParam<B::InnerBackend>)>; 2],
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Take<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let group = group_of::<D>();
+        let moments = self.states[group].remove(&id).map(|record| {
+            let state: AdamWState<B::InnerBackend, D> = record.into_state();
+            Moments {
+                time: state.momentum.time,
+                moment_1: state.momentum.moment_1.reshape([-1]),
+                moment_2: state.momentum.moment_2.reshape([-1]),
+            }
+        });
+        let taken = Taken {
+            id,
+            dims: tensor.dims().to_vec(),
+            require_grad: tensor.is_require_grad(),
+        };
+        let device = tensor.device();
+        let member = AdamWParam {
+            param: tensor.inner().reshape([-1]),
+            grad: grad.reshape([-1]),
+            moments,
+        };
+        self.groups[group].push((taken, member));
+        // The module holds a one-element stand-in until `Put` brings the update: the
+        // parameter's buffer is then the update's alone, which may write it in place.
+        Param::from_mapped_value(id, Tensor::empty([1; D], &device), mapper)
+    }
+}
+
+/// Puts the updated parameters back into the module and keeps their moments.
+struct Put<'a, B: AutodiffBackend> {
+    updated: HashMap<
+        ParamId,
+        (
+            Taken,
+            (Tensor<B::InnerBackend, 1>, Moments<B::InnerBackend, 1>),
+        ),
+    >,
+    states: [&'a mut States<B>; 2],
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Put<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some((taken, (value, moments))) = self.updated.remove(&id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let dims: [usize; D] = taken.dims.try_into().expect("the parameter's own rank");
+        let state = AdamWState::new(AdaptiveMomentumState {
+            time: moments.time,
+            moment_1: moments.moment_1.reshape(dims),
+            moment_2: moments.moment_2.reshape(dims),
+            max_moment_2: None,
+        });
+        self.states[group_of::<D>()].insert(taken.id, AdaptorRecord::from_state(state));
+        let mut tensor = Tensor::from_inner(value.reshape(dims));
+        if taken.require_grad {
+            tensor = tensor.require_grad();
+        }
+        Param::from_mapped_value(id, tensor, mapper)
     }
 }
 
@@ -242,60 +252,98 @@ impl<B: TrainingBackend, M: AutodiffModule<B>> AdamWGroups<B, M> {
 mod tests {
     use super::*;
 
-    /// The trainer's AdamW is burn's, element for element, over several steps (with and
-    /// without weight decay, from no state and from a saved one), and with a clipping
-    /// factor it is burn's AdamW of the scaled gradient: on the CPU kernel, and as the
-    /// composition every other backend runs.
+    /// The trainer's AdamW is burn's, element for element, over several updates: weight
+    /// decay on the matrix only, the global norm over both gradients, a clipping
+    /// factor applied to every gradient when the norm exceeds `clip_norm`; and the
+    /// moments saved by one instance continue in another. On the CPU kernel; the
+    /// packed composition the cubecl backends run is tested against the per-tensor one
+    /// in roberta-model.
     #[cfg(feature = "cpu")]
     #[test]
-    fn fused_adamw_equals_burns() {
-        use burn::backend::Flex;
-        use burn::optim::AdamWConfig;
+    fn adamw_groups_equal_burns_adamw() {
+        use burn::backend::{Autodiff, Flex};
+        use burn::optim::{AdamWConfig, SimpleOptimizer};
         use burn::tensor::Distribution;
+        type T = Autodiff<Flex>;
+        /// One matrix and one vector parameter, as RoBERTa's layers hold them.
+        #[derive(Module, Debug)]
+        struct Layer<B: Backend> {
+            weight: Param<Tensor<B, 2>>,
+            bias: Param<Tensor<B, 1>>,
+        }
         let device = Default::default();
-        Flex::seed(&device, 5);
-        let optim = OptimSection::default();
-        for (decay, scale) in [(0.0, 1.0), (0.01, 1.0), (0.01, 0.3f32)] {
-            let grad_scale = Arc::new(AtomicU32::new(scale.to_bits()));
-            let fused = FusedAdamW::new(&optim, decay, grad_scale);
-            let burn = AdamWConfig::new()
+        T::seed(&device, 5);
+        let random = |shape: [usize; 2]| Tensor::random(shape, Distribution::Default, &device);
+        let layer = Layer::<T> {
+            weight: Param::from_tensor(random([37, 30])),
+            bias: Param::from_tensor(random([1, 30]).reshape([30])),
+        };
+        let optim = OptimSection {
+            clip_norm: 5.0,
+            ..OptimSection::default()
+        };
+        let burn_adamw = |decay: f64| {
+            AdamWConfig::new()
                 .with_beta_1(optim.beta1 as f32)
                 .with_beta_2(optim.beta2 as f32)
                 .with_epsilon(optim.eps as f32)
                 .with_weight_decay(decay as f32)
-                .build();
-            let mut ours = Tensor::<Flex, 2>::random([37, 300], Distribution::Default, &device);
-            let (mut theirs, mut composed) = (ours.clone(), ours.clone());
-            let (mut ours_state, mut theirs_state, mut composed_m) = (None, None, None);
-            for step in 1..=4 {
-                let grad = Tensor::random([37, 300], Distribution::Normal(0.0, 0.1), &device);
-                let lr = 1e-3 * step as f64;
-                (ours, ours_state) = fused.step(lr, ours, grad.clone(), ours_state);
-                (theirs, theirs_state) = burn.step(lr, theirs, grad.clone() * scale, theirs_state);
-                let constants = AdamWStep {
-                    lr,
-                    beta_1: fused.beta_1,
-                    beta_2: fused.beta_2,
-                    epsilon: fused.epsilon,
-                    weight_decay: fused.weight_decay,
-                    grad_scale: scale,
-                };
-                let (p, m) = roberta_model::kernels::composed::adamw_step(
-                    &constants, composed, grad, composed_m,
-                );
-                (composed, composed_m) = (p, Some(m));
-                let values = |t: &Tensor<Flex, 2>| t.to_data().to_vec::<f32>().unwrap();
-                let case = format!("step {step}, decay {decay}, scale {scale}");
-                assert_eq!(values(&ours), values(&theirs), "{case}");
-                assert_eq!(values(&composed), values(&theirs), "{case}: composed");
-                let (a, b) = (
-                    &ours_state.as_ref().unwrap().momentum,
-                    &theirs_state.as_ref().unwrap().momentum,
-                );
-                assert_eq!(a.time, b.time);
-                assert_eq!(values(&a.moment_1), values(&b.moment_1));
-                assert_eq!(values(&a.moment_2), values(&b.moment_2));
+                .build()
+        };
+        let (decay, plain) = (burn_adamw(optim.weight_decay), burn_adamw(0.0));
+        let mut ours = AdamWGroups::<T, Layer<T>>::new(&optim);
+        let mut model = layer.clone();
+        let (mut weight, mut bias) = (layer.weight.val().inner(), layer.bias.val().inner());
+        let (mut weight_state, mut bias_state) = (None, None);
+        let saved = tempfile::tempdir().unwrap();
+        for step in 1..=4 {
+            let x = random([8, 37]) * (step * step) as f32;
+            let loss = (x.matmul(model.weight.val()) + model.bias.val().unsqueeze())
+                .powi_scalar(2)
+                .sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let squared = ours.squared_norm(&model, &grads, &device).into_scalar();
+            let (gw, gb) = (
+                grads.get::<Flex, 2>(model.weight.id).unwrap(),
+                grads.get::<Flex, 1>(model.bias.id).unwrap(),
+            );
+            let exact = gw.clone().powi_scalar(2).sum() + gb.clone().powi_scalar(2).sum();
+            let exact = exact.into_scalar();
+            assert!(
+                (squared - exact).abs() <= 1e-5 * exact,
+                "{squared} vs {exact}"
+            );
+            let norm = f64::from(squared).sqrt();
+            let scale = if norm > optim.clip_norm {
+                (optim.clip_norm / (norm + 1e-6)) as f32
+            } else {
+                1.0
+            };
+            let lr = 1e-3 * step as f64;
+            if step == 3 {
+                assert!(scale < 1.0, "the test clips at least once");
+                ours.save(saved.path()).unwrap();
+                ours = AdamWGroups::new(&optim)
+                    .load(saved.path(), &device)
+                    .unwrap();
             }
+            model = ours.step(lr, model, grads, norm);
+            (weight, weight_state) = decay.step(lr, weight, gw * scale, weight_state);
+            (bias, bias_state) = plain.step(lr, bias, gb * scale, bias_state);
+            let values = |t: Tensor<Flex, 1>| t.into_data().to_vec::<f32>().unwrap();
+            let case = format!("update {step}");
+            let ours_weight = model.weight.val().inner().reshape([-1]);
+            assert_eq!(
+                values(ours_weight),
+                values(weight.clone().reshape([-1])),
+                "{case}"
+            );
+            assert_eq!(
+                values(model.bias.val().inner()),
+                values(bias.clone()),
+                "{case}"
+            );
+            assert!(model.weight.val().is_require_grad() && model.bias.val().is_require_grad());
         }
     }
 

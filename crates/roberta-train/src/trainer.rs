@@ -366,10 +366,10 @@ pub fn train<B: TrainingBackend, T: Task<B>>(
             n as f64 * 4e-6
         );
     }
-    let optimizer = |model: &T::Model, device: &B::Device| {
-        let optim = AdamWGroups::<B, T::Model>::new(&settings.optim, model);
+    let optimizer = |device: &B::Device| {
+        let optim = AdamWGroups::<B, T::Model>::new(&settings.optim);
         match resume {
-            Some((path, _)) => optim.load(path, model, device),
+            Some((path, _)) => optim.load(path, device),
             None => Ok(optim),
         }
     };
@@ -395,14 +395,14 @@ pub fn train<B: TrainingBackend, T: Task<B>>(
         let mut others = Vec::new();
         for (local, device) in devices.iter().enumerate().skip(1) {
             let copy = model.clone().fork(device);
-            let optim = optimizer(&copy, device)?;
+            let optim = optimizer(device)?;
             let state = state.clone();
             let replica = &replica;
             others.push(scope.spawn(move || replica(local)?.run(copy, optim, state, None, None)));
         }
         let first = replica(0)?;
         let model = first.group.broadcast_model(model);
-        let optim = optimizer(&model, &devices[0])?;
+        let optim = optimizer(&devices[0])?;
         let bar = crate::progress::steps_bar(settings.total, state.step);
         let leader = match processes.is_leader() {
             true => Some(Leader {
@@ -524,26 +524,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
         mut leader: Option<Leader<'_, Inner<B, T>>>,
     ) -> Result<Finished<T::Model, Inner<B, T>>> {
         let s = self.settings;
-        // Replicas that resumed from different checkpoints (processes that do not see
-        // the same run directory) would train apart.
-        let step = state.step as f64;
-        let [steps, squares] = self.sum([step, step * step])?;
-        if squares * self.world as f64 != steps * steps {
-            bail!(
-                "the replicas start from different steps (this one from {}): every process must see the same run directory (a shared filesystem)",
-                state.step
-            );
-        }
-        if let Some((updates, start)) = s.batch_warmup
-            && state.step < updates
-            && self.rank == 0
-        {
-            tracing::info!(
-                "batch-size warmup: {start} sequences per update at update 1, growing to the phase's over {updates} updates (whole micro-batches of {} × {} devices)",
-                s.phases[0].batch_size,
-                self.world
-            );
-        }
+        self.start(&state)?;
         // The loader of the current phase, made when first needed.
         let mut batches = None;
         let first_step = state.step;
@@ -597,17 +578,11 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             //    gradient norm and the right predictions together. A non-finite loss or
             //    norm skips the update; too many in a row abort.
             let counts_correct = window_correct.is_some();
-            let zero = || Tensor::zeros([1], &self.device);
-            let [loss_sum, squared_norm, correct] = read_scalars([
-                window_loss.unwrap_or_else(zero),
-                optim.squared_norm(&grads, &self.device),
-                window_correct.unwrap_or_else(zero),
-            ]);
+            let squared_norm = optim.squared_norm(&model, &grads, &self.device);
+            let [loss_sum, norm, correct, tokens] =
+                self.read_update(&window, window_loss, squared_norm, window_correct)?;
             phases.end("norm_and_read");
-            let local_tokens: usize = window.batches.iter().map(|b| self.task.tokens(b)).sum();
-            let [loss_sum, correct, tokens] = self.sum([loss_sum, correct, local_tokens as f64])?;
             let loss = loss_sum / window_targets.max(1.0);
-            let norm = squared_norm.sqrt();
             state.tokens += tokens as u64;
             state.pending.tokens += tokens;
             state.pending.allreduce_s += allreduce_s;
@@ -664,14 +639,75 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 state.pending = LogInterval::default();
             }
         }
+        drop(batches);
+        self.finish(model, &optim, state, stopped, leader, interval_start)
+    }
+
+    /// Checks that every replica starts from the same step: replicas that resumed from
+    /// different checkpoints (processes that do not see the same run directory) would
+    /// train apart.
+    fn start(&self, state: &TrainerState) -> Result<()> {
+        let s = self.settings;
+        let step = state.step as f64;
+        let [steps, squares] = self.sum([step, step * step])?;
+        if squares * self.world as f64 != steps * steps {
+            bail!(
+                "the replicas start from different steps (this one from {}): every process must see the same run directory (a shared filesystem)",
+                state.step
+            );
+        }
+        if let Some((updates, start)) = s.batch_warmup
+            && state.step < updates
+            && self.rank == 0
+        {
+            tracing::info!(
+                "batch-size warmup: {start} sequences per update at update 1, growing to the phase's over {updates} updates (whole micro-batches of {} × {} devices)",
+                s.phases[0].batch_size,
+                self.world
+            );
+        }
+        Ok(())
+    }
+
+    /// The update's one read from the device (the window's loss sum, the squared
+    /// gradient norm and the right predictions together), then the loss sum, right
+    /// predictions and tokens summed over replicas: `[loss sum, norm, right, tokens]`.
+    fn read_update(
+        &self,
+        window: &Window<T::Batch>,
+        loss: DeviceSum<B>,
+        squared_norm: Tensor<B::InnerBackend, 1>,
+        correct: DeviceSum<B>,
+    ) -> Result<[f64; 4]> {
+        let zero = || Tensor::zeros([1], &self.device);
+        let [loss_sum, squared_norm, correct] = read_scalars([
+            loss.unwrap_or_else(zero),
+            squared_norm,
+            correct.unwrap_or_else(zero),
+        ]);
+        let local_tokens: usize = window.batches.iter().map(|b| self.task.tokens(b)).sum();
+        let [loss_sum, correct, tokens] = self.sum([loss_sum, correct, local_tokens as f64])?;
+        Ok([loss_sum, squared_norm.sqrt(), correct, tokens])
+    }
+
+    /// After the loop: the leader's last checkpoint (unless the last update has one),
+    /// and the replica leaves its group.
+    fn finish(
+        self,
+        model: T::Model,
+        optim: &AdamWGroups<B, T::Model>,
+        state: TrainerState,
+        stopped: bool,
+        mut leader: Option<Leader<'_, Inner<B, T>>>,
+        interval_start: Instant,
+    ) -> Result<Finished<T::Model, Inner<B, T>>> {
         if let Some(leader) = leader.as_mut() {
             leader.bar.finish_and_clear();
             if leader.saved_step != state.step {
                 leader.sinks.sync();
-                self.save(leader, &model, &optim, &state, interval_start)?;
+                self.save(leader, &model, optim, &state, interval_start)?;
             }
         }
-        drop(batches);
         self.group.leave()?;
         Ok(Finished {
             model,

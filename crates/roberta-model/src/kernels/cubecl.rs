@@ -1,12 +1,15 @@
 //! cubecl's backends (wgpu, CUDA): evaluation and inference run attention on burn's own
 //! attention op, whose flash kernel (chosen by autotune) never stores the score matrix.
 //! burn 0.21 has no flash backward, so training (the autodiff backends) keeps the
-//! composition, which fusion merges.
+//! composition, which fusion merges. The optimizer updates and measures each parameter
+//! group packed into one tensor: per parameter, burn's AdamW composition launched about
+//! a dozen kernels and the norm two reductions; packed, a parameter costs one copy in
+//! and a view out.
 
 use burn::prelude::*;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::{Kernels, composed};
+use super::{AdamWParam, AdamWStep, Kernels, Moments, composed};
 
 /// burn's attention op with the padding mask as its boolean mask (true: a padding key);
 /// with dropout (never without a gradient) the composition.
@@ -50,6 +53,20 @@ macro_rules! cubecl_kernels {
                 dropout: Option<f64>,
             ) -> Tensor<Self, 3> {
                 attention(q, k, v, bias, heads, dropout)
+            }
+
+            fn fused_adamw_steps(
+                step: &AdamWStep,
+                group: Vec<AdamWParam<Self>>,
+            ) -> Vec<(Tensor<Self, 1>, Moments<Self, 1>)> {
+                composed::packed_adamw_steps(step, group)
+            }
+
+            fn fused_group_sum_of_squares(
+                group: Vec<Tensor<Self, 1>>,
+                device: &Self::Device,
+            ) -> Tensor<Self, 1> {
+                composed::packed_sum_of_squares(group, device)
             }
         }
 

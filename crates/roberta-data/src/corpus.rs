@@ -219,36 +219,10 @@ pub fn read_documents(
         line_no += 1;
         let start = offset;
         offset += n as u64;
-        if n > MAX_LINE_BYTES {
-            return Err(DataError::Corpus {
-                path: path.to_path_buf(),
-                message: format!(
-                    "line {line_no} (byte {start}) is {n} bytes, over the {} MiB limit: not sentence- or document-per-line text",
-                    MAX_LINE_BYTES >> 20
-                ),
-            });
-        }
-        let text = match std::str::from_utf8(&line) {
-            Ok(t) => t.trim_end_matches(['\n', '\r']),
-            Err(e) => {
-                if options.skip_invalid {
-                    skipped += 1;
-                    continue;
-                }
-                return Err(DataError::InvalidUtf8 {
-                    path: path.to_path_buf(),
-                    offset: start + e.valid_up_to() as u64,
-                });
-            }
+        let Some(text) = line_text(path, &line, (line_no, start), options)? else {
+            skipped += 1;
+            continue;
         };
-        if text.contains('\0') && !options.skip_invalid {
-            return Err(DataError::Corpus {
-                path: path.to_path_buf(),
-                message: format!(
-                    "line {line_no} (byte {start}) holds a NUL byte: binary data, not text"
-                ),
-            });
-        }
         match format {
             CorpusFormat::Text if options.doc_per_line => {
                 if !text.trim().is_empty() {
@@ -268,25 +242,7 @@ pub fn read_documents(
                 }
             }
             CorpusFormat::Jsonl => {
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let value: serde_json::Value =
-                    serde_json::from_str(text).map_err(|e| DataError::Corpus {
-                        path: path.to_path_buf(),
-                        message: format!("line {line_no}: invalid JSON: {e}"),
-                    })?;
-                let field = value
-                    .get(&options.text_field)
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| DataError::Corpus {
-                        path: path.to_path_buf(),
-                        message: format!(
-                            "line {line_no}: no string field \"{}\" (set --text-field)",
-                            options.text_field
-                        ),
-                    })?;
-                let sentences = split_lines(field);
+                let sentences = jsonl_document(path, line_no, text, &options.text_field)?;
                 if !sentences.is_empty() {
                     sink(sentences)?;
                 }
@@ -300,6 +256,67 @@ pub fn read_documents(
         sink(doc)?;
     }
     Ok(skipped)
+}
+
+/// A line of a text or JSONL corpus (`at`: its number and first byte) without its line
+/// ending; `None` for invalid UTF-8 that `skip_invalid` skips. Refused: a line over
+/// the size limit, invalid UTF-8 and NUL bytes (binary data).
+fn line_text<'a>(
+    path: &Path,
+    line: &'a [u8],
+    at: (u64, u64),
+    options: &ReadOptions,
+) -> Result<Option<&'a str>> {
+    let (line_no, start) = at;
+    let n = line.len();
+    if n > MAX_LINE_BYTES {
+        return Err(DataError::Corpus {
+            path: path.to_path_buf(),
+            message: format!(
+                "line {line_no} (byte {start}) is {n} bytes, over the {} MiB limit: not sentence- or document-per-line text",
+                MAX_LINE_BYTES >> 20
+            ),
+        });
+    }
+    let text = match std::str::from_utf8(line) {
+        Ok(t) => t.trim_end_matches(['\n', '\r']),
+        Err(_) if options.skip_invalid => return Ok(None),
+        Err(e) => {
+            return Err(DataError::InvalidUtf8 {
+                path: path.to_path_buf(),
+                offset: start + e.valid_up_to() as u64,
+            });
+        }
+    };
+    if text.contains('\0') && !options.skip_invalid {
+        return Err(DataError::Corpus {
+            path: path.to_path_buf(),
+            message: format!(
+                "line {line_no} (byte {start}) holds a NUL byte: binary data, not text"
+            ),
+        });
+    }
+    Ok(Some(text))
+}
+
+/// The document of a JSONL line: its text field's non-blank lines (none for a blank
+/// line).
+fn jsonl_document(path: &Path, line_no: u64, text: &str, field: &str) -> Result<Vec<String>> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DataError::Corpus {
+        path: path.to_path_buf(),
+        message: format!("line {line_no}: invalid JSON: {e}"),
+    })?;
+    let text = value
+        .get(field)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| DataError::Corpus {
+            path: path.to_path_buf(),
+            message: format!("line {line_no}: no string field \"{field}\" (set --text-field)"),
+        })?;
+    Ok(split_lines(text))
 }
 
 /// Parquet and Arrow IPC rows, each a document: the text column's non-blank lines.

@@ -247,22 +247,7 @@ impl RobertaConfig {
                 self.layer_norm_eps
             ));
         }
-        if let Some(labels) = &self.id2label {
-            // HF's keys are the indices 0..n as strings; others would shift every label.
-            for (i, key) in labels.keys().enumerate() {
-                if key.parse::<usize>().ok().is_none_or(|k| k >= labels.len()) {
-                    return Err(format!(
-                        "id2label has key \"{key}\": its keys must be the indices 0..{} (entry {i})",
-                        labels.len()
-                    ));
-                }
-            }
-            let mut names: Vec<&String> = labels.values().collect();
-            names.sort();
-            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-                return Err(format!("id2label names \"{}\" twice", w[0]));
-            }
-        }
+        self.validate_labels()?;
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
             (
@@ -275,6 +260,28 @@ impl RobertaConfig {
             }
         }
         Ok(())
+    }
+
+    /// `id2label`'s keys are HF's, the indices 0..n as strings (others would shift
+    /// every label), and no name is given twice.
+    fn validate_labels(&self) -> std::result::Result<(), String> {
+        let Some(labels) = &self.id2label else {
+            return Ok(());
+        };
+        for (i, key) in labels.keys().enumerate() {
+            if key.parse::<usize>().ok().is_none_or(|k| k >= labels.len()) {
+                return Err(format!(
+                    "id2label has key \"{key}\": its keys must be the indices 0..{} (entry {i})",
+                    labels.len()
+                ));
+            }
+        }
+        let mut names: Vec<&String> = labels.values().collect();
+        names.sort();
+        match names.windows(2).find(|w| w[0] == w[1]) {
+            Some(w) => Err(format!("id2label names \"{}\" twice", w[0])),
+            None => Ok(()),
+        }
     }
 
     /// Parameters of the encoder with an MLM head (the largest model of this config):

@@ -229,6 +229,18 @@ impl Default for TrainerState {
     }
 }
 
+impl LogInterval {
+    /// Adds an update's loss sum, target count and (masked LM) right predictions.
+    pub fn add_update(&mut self, loss_sum: f64, targets: f64, correct: Option<f64>) {
+        self.loss += loss_sum;
+        self.targets += targets;
+        self.updates += 1;
+        if let Some(correct) = correct {
+            *self.correct.get_or_insert(0.0) += correct;
+        }
+    }
+}
+
 impl TrainerState {
     /// Counts an update skipped for a non-finite loss or gradient norm (`loss`,
     /// `norm`), or for having nothing to learn from; `max_in_a_row` of them abort.

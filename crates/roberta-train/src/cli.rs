@@ -8,7 +8,12 @@ use roberta_data::{BreakMode, MaskingConfig};
 
 use crate::backend::DeviceSpec;
 use crate::commands::apply::{ApplyArgs, TaskOverrides};
+use crate::commands::average::Inputs;
 use crate::commands::data::{InspectArgs, PreprocessArgs, RunAt};
+use crate::commands::embed::EmbedArgs;
+use crate::commands::evaluate::EvaluateArgs;
+use crate::commands::export::SentenceTransformers;
+use crate::commands::probe::ProbeArgs;
 use crate::config::TaskKind;
 use roberta_data::labeled::Columns;
 use roberta_model::pooling::Pooling;
@@ -63,32 +68,7 @@ pub enum Command {
     /// results.md (task, metric, dev score, updates, time). Tasks whose data is absent
     /// are listed as skipped; running again continues unfinished tasks and keeps
     /// finished ones.
-    Evaluate {
-        /// The model to fine-tune: an HF model directory, a hub name, a pretraining run
-        /// or a checkpoint.
-        #[arg(long)]
-        init: PathBuf,
-        /// Tasks, comma-separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "sst2,mrpc,rte,cola,stsb,squad"
-        )]
-        tasks: Vec<crate::commands::evaluate::Recipe>,
-        /// Where the recipes' data paths start: DIR/glue_data/TASK/{train,dev}.tsv as
-        /// download_glue_data.py lays GLUE out, and DIR/squad/{train,dev}-v1.1.json.
-        #[arg(long, default_value = ".")]
-        data_dir: PathBuf,
-        /// Output directory: a run directory per task, results.json, results.md.
-        #[arg(long, default_value = "runs/evaluate")]
-        out: PathBuf,
-        /// Override a value of every task's recipe: --set train.epochs=3 (repeatable).
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-        sets: Vec<String>,
-        /// Data-parallel replicas, as for finetune.
-        #[arg(long, value_delimiter = ',', conflicts_with = "device")]
-        devices: Option<Vec<DeviceSpec>>,
-    },
+    Evaluate(EvaluateCli),
     /// Score a fine-tuned model on labeled data; prints the metrics as JSON and writes
     /// them to --output.
     ///
@@ -131,41 +111,11 @@ pub enum Command {
     /// With --sentence-transformers, the directory is also a sentence-transformers model
     /// (modules.json, 1_Pooling/, sentence_bert_config.json): `SentenceTransformer(out)`
     /// encodes as `embed --pool` does.
-    Export {
-        /// A checkpoint directory, or a run directory (its newest valid checkpoint); with
-        /// --sentence-transformers also an HF model directory.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// The HF directory to write.
-        #[arg(long)]
-        out: PathBuf,
-        /// Write the encoder as a sentence-transformers model.
-        #[arg(long)]
-        sentence_transformers: bool,
-        /// Its pooling (with --sentence-transformers).
-        #[arg(long, value_enum, requires = "sentence_transformers")]
-        pool: Option<PooledArg>,
-        /// Its vectors divided by their L2 norm (with --sentence-transformers).
-        #[arg(long, requires = "sentence_transformers")]
-        normalize: bool,
-    },
+    Export(ExportCli),
     /// Average the weights of several checkpoints (fairseq's average_checkpoints.py)
     /// into one HF model directory: the element-wise mean in fp32, of checkpoints of one
     /// architecture and tokenizer.
-    Average {
-        /// Checkpoint or HF model directories.
-        #[arg(long, num_args = 1.., required_unless_present_any = ["last", "run"], conflicts_with_all = ["last", "run"])]
-        checkpoints: Vec<PathBuf>,
-        /// The run's newest N checkpoints that verify (with --run).
-        #[arg(long, requires = "run")]
-        last: Option<usize>,
-        /// The run directory (with --last).
-        #[arg(long, requires = "last")]
-        run: Option<PathBuf>,
-        /// The HF directory to write (new).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Average(AverageCli),
     /// Draw a run's loss, learning-rate and accuracy curves into a PNG.
     Plot {
         /// The run directory (holds metrics.jsonl).
@@ -210,80 +160,227 @@ pub enum Command {
     /// first, as in HF's output_hidden_states). Pooled output: `embeddings`
     /// [inputs, hidden] and `ids` [inputs] (each input's 1-based line) in safetensors; one
     /// float32 [inputs, hidden] array in .npy; {"line", "id", "embedding"} per input in JSONL.
-    Embed {
-        /// HF model directory (any RoBERTa architecture; task heads are ignored), run
-        /// directory or checkpoint.
-        #[arg(long)]
-        model: PathBuf,
-        /// JSONL input, or a labeled file read by column.
-        #[arg(long)]
-        input: PathBuf,
-        /// Output file, written atomically; never replaces an existing one.
-        #[arg(long)]
-        output: PathBuf,
-        /// Also write the output of every layer (per-token output only).
-        #[arg(long)]
-        all_layers: bool,
-        /// How tokens become one vector: mean over tokens (sentence-transformers' mean
-        /// pooling), the <s> token (cls), the element-wise max, or none (every token).
-        #[arg(long, value_enum, default_value = "none")]
-        pool: PoolArg,
-        /// Divide each pooled vector by its L2 norm.
-        #[arg(long)]
-        normalize: bool,
-        /// The hidden state pooled: 0 is the embedding output, -1 the last layer (HF's
-        /// hidden_states index).
-        #[arg(long, allow_negative_numbers = true)]
-        layer: Option<i64>,
-        #[command(flatten)]
-        columns: TextColumnsCli,
-        /// Inputs per forward pass.
-        #[arg(long, default_value_t = 16)]
-        batch_size: usize,
-        /// Cut inputs longer than the model's maximum (keeping the final </s>) instead of failing.
-        #[arg(long)]
-        truncate: bool,
-    },
+    Embed(EmbedCli),
     /// Fit a linear probe on frozen sentence vectors: an L2-regularised logistic
     /// regression (ridge regression with --regression) on the pooled vectors of --train,
     /// scored on --valid (accuracy and macro F1; Pearson and Spearman). Prints the
     /// results as JSON and writes them to --output.
-    Probe {
-        /// HF model directory, run directory or checkpoint.
-        #[arg(long)]
-        model: PathBuf,
-        /// Labeled training file (TSV/CSV/JSONL/Parquet/Arrow).
-        #[arg(long)]
-        train: PathBuf,
-        /// Labeled file the probe is scored on.
-        #[arg(long)]
-        valid: PathBuf,
-        /// Results JSON, written atomically (default: print only).
-        #[arg(long)]
-        output: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "mean")]
-        pool: PooledArg,
-        /// The hidden state pooled (0: embeddings, -1: the last layer).
-        #[arg(long, allow_negative_numbers = true, default_value_t = -1)]
-        layer: i64,
-        #[command(flatten)]
-        columns: TextColumnsCli,
-        /// Label column.
-        #[arg(long, default_value = "label")]
-        label: String,
-        /// Numeric labels: a ridge regression scored by Pearson and Spearman.
-        #[arg(long)]
-        regression: bool,
-        /// Inverse regularisation strength, as scikit-learn's C (ridge: alpha = 1/C).
-        #[arg(long, default_value_t = 1.0)]
-        c: f64,
-        /// Use at most this many examples of each file (the first ones).
-        #[arg(long)]
-        max_examples: Option<usize>,
-        /// Inputs per forward pass.
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-    },
+    Probe(ProbeCli),
+}
+
+/// `evaluate`'s arguments.
+#[derive(Args)]
+pub struct EvaluateCli {
+    /// The model to fine-tune: an HF model directory, a hub name, a pretraining run
+    /// or a checkpoint.
+    #[arg(long)]
+    pub init: PathBuf,
+    /// Tasks, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sst2,mrpc,rte,cola,stsb,squad"
+    )]
+    pub tasks: Vec<crate::commands::evaluate::Recipe>,
+    /// Where the recipes' data paths start: DIR/glue_data/TASK/{train,dev}.tsv as
+    /// download_glue_data.py lays GLUE out, and DIR/squad/{train,dev}-v1.1.json.
+    #[arg(long, default_value = ".")]
+    pub data_dir: PathBuf,
+    /// Output directory: a run directory per task, results.json, results.md.
+    #[arg(long, default_value = "runs/evaluate")]
+    pub out: PathBuf,
+    /// Override a value of every task's recipe: --set train.epochs=3 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Data-parallel replicas, as for finetune.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    pub devices: Option<Vec<DeviceSpec>>,
+}
+
+impl EvaluateCli {
+    pub fn into_args(self) -> EvaluateArgs {
+        EvaluateArgs {
+            init: self.init,
+            tasks: self.tasks,
+            data_dir: self.data_dir,
+            out: self.out,
+            sets: self.sets,
+        }
+    }
+}
+
+/// `export`'s arguments.
+#[derive(Args)]
+pub struct ExportCli {
+    /// A checkpoint directory, or a run directory (its newest valid checkpoint); with
+    /// --sentence-transformers also an HF model directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The HF directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write the encoder as a sentence-transformers model.
+    #[arg(long)]
+    pub sentence_transformers: bool,
+    /// Its pooling (with --sentence-transformers).
+    #[arg(long, value_enum, requires = "sentence_transformers")]
+    pub pool: Option<PooledArg>,
+    /// Its vectors divided by their L2 norm (with --sentence-transformers).
+    #[arg(long, requires = "sentence_transformers")]
+    pub normalize: bool,
+}
+
+impl ExportCli {
+    /// The sentence-transformers model to write beside the HF one, if asked for.
+    pub fn sentence_transformers(&self) -> Option<SentenceTransformers> {
+        self.sentence_transformers.then(|| SentenceTransformers {
+            pooling: self.pool.map_or(Pooling::Mean, Into::into),
+            normalize: self.normalize,
+        })
+    }
+}
+
+/// `average`'s arguments.
+#[derive(Args)]
+pub struct AverageCli {
+    /// Checkpoint or HF model directories.
+    #[arg(long, num_args = 1.., required_unless_present_any = ["last", "run"], conflicts_with_all = ["last", "run"])]
+    pub checkpoints: Vec<PathBuf>,
+    /// The run's newest N checkpoints that verify (with --run).
+    #[arg(long, requires = "run")]
+    pub last: Option<usize>,
+    /// The run directory (with --last).
+    #[arg(long, requires = "last")]
+    pub run: Option<PathBuf>,
+    /// The HF directory to write (new).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl AverageCli {
+    pub fn inputs(&self) -> Inputs {
+        match (self.last, &self.run) {
+            (Some(last), Some(run)) => Inputs::Last {
+                run: run.clone(),
+                last,
+            },
+            _ => Inputs::Dirs(self.checkpoints.clone()),
+        }
+    }
+}
+
+/// `embed`'s arguments.
+#[derive(Args)]
+pub struct EmbedCli {
+    /// HF model directory (any RoBERTa architecture; task heads are ignored), run
+    /// directory or checkpoint.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL input, or a labeled file read by column.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output file, written atomically; never replaces an existing one.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Also write the output of every layer (per-token output only).
+    #[arg(long)]
+    pub all_layers: bool,
+    /// How tokens become one vector: mean over tokens (sentence-transformers' mean
+    /// pooling), the <s> token (cls), the element-wise max, or none (every token).
+    #[arg(long, value_enum, default_value = "none")]
+    pub pool: PoolArg,
+    /// Divide each pooled vector by its L2 norm.
+    #[arg(long)]
+    pub normalize: bool,
+    /// The hidden state pooled: 0 is the embedding output, -1 the last layer (HF's
+    /// hidden_states index).
+    #[arg(long, allow_negative_numbers = true)]
+    pub layer: Option<i64>,
+    #[command(flatten)]
+    pub columns: TextColumnsCli,
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Cut inputs longer than the model's maximum (keeping the final </s>) instead of failing.
+    #[arg(long)]
+    pub truncate: bool,
+}
+
+impl EmbedCli {
+    pub fn into_args(self) -> EmbedArgs {
+        EmbedArgs {
+            model: self.model,
+            input: self.input,
+            output: self.output,
+            all_layers: self.all_layers,
+            batch_size: self.batch_size,
+            truncate: self.truncate,
+            pool: self.pool.pooling(),
+            normalize: self.normalize,
+            layer: self.layer,
+            columns: self.columns.columns(None),
+        }
+    }
+}
+
+/// `probe`'s arguments.
+#[derive(Args)]
+pub struct ProbeCli {
+    /// HF model directory, run directory or checkpoint.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Labeled training file (TSV/CSV/JSONL/Parquet/Arrow).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Labeled file the probe is scored on.
+    #[arg(long)]
+    pub valid: PathBuf,
+    /// Results JSON, written atomically (default: print only).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "mean")]
+    pub pool: PooledArg,
+    /// The hidden state pooled (0: embeddings, -1: the last layer).
+    #[arg(long, allow_negative_numbers = true, default_value_t = -1)]
+    pub layer: i64,
+    #[command(flatten)]
+    pub columns: TextColumnsCli,
+    /// Label column.
+    #[arg(long, default_value = "label")]
+    pub label: String,
+    /// Numeric labels: a ridge regression scored by Pearson and Spearman.
+    #[arg(long)]
+    pub regression: bool,
+    /// Inverse regularisation strength, as scikit-learn's C (ridge: alpha = 1/C).
+    #[arg(long, default_value_t = 1.0)]
+    pub c: f64,
+    /// Use at most this many examples of each file (the first ones).
+    #[arg(long)]
+    pub max_examples: Option<usize>,
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+impl ProbeCli {
+    pub fn into_args(self) -> ProbeArgs {
+        ProbeArgs {
+            model: self.model,
+            train: self.train,
+            valid: self.valid,
+            output: self.output,
+            pool: self.pool.into(),
+            layer: self.layer,
+            columns: self
+                .columns
+                .columns(Some(self.label))
+                .expect("a label column is named"),
+            regression: self.regression,
+            c: self.c,
+            max_examples: self.max_examples,
+            batch_size: self.batch_size,
+        }
+    }
 }
 
 /// The text columns of a labeled file, for `embed` and `probe`.

@@ -73,8 +73,9 @@ fn main() {
                 .map(|(c, warnings)| (run.run_dir(), Configs::Finetune(c), warnings)),
         ),
         // evaluate's output directory holds its log and a run directory per task.
-        Command::Evaluate { out, .. } => Some(
-            run_dir::check_evaluation_dir(out).map(|()| (out.clone(), Configs::None, Vec::new())),
+        Command::Evaluate(e) => Some(
+            run_dir::check_evaluation_dir(&e.out)
+                .map(|()| (e.out.clone(), Configs::None, Vec::new())),
         ),
         _ => None,
     };
@@ -87,7 +88,7 @@ fn main() {
     // under MPI, rank 0 holds it for the job and is the only one to write there.
     let owned_dir = run_dir.as_deref().filter(|_| leader);
     let flag = match cli.command {
-        Command::Evaluate { .. } => "--out",
+        Command::Evaluate(_) => "--out",
         _ => "--run-dir",
     };
     let _lock = match owned_dir.map(|d| RunLock::acquire(d, flag)).transpose() {
@@ -224,22 +225,9 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
                 })
             )
         }
-        Command::Evaluate {
-            init,
-            tasks,
-            data_dir,
-            out,
-            sets,
-            devices,
-        } => dispatch_devices!(
-            devices.unwrap_or_else(|| vec![device]),
-            evaluate(commands::evaluate::EvaluateArgs {
-                init,
-                tasks,
-                data_dir,
-                out,
-                sets
-            })
+        Command::Evaluate(mut e) => dispatch_devices!(
+            e.devices.take().unwrap_or_else(|| vec![device]),
+            evaluate(e.into_args())
         ),
         Command::Eval {
             model,
@@ -256,30 +244,10 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
             device,
             apply(task.apply_args(model, input, Some(output)), true)
         ),
-        Command::Average {
-            checkpoints,
-            last,
-            run,
-            out,
-        } => {
-            let inputs = match (last, run) {
-                (Some(last), Some(run)) => commands::average::Inputs::Last { run, last },
-                _ => commands::average::Inputs::Dirs(checkpoints),
-            };
-            dispatch!(device, average(inputs, out))
-        }
-        Command::Export {
-            checkpoint,
-            out,
-            sentence_transformers,
-            pool,
-            normalize,
-        } => {
-            let st = sentence_transformers.then(|| commands::export::SentenceTransformers {
-                pooling: pool.map_or(roberta_model::pooling::Pooling::Mean, Into::into),
-                normalize,
-            });
-            dispatch!(device, export(checkpoint, out, st))
+        Command::Average(a) => dispatch!(device, average(a.inputs(), a.out)),
+        Command::Export(e) => {
+            let st = e.sentence_transformers();
+            dispatch!(device, export(e.checkpoint, e.out, st))
         }
         Command::Pretrain { run } => {
             let run_dir = run_dir.expect("computed for pretrain");
@@ -296,27 +264,7 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
                 })
             )
         }
-        Command::Plot { run, output } => {
-            // The run's own curves.png is replaced; any other path must be new.
-            if let Some(output) = &output {
-                roberta_train::outputs::refuse_existing(output, "--output")?;
-            }
-            let output = match output {
-                Some(output) => output,
-                // A run's own curves.png is ours to replace; in any other directory it is
-                // the user's.
-                None => {
-                    let own = run.join(roberta_train::plot::PLOT_FILE);
-                    if !roberta_train::run_dir::is_run_dir(&run) {
-                        roberta_train::outputs::refuse_existing(&own, "the plot")?;
-                    }
-                    own
-                }
-            };
-            roberta_train::plot::plot_run(&run, &output)?;
-            println!("wrote {}", output.display());
-            Ok(())
-        }
+        Command::Plot { run, output } => roberta_train::plot::plot_command(&run, output),
         Command::Preprocess(p) => commands::data::run_preprocess(p.into_args()),
         Command::Tokenizer(TokenizerCommand::Train {
             input,
@@ -347,62 +295,7 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
                 })
             )
         }
-        Command::Embed {
-            model,
-            input,
-            output,
-            all_layers,
-            pool,
-            normalize,
-            layer,
-            columns,
-            batch_size,
-            truncate,
-        } => dispatch!(
-            device,
-            embed(commands::embed::EmbedArgs {
-                model,
-                input,
-                output,
-                all_layers,
-                batch_size,
-                truncate,
-                pool: pool.pooling(),
-                normalize,
-                layer,
-                columns: columns.columns(None),
-            })
-        ),
-        Command::Probe {
-            model,
-            train,
-            valid,
-            output,
-            pool,
-            layer,
-            columns,
-            label,
-            regression,
-            c,
-            max_examples,
-            batch_size,
-        } => dispatch!(
-            device,
-            probe(commands::probe::ProbeArgs {
-                model,
-                train,
-                valid,
-                output,
-                pool: pool.into(),
-                layer,
-                columns: columns
-                    .columns(Some(label))
-                    .expect("a label column is named"),
-                regression,
-                c,
-                max_examples,
-                batch_size,
-            })
-        ),
+        Command::Embed(e) => dispatch!(device, embed(e.into_args())),
+        Command::Probe(p) => dispatch!(device, probe(p.into_args())),
     }
 }

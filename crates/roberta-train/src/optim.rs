@@ -131,6 +131,18 @@ impl<B: TrainingBackend, M: AutodiffModule<B>> AdamWGroups<B, M> {
         Ok(())
     }
 
+    /// The optimizer of a run: new, or the checkpoint's at `resume`.
+    pub fn resumed(
+        optim: &OptimSection,
+        resume: Option<&Path>,
+        device: &B::Device,
+    ) -> Result<Self> {
+        match resume {
+            Some(path) => Self::new(optim).load(path, device),
+            None => Ok(Self::new(optim)),
+        }
+    }
+
     /// Restores both groups' moments from a checkpoint directory.
     pub fn load(mut self, dir: &Path, device: &B::Device) -> Result<Self> {
         let recorder = Recorder32::new();

@@ -17,6 +17,16 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
 
+/// Says what data parallelism costs, when there is any.
+pub fn announce(world: usize, params: usize) {
+    if world > 1 {
+        tracing::info!(
+            "{world} replicas: every update all-reduces the gradients of {params} parameters ({:.1} MB in fp32)",
+            params as f64 * 4e-6
+        );
+    }
+}
+
 pub fn collective_config(world: usize) -> CollectiveConfig {
     CollectiveConfig::default().with_num_devices(world)
 }

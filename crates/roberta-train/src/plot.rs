@@ -1,7 +1,7 @@
 //! `plot`: the loss, learning-rate and accuracy (or validation metric) curves of a
 //! pretraining or fine-tuning run, as a PNG, from its metrics.jsonl. The font is embedded (DejaVu Sans), so nothing is needed on the host.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
@@ -82,6 +82,28 @@ fn range(series: &[&[(f64, f64)]]) -> (f64, f64) {
 
 /// A named series and its colour.
 type Line<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
+
+/// `plot`: a run's curves into `output`, by default the run's own `curves.png`, which
+/// is ours to replace; in any other directory, and at any path given, the file must be
+/// new (it is the user's).
+pub fn plot_command(run: &Path, output: Option<PathBuf>) -> Result<()> {
+    let output = match output {
+        Some(output) => {
+            crate::outputs::refuse_existing(&output, "--output")?;
+            output
+        }
+        None => {
+            let own = run.join(PLOT_FILE);
+            if !crate::run_dir::is_run_dir(run) {
+                crate::outputs::refuse_existing(&own, "the plot")?;
+            }
+            own
+        }
+    };
+    plot_run(run, &output)?;
+    println!("wrote {}", output.display());
+    Ok(())
+}
 
 /// Draws `run_dir/metrics.jsonl` into `output`.
 pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {

@@ -30,6 +30,17 @@ pub struct Processes {
 static CURRENT: OnceLock<Processes> = OnceLock::new();
 
 impl Processes {
+    /// The number of replicas in a run of `local` devices in this process: threads of
+    /// one process, or one device in each of several processes, not both.
+    pub fn replicas(&self, local: usize) -> Result<usize> {
+        if self.count > 1 && local > 1 {
+            anyhow::bail!(
+                "under an MPI launcher each process drives one device: drop --devices and start one process per device"
+            );
+        }
+        Ok(local * self.count)
+    }
+
     const ALONE: Self = Self {
         rank: 0,
         count: 1,

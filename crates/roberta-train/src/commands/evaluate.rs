@@ -147,23 +147,7 @@ pub fn evaluate<B: TrainingBackend>(devices: Vec<B::Device>, args: EvaluateArgs)
     tasks.retain(|t| seen.insert(*t));
 
     let results_path = args.out.join(RESULTS_JSON);
-    let previous = match std::fs::read(&results_path) {
-        Ok(bytes) => {
-            let results: Results = serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading {}", results_path.display()))?;
-            // Results of another model are kept from being mixed with this one's; an
-            // output where nothing finished holds nothing to protect.
-            if results.init != init && results.tasks.iter().any(|r| r.status == "done") {
-                bail!(
-                    "{} holds the results of another model ({}): choose another --out",
-                    args.out.display(),
-                    results.init
-                );
-            }
-            results.tasks
-        }
-        Err(_) => Vec::new(),
-    };
+    let previous = previous_rows(&args.out, &init)?;
     // Tasks of earlier calls that this one does not run stay in the table.
     let mut rows: Vec<Row> = previous
         .iter()
@@ -222,6 +206,31 @@ pub fn evaluate<B: TrainingBackend>(devices: Vec<B::Device>, args: EvaluateArgs)
     }
     println!("{}", table(&rows));
     println!("results in {}", results_path.display());
+    check_outcome(&rows, &args)
+}
+
+/// The rows of an earlier call's results in `out`: refused when they are another
+/// model's (an output where nothing finished holds nothing to protect).
+fn previous_rows(out: &Path, init: &str) -> Result<Vec<Row>> {
+    let results_path = out.join(RESULTS_JSON);
+    let Ok(bytes) = std::fs::read(&results_path) else {
+        return Ok(Vec::new());
+    };
+    let results: Results = serde_json::from_slice(&bytes)
+        .with_context(|| format!("reading {}", results_path.display()))?;
+    if results.init != init && results.tasks.iter().any(|r| r.status == "done") {
+        bail!(
+            "{} holds the results of another model ({}): choose another --out",
+            out.display(),
+            results.init
+        );
+    }
+    Ok(results.tasks)
+}
+
+/// The command fails when no task had data, or any task failed.
+fn check_outcome(rows: &[Row], args: &EvaluateArgs) -> Result<()> {
+    let results_path = args.out.join(RESULTS_JSON);
     let failed: Vec<&str> = rows
         .iter()
         .filter(|r| r.status == "failed")

@@ -9,8 +9,8 @@ use roberta_data::RobertaTokenizer;
 use roberta_data::preprocess::tokenizer_sha256;
 use roberta_model::{LoadOptions, Pretrained, RobertaConfig, TrainingBackend};
 
-use crate::checkpoint::{self, DataFingerprint};
-use crate::config::{FinetuneConfig, RunConfig, TaskKind};
+use crate::checkpoint::{self, DataFingerprint, TrainerState};
+use crate::config::{FinetuneConfig, RunConfig};
 use crate::models::{ScratchDir, init_dir, load_model, load_tokenizer};
 use crate::processes::Processes;
 use crate::run_dir::INIT;
@@ -70,7 +70,11 @@ fn settings(config: &FinetuneConfig, total: u64, run_dir: &std::path::Path) -> S
         ema_decay: t.ema_decay,
         eval_every: config.eval.every,
         best: Some(BestPolicy {
-            higher_is_better: TaskKind::higher_is_better(&metric),
+            higher_is_better: config
+                .task
+                .kind
+                .metric(&metric)
+                .is_none_or(|m| m.higher_is_better),
             metric,
             patience: config.eval.patience,
         }),
@@ -90,11 +94,12 @@ where
     let run_dir = args.run_dir;
     let device = devices[0].clone();
     check_precision::<B>(config.train.precision, &devices)?;
+    let world = crate::processes::world(devices.len());
     let resume = start_run(
         &run_dir,
         args.resume.as_deref(),
         &mut config,
-        crate::processes::world(devices.len()),
+        world,
         args.force,
     )?;
 
@@ -114,13 +119,7 @@ where
         &device,
     )?;
 
-    let max_length = section.max_length.min(model_config.max_sequence_length());
-    if max_length < section.max_length {
-        tracing::info!(
-            "task.max_length {} is more than the model takes: inputs are cut at {max_length} tokens",
-            section.max_length
-        );
-    }
+    let max_length = max_length(section.max_length, &model_config);
     let train = task.read(&config.data.train, &tokenizer, max_length, true)?;
     let valid = config
         .data
@@ -137,14 +136,7 @@ where
         0,
         &model_config,
     )?;
-    // Schedule: whole epochs, or fewer updates.
-    let t = &config.train;
-    let per_update = t.batch_size * t.accumulation * crate::processes::world(devices.len());
-    let steps_per_epoch = train.features.len().div_ceil(per_update) as u64;
-    let mut total = t.epochs * steps_per_epoch;
-    if t.max_steps > 0 {
-        total = total.min(t.max_steps);
-    }
+    let (total, per_update, steps_per_epoch) = schedule(&config, train.features.len(), world);
     let settings = settings(&config, total, &run_dir);
     tracing::info!(
         "{}: {} train examples ({} features), {total} updates of {per_update} ({steps_per_epoch} per epoch), warmup {}",
@@ -154,18 +146,7 @@ where
         settings.warmup
     );
 
-    let train_file = &config.data.train;
-    let train_sha256 = checkpoint::sha256_file(train_file)?;
-    let data = DataFingerprint {
-        tokenizer: tokenizer_sha256(&tokenizer),
-        describe: format!(
-            "{}: {} bytes, sha256 {}…",
-            train_file.display(),
-            std::fs::metadata(train_file).map_or(0, |m| m.len()),
-            &train_sha256[..12]
-        ),
-        train: train_sha256,
-    };
+    let data = fingerprint(&tokenizer, &config.data.train)?;
     if let Some((path, saved)) = &resume {
         data.check_resume(path, saved, args.force)?;
     }
@@ -193,14 +174,58 @@ where
         &files,
         stop_flag()?,
     )?;
-    if outcome.stopped {
-        return Ok(());
+    if !outcome.stopped {
+        report_done(&outcome.state, &metric, &run_dir);
     }
+    Ok(())
+}
+
+/// `task.max_length`, or less where the model takes fewer positions.
+fn max_length(asked: usize, model_config: &RobertaConfig) -> usize {
+    let max_length = asked.min(model_config.max_sequence_length());
+    if max_length < asked {
+        tracing::info!(
+            "task.max_length {asked} is more than the model takes: inputs are cut at {max_length} tokens"
+        );
+    }
+    max_length
+}
+
+/// Whole epochs, or fewer updates (`train.max_steps`): the number of updates, the
+/// examples per update, and the updates per epoch.
+fn schedule(config: &FinetuneConfig, features: usize, world: usize) -> (u64, usize, u64) {
+    let t = &config.train;
+    let per_update = t.batch_size * t.accumulation * world;
+    let steps_per_epoch = features.div_ceil(per_update) as u64;
+    let mut total = t.epochs * steps_per_epoch;
+    if t.max_steps > 0 {
+        total = total.min(t.max_steps);
+    }
+    (total, per_update, steps_per_epoch)
+}
+
+/// The tokenizer and training file a checkpoint of this run was trained on.
+fn fingerprint(tokenizer: &RobertaTokenizer, train_file: &Path) -> Result<DataFingerprint> {
+    let train_sha256 = checkpoint::sha256_file(train_file)?;
+    Ok(DataFingerprint {
+        tokenizer: tokenizer_sha256(tokenizer),
+        describe: format!(
+            "{}: {} bytes, sha256 {}…",
+            train_file.display(),
+            std::fs::metadata(train_file).map_or(0, |m| m.len()),
+            &train_sha256[..12]
+        ),
+        train: train_sha256,
+    })
+}
+
+/// Where a finished run's models are.
+fn report_done(state: &TrainerState, metric: &str, run_dir: &Path) {
     let final_dir = run_dir.join(checkpoint::FINAL);
-    match &outcome.state.best {
+    match &state.best {
         Some(best) => tracing::info!(
             "done: {} updates; best {metric} {:.4} at step {} in {} (last model in {})",
-            outcome.state.step,
+            state.step,
             best.value,
             best.step,
             run_dir.join(checkpoint::BEST).display(),
@@ -208,11 +233,10 @@ where
         ),
         None => tracing::info!(
             "done: {} updates; model in {}",
-            outcome.state.step,
+            state.step,
             final_dir.display()
         ),
     }
-    Ok(())
 }
 
 /// Where the weights and the tokenizer come from: `--init` (or `model.init`) as an HF

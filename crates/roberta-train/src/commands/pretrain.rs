@@ -225,43 +225,9 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
     );
 
     // The model, on the first device; the trainer copies it to the others.
-    seed_init::<B>(&device, config.init_seed());
-    let mut model_config = config.model_config(tokenizer.vocab_size());
-    if config.model.init.is_none() {
-        trainer::check_model_memory(&model_config, true, "model")?;
-    }
-    let model: RobertaForMaskedLM<B> = match &config.model.init {
-        Some(dir) => {
-            let dir = crate::hub::resolve(dir)?;
-            let mut loaded =
-                load_model::<B, RobertaForMaskedLM<B>>(&dir, LoadOptions::default(), &device)?;
-            // The directory brings the architecture; the config may still set dropout.
-            config.model.override_dropout(&mut loaded.config);
-            let c = &loaded.config;
-            loaded
-                .model
-                .roberta
-                .set_dropout(c.hidden_dropout_prob, c.attention_probs_dropout_prob);
-            model_config = loaded.config;
-            loaded.model
-        }
-        None => RobertaForMaskedLM::new(&model_config, &device),
-    };
+    let (model, model_config) = pretraining_model::<B>(&mut config, &tokenizer, &device)?;
 
-    for (i, phase) in config.phases().iter().enumerate() {
-        let key = match i < config.schedule.phases.len() {
-            true => format!("schedule.phases[{i}].batch_size"),
-            false => "train.batch_size".into(),
-        };
-        trainer::check_batch_memory::<B>(
-            &device,
-            &key,
-            phase.batch_size,
-            phase.block_size,
-            config.train.loader_queue,
-            &model_config,
-        )?;
-    }
+    check_phase_memory::<B>(&config, &model_config, &device)?;
     ensure!(
         model_config.vocab_size >= tokenizer.vocab_size(),
         "the tokenizer {} has {} tokens but the model's vocabulary only {}: use the model's own tokenizer (data.tokenizer)",
@@ -269,16 +235,7 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         tokenizer.vocab_size(),
         model_config.vocab_size
     );
-    let data = DataFingerprint {
-        tokenizer: tokenizer_sha256(&tokenizer),
-        train: train.split.sha256.clone(),
-        describe: format!(
-            "{}: {} train tokens, sha256 {}…",
-            train.split.dir.display(),
-            train.split.tokens(),
-            train.split.sha256.chars().take(12).collect::<String>()
-        ),
-    };
+    let data = fingerprint(&tokenizer, train);
     if let Some((path, saved)) = &resume {
         data.check_resume(path, saved, args.force)?;
     }
@@ -323,6 +280,76 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         );
     }
     Ok(())
+}
+
+/// The model to pretrain: new (from `model` and the tokenizer's vocabulary), or
+/// `model.init`'s, whose directory brings the architecture (the config may still set
+/// dropout). With its config.
+fn pretraining_model<B: TrainingBackend>(
+    config: &mut PretrainConfig,
+    tokenizer: &RobertaTokenizer,
+    device: &B::Device,
+) -> Result<(RobertaForMaskedLM<B>, RobertaConfig)> {
+    seed_init::<B>(device, config.init_seed());
+    let mut model_config = config.model_config(tokenizer.vocab_size());
+    if config.model.init.is_none() {
+        trainer::check_model_memory(&model_config, true, "model")?;
+    }
+    let model: RobertaForMaskedLM<B> = match &config.model.init {
+        Some(dir) => {
+            let dir = crate::hub::resolve(dir)?;
+            let mut loaded =
+                load_model::<B, RobertaForMaskedLM<B>>(&dir, LoadOptions::default(), device)?;
+            // The directory brings the architecture; the config may still set dropout.
+            config.model.override_dropout(&mut loaded.config);
+            let c = &loaded.config;
+            loaded
+                .model
+                .roberta
+                .set_dropout(c.hidden_dropout_prob, c.attention_probs_dropout_prob);
+            model_config = loaded.config;
+            loaded.model
+        }
+        None => RobertaForMaskedLM::new(&model_config, device),
+    };
+    Ok((model, model_config))
+}
+
+/// Every phase's batches fit the memory here (checked before any work).
+fn check_phase_memory<B: TrainingBackend>(
+    config: &PretrainConfig,
+    model_config: &RobertaConfig,
+    device: &B::Device,
+) -> Result<()> {
+    for (i, phase) in config.phases().iter().enumerate() {
+        let key = match i < config.schedule.phases.len() {
+            true => format!("schedule.phases[{i}].batch_size"),
+            false => "train.batch_size".into(),
+        };
+        trainer::check_batch_memory::<B>(
+            device,
+            &key,
+            phase.batch_size,
+            phase.block_size,
+            config.train.loader_queue,
+            model_config,
+        )?;
+    }
+    Ok(())
+}
+
+/// The tokenizer and training data a checkpoint of this run was trained on.
+fn fingerprint(tokenizer: &RobertaTokenizer, train: &Corpus) -> DataFingerprint {
+    DataFingerprint {
+        tokenizer: tokenizer_sha256(tokenizer),
+        train: train.split.sha256.clone(),
+        describe: format!(
+            "{}: {} train tokens, sha256 {}…",
+            train.split.dir.display(),
+            train.split.tokens(),
+            train.split.sha256.chars().take(12).collect::<String>()
+        ),
+    }
 }
 
 /// `[eval.probe]`'s files, tokenized once with the run's tokenizer.

@@ -1,15 +1,14 @@
 //! cubecl's backends (wgpu, CUDA): evaluation and inference run attention on burn's own
 //! attention op, whose flash kernel (chosen by autotune) never stores the score matrix.
 //! burn 0.21 has no flash backward, so training (the autodiff backends) keeps the
-//! composition, which fusion merges. The optimizer updates and measures each parameter
-//! group packed into one tensor: per parameter, burn's AdamW composition launched about
-//! a dozen kernels and the norm two reductions; packed, a parameter costs one copy in
-//! and a view out.
+//! composition, which fusion merges. The gradient norm packs each group into one tensor
+//! and reduces it once: per tensor, the sum of squares took about three kernels, packed
+//! one copy (lavapipe, quickstart geometry: see the README's kernel counts).
 
 use burn::prelude::*;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::{AdamWParam, AdamWStep, Kernels, Moments, composed};
+use super::{Kernels, composed};
 
 /// burn's attention op with the padding mask as its boolean mask (true: a padding key);
 /// with dropout (never without a gradient) the composition.
@@ -53,13 +52,6 @@ macro_rules! cubecl_kernels {
                 dropout: Option<f64>,
             ) -> Tensor<Self, 3> {
                 attention(q, k, v, bias, heads, dropout)
-            }
-
-            fn fused_adamw_steps(
-                step: &AdamWStep,
-                group: Vec<AdamWParam<Self>>,
-            ) -> Vec<(Tensor<Self, 1>, Moments<Self, 1>)> {
-                composed::packed_adamw_steps(step, group)
             }
 
             fn fused_group_sum_of_squares(

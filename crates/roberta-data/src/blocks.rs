@@ -59,11 +59,9 @@ pub fn index_file_name(split: &str, mode: BreakMode, block_size: usize) -> Strin
 
 /// Whether `name` is a block index or one of its temporaries (`.NAME.tmp-PID`).
 pub fn is_index_file_name(name: &str) -> bool {
-    let name = match name.strip_prefix('.') {
-        Some(rest) => match rest.rsplit_once(".tmp-") {
-            Some((base, pid)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => base,
-            _ => return false,
-        },
+    let name = match roberta_fs::temporary_of(name) {
+        Some((base, _)) => base,
+        None if name.starts_with('.') => return false,
         None => name,
     };
     let Some(rest) = name
@@ -320,40 +318,22 @@ fn hash_bytes(sha256: &str) -> [u8; 64] {
     out
 }
 
-/// Packs into `.NAME.tmp-PID` beside `path`, syncs it and renames it into place. An
-/// error names the index, whatever step failed, and leaves no temporary.
+/// Packs into the index's temporary (see [`roberta_fs`]), syncs it and renames it into
+/// place. An error names the index, whatever step failed, and leaves no temporary.
 fn build_in_place(split: &Split, block_size: usize, mode: BreakMode, path: &Path) -> Result<File> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    remove_stale_temporaries(&split.dir, &name);
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        write_index(split, block_size, mode, &mut file)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(dir) = File::open(&split.dir) {
-            dir.sync_all().ok();
-        }
-        Ok(file)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| match e {
+    let io = |e: roberta_fs::IoError| DataError::WriteIndex {
+        path: path.to_path_buf(),
+        source: e.source,
+    };
+    let mut temp = roberta_fs::TempFile::create(path).map_err(io)?;
+    write_index(split, block_size, mode, temp.file()).map_err(|e| match e {
         WriteError::Io(source) => DataError::WriteIndex {
             path: path.to_path_buf(),
             source,
         },
         WriteError::Data(e) => e,
-    })
+    })?;
+    temp.publish(roberta_fs::Publish::Replace).map_err(io)
 }
 
 /// Why writing an index failed: the file, or the shards it was packed from.
@@ -371,27 +351,6 @@ impl From<std::io::Error> for WriteError {
 impl From<DataError> for WriteError {
     fn from(e: DataError) -> Self {
         Self::Data(e)
-    }
-}
-
-/// Removes `.NAME.tmp-PID` files of processes that are gone: a build killed midway.
-fn remove_stale_temporaries(dir: &Path, name: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let prefix = format!(".{name}.tmp-");
-    for entry in entries.filter_map(|e| e.ok()) {
-        let file = entry.file_name();
-        let Some(pid) = file
-            .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if entry.file_type().is_ok_and(|t| t.is_file()) && !crate::preprocess::process_alive(pid) {
-            let _ = std::fs::remove_file(entry.path());
-        }
     }
 }
 

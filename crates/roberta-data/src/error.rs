@@ -117,3 +117,12 @@ pub enum DataError {
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;
+
+impl From<roberta_fs::IoError> for DataError {
+    fn from(e: roberta_fs::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -320,8 +320,8 @@ fn any_text(files: &[PathBuf]) -> Result<bool> {
 }
 
 impl RobertaTokenizer {
-    /// Writes `tokenizer.json`, `vocab.json` and `merges.txt` into `dir`, each synced to
-    /// disk, so that a directory renamed into place afterwards holds complete files.
+    /// Writes `tokenizer.json`, `vocab.json` and `merges.txt` into `dir`: a directory
+    /// being written through [`roberta_fs::write_dir`], which syncs them.
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
             path: dir.to_path_buf(),
@@ -330,62 +330,38 @@ impl RobertaTokenizer {
         self.write_files(dir, dir)
     }
 
-    /// Writes the three files of [`save_dir`](Self::save_dir) as the new directory `dir`:
-    /// into a temporary `.NAME.tmp-PID` beside it, renamed into place once complete, so
-    /// that a full disk or a kill leaves no directory that looks like a tokenizer. An
-    /// existing `dir` is refused, never replaced; on error the temporary is removed.
+    /// Writes the three files of [`save_dir`](Self::save_dir) as the new directory `dir`
+    /// (through [`roberta_fs::write_dir`]), so that a full disk or a kill leaves no
+    /// directory that looks like a tokenizer. An existing `dir` is refused, never
+    /// replaced.
     pub fn save_new_dir(&self, dir: &Path) -> Result<()> {
-        let exists = || {
-            std::fs::symlink_metadata(dir)
-                .is_ok()
-                .then(|| DataError::OutputExists {
-                    path: dir.to_path_buf(),
-                })
+        let exists = || DataError::OutputExists {
+            path: dir.to_path_buf(),
         };
-        if let Some(e) = exists() {
-            return Err(e);
+        if std::fs::symlink_metadata(dir).is_ok() {
+            return Err(exists());
         }
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|source| DataError::Io {
-            path: parent.to_path_buf(),
-            source,
-        })?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        // `create_dir`, not `create_dir_all`: a directory of that name is not ours.
-        std::fs::create_dir(&tmp).map_err(|source| DataError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        let result = self.write_files(&tmp, dir).and_then(|()| {
-            // A directory made there meanwhile would be replaced by the rename if empty.
-            if let Some(e) = exists() {
-                return Err(e);
-            }
-            std::fs::rename(&tmp, dir).map_err(|source| DataError::Io {
-                path: dir.to_path_buf(),
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| DataError::Io {
+                path: parent.to_path_buf(),
                 source,
-            })
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
+            })?;
         }
-        result
+        roberta_fs::write_dir(dir, roberta_fs::Publish::New, |tmp| {
+            self.write_files(tmp, dir)
+        })
+        .map_err(|e| match e {
+            // A directory made there meanwhile.
+            DataError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                exists()
+            }
+            e => e,
+        })
     }
 
-    /// Writes the three files into `dir` and syncs them; errors name them as in `shown`,
-    /// the directory the user asked for.
+    /// Writes the three files into `dir`; errors name them as in `shown`, the directory
+    /// the user asked for.
     fn write_files(&self, dir: &Path, shown: &Path) -> Result<()> {
-        let io = |file: &str| {
-            let path = shown.join(file);
-            move |source| DataError::Io { path, source }
-        };
         let json = self
             .inner
             .to_string(true)
@@ -393,7 +369,10 @@ impl RobertaTokenizer {
                 path: shown.join(TOKENIZER_FILE),
                 message: e.to_string(),
             })?;
-        std::fs::write(dir.join(TOKENIZER_FILE), json).map_err(io(TOKENIZER_FILE))?;
+        std::fs::write(dir.join(TOKENIZER_FILE), json).map_err(|source| DataError::Io {
+            path: shown.join(TOKENIZER_FILE),
+            source,
+        })?;
         tokenizers::Model::save(self.inner.get_model(), dir, None).map_err(|e| match e
             .downcast::<std::io::Error>(
         ) {
@@ -406,17 +385,7 @@ impl RobertaTokenizer {
                 message: e.to_string(),
             },
         })?;
-        for file in [TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE] {
-            std::fs::File::open(dir.join(file))
-                .and_then(|f| f.sync_all())
-                .map_err(io(file))?;
-        }
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| DataError::Io {
-                path: shown.to_path_buf(),
-                source,
-            })
+        Ok(())
     }
 }
 

@@ -41,3 +41,12 @@ pub enum ModelError {
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+impl From<roberta_fs::IoError> for ModelError {
+    fn from(e: roberta_fs::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -10,8 +10,8 @@ use burn::prelude::*;
 use serde_json::json;
 
 use crate::error::{ModelError, Result};
-use crate::hf::write_atomic;
 use crate::model::first_token;
+use roberta_fs::replace_file;
 
 /// How a sequence of token states becomes one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -133,27 +133,27 @@ pub fn save_sentence_transformers(
         std::fs::create_dir_all(&path).map_err(|source| ModelError::Io { path, source })
     };
     create("1_Pooling")?;
-    write_atomic(
+    replace_file(
         &dir.join("1_Pooling/config.json"),
         &pretty(&serde_json::Value::Object(pooling_config)),
     )?;
     if normalize {
         create("2_Normalize")?;
     }
-    write_atomic(
+    replace_file(
         &dir.join("sentence_bert_config.json"),
         &pretty(&json!({"max_seq_length": max_seq_length, "do_lower_case": false})),
     )?;
-    write_atomic(
+    replace_file(
         &dir.join("config_sentence_transformers.json"),
         &pretty(
             &json!({"prompts": {}, "default_prompt_name": null, "similarity_fn_name": "cosine"}),
         ),
     )?;
-    write_atomic(
+    Ok(replace_file(
         &dir.join("modules.json"),
         &pretty(&serde_json::Value::Array(modules)),
-    )
+    )?)
 }
 
 #[cfg(all(test, feature = "cpu"))]

@@ -12,7 +12,8 @@ use burn::prelude::Backend;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, RecorderError};
 use roberta_data::rng::STREAMS_VERSION;
 use roberta_data::{LoaderState, RobertaTokenizer};
-use roberta_model::hf::{CONFIG_FILE, write_atomic};
+use roberta_fs::{Publish, replace_file};
+use roberta_model::hf::CONFIG_FILE;
 use roberta_model::save_pretrained;
 use roberta_model::{Pretrained, RobertaConfig};
 use serde::{Deserialize, Serialize};
@@ -298,12 +299,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-fn fsync(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing {}", path.display()))
-}
-
 /// Which checkpoints a run keeps: the newest `keep` that verify, the one just written
 /// always among them. A directory that does not verify (corrupt, or not a checkpoint at
 /// all) neither counts nor is removed. Verifying reads every file, so each checkpoint is
@@ -360,45 +355,25 @@ pub fn save(
     let dir = checkpoints_dir(run_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = step_dir_name(state.step);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = (|| -> Result<PathBuf> {
-        write_files(&tmp)?;
+    let target = dir.join(&name);
+    roberta_fs::write_dir(&target, Publish::Replace, |tmp| -> Result<()> {
+        write_files(tmp)?;
         std::fs::write(tmp.join(TRAINER_STATE), serde_json::to_vec_pretty(state)?)?;
         std::fs::write(tmp.join(CONFIG), config_toml)?;
         let mut files = BTreeMap::new();
-        for entry in std::fs::read_dir(&tmp)? {
+        for entry in std::fs::read_dir(tmp)? {
             let path = entry?.path();
-            fsync(&path)?;
-            files.insert(
-                path.file_name()
-                    .expect("file")
-                    .to_string_lossy()
-                    .into_owned(),
-                sha256_file(&path)?,
-            );
+            let name = path.file_name().expect("file").to_string_lossy();
+            files.insert(name.into_owned(), sha256_file(&path)?);
         }
         let manifest = Manifest {
             step: state.step,
             files,
         };
         std::fs::write(tmp.join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
-        fsync(&tmp.join(MANIFEST))?;
-        fsync(&tmp)?;
-        let target = dir.join(&name);
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
-        std::fs::rename(&tmp, &target)?;
-        fsync(&dir)?;
-        Ok(target)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    let target =
-        result.with_context(|| format!("writing checkpoint {name} in {}", dir.display()))?;
+        Ok(())
+    })
+    .with_context(|| format!("writing checkpoint {name} in {}", dir.display()))?;
     retention.prune(run_dir, &target)?;
     Ok(target)
 }
@@ -427,7 +402,7 @@ pub fn write_model<B: Backend, M: Pretrained<B> + Module<B>>(
         .with_context(|| format!("writing {}", dir.join(MODEL).display()))?;
     let mut config = config.clone();
     config.architectures = vec![M::ARCHITECTURE.to_string()];
-    write_atomic(&dir.join(CONFIG_FILE), &serde_json::to_vec_pretty(&config)?)?;
+    replace_file(&dir.join(CONFIG_FILE), &serde_json::to_vec_pretty(&config)?)?;
     tokenizer
         .inner()
         .save(dir.join(TOKENIZER), false)
@@ -445,7 +420,7 @@ pub fn save_hf_dir<B: Backend, M: Pretrained<B>>(
 ) -> Result<()> {
     save_hf_dir_with(dir, model, config, tokenizer, |tmp| {
         if let Some(scores) = scores {
-            write_atomic(&tmp.join(EVAL_RESULTS), &serde_json::to_vec_pretty(scores)?)?;
+            std::fs::write(tmp.join(EVAL_RESULTS), serde_json::to_vec_pretty(scores)?)?;
         }
         Ok(())
     })
@@ -460,43 +435,12 @@ pub fn save_hf_dir_with<B: Backend, M: Pretrained<B>>(
     tokenizer: &RobertaTokenizer,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    write_dir_through_temporary(dir, true, |tmp| {
+    roberta_fs::write_dir(dir, Publish::Replace, |tmp| -> Result<()> {
         save_pretrained(model, config, tmp)?;
         tokenizer.save_dir(tmp)?;
         extra(tmp)
     })
-}
-
-/// Fills a temporary sibling `.NAME.tmp-PID` of `dir` with `fill`, then renames it to
-/// `dir`: replacing a directory there (one of ours: `best/`, `final/`) when `replace`,
-/// else refusing any path there. A failure leaves nothing behind.
-pub fn write_dir_through_temporary(
-    dir: &Path,
-    replace: bool,
-    fill: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| -> Result<()> {
-        std::fs::create_dir_all(&tmp)?;
-        fill(&tmp)?;
-        if !replace {
-            crate::outputs::refuse_existing(dir, "--out")?;
-        } else if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-        std::fs::rename(&tmp, dir)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result.with_context(|| format!("writing {}", dir.display()))
+    .with_context(|| format!("writing {}", dir.display()))
 }
 
 /// The HF config a checkpoint's model was written with.
@@ -785,7 +729,7 @@ mod tests {
         type B = burn::backend::Flex;
         let dir = tempfile::tempdir().unwrap();
         let config = RobertaConfig::tiny(100);
-        write_atomic(
+        replace_file(
             &dir.path().join(CONFIG_FILE),
             &serde_json::to_vec(&config).unwrap(),
         )

@@ -112,17 +112,11 @@ pub fn plot_run(run_dir: &Path, output: &Path) -> Result<()> {
     let _ =
         plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     let last = curves.loss.last().map_or(1.0, |p| p.0).max(1.0);
-    // Drawn beside the output and renamed into place: a failed write leaves no PNG that
-    // looks complete.
-    let name = output.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = output.with_file_name(format!(".{name}.tmp-{}.png", std::process::id()));
-    let drawn = draw_into(&curves, last, &tmp)
-        .and_then(|()| std::fs::rename(&tmp, output).map_err(anyhow::Error::new))
-        .with_context(|| format!("writing {}", output.display()));
-    if drawn.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    drawn
+    // A failed write leaves no PNG that looks complete.
+    roberta_fs::write_path(output, roberta_fs::Publish::Replace, |tmp| {
+        draw_into(&curves, last, tmp)
+    })
+    .with_context(|| format!("writing {}", output.display()))
 }
 
 fn draw_into(curves: &Curves, last: f64, output: &Path) -> Result<()> {

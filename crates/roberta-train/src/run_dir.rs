@@ -24,7 +24,7 @@ pub const TENSORBOARD: &str = "tb";
 
 /// What a run writes at the top of its directory.
 fn owned(name: &str) -> bool {
-    owned_name(name) || temporary_of(name).is_some_and(|(stem, _)| owned_name(stem))
+    owned_name(name) || roberta_fs::temporary_of(name).is_some_and(|(stem, _)| owned_name(stem))
 }
 
 fn owned_name(name: &str) -> bool {
@@ -41,19 +41,6 @@ fn owned_name(name: &str) -> bool {
         LOCK,
     ]
     .contains(&name)
-}
-
-/// `.NAME.tmp-PID`, the temporary this program writes NAME through, and its PID; or
-/// `.NAME.tmp-PID.EXT` with NAME's own extension, as the plot's (the image writer
-/// chooses the format by the extension).
-fn temporary_of(name: &str) -> Option<(&str, u32)> {
-    let (stem, pid) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
-    let pid = match pid.split_once('.') {
-        Some((pid, ext)) if stem.rsplit_once('.').is_some_and(|(_, own)| own == ext) => pid,
-        Some(_) => return None,
-        None => pid,
-    };
-    Some((stem, pid.parse().ok()?))
 }
 
 /// The lock on a run directory, released when the process exits (or this is dropped).
@@ -123,7 +110,8 @@ pub fn check_contents(run_dir: &Path, resuming: bool, has_checkpoint: bool) -> R
         let name = entry?.file_name().to_string_lossy().into_owned();
         if !owned(&name) {
             foreign.push(name);
-        } else if ![LOG, LOCK].contains(&name.as_str()) && temporary_of(&name).is_none() {
+        } else if ![LOG, LOCK].contains(&name.as_str()) && roberta_fs::temporary_of(&name).is_none()
+        {
             previous.push(name);
         }
     }
@@ -189,7 +177,7 @@ pub fn remove_stale_temporaries(run_dir: &Path) -> Result<()> {
         for entry in entries {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            let ours = match temporary_of(&name) {
+            let ours = match roberta_fs::temporary_of(&name) {
                 Some((stem, _)) if dir == checkpoints => checkpoint::is_step_dir_name(stem),
                 Some((stem, _)) => owned_name(stem),
                 None => false,
@@ -214,22 +202,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn temporaries_are_recognised_by_name_and_pid() {
-        assert_eq!(
-            temporary_of(".step-0000004.tmp-123"),
-            Some(("step-0000004", 123))
-        );
-        assert_eq!(temporary_of(".final.tmp-9"), Some(("final", 9)));
-        assert_eq!(temporary_of("final.tmp-9"), None);
+    fn the_temporaries_of_our_names_are_ours() {
         assert!(owned(".final.tmp-9") && !owned(".notes.tmp-9"));
-        assert_eq!(temporary_of(".notes.tmp-x"), None);
-        assert_eq!(
-            temporary_of(".curves.png.tmp-77.png"),
-            Some(("curves.png", 77))
-        );
-        assert!(owned(".curves.png.tmp-77.png"));
-        assert_eq!(temporary_of(".curves.png.tmp-77.jpg"), None);
-        assert_eq!(temporary_of(".final.tmp-9.png"), None);
+        assert!(owned(".curves.png.tmp-77.png") && !owned(".curves.png.tmp-77.jpg"));
+        assert!(owned(".final.old-9") && !owned("final.tmp-9"));
     }
 
     #[test]

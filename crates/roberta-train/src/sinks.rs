@@ -118,7 +118,7 @@ impl MetricsFile {
                 })
                 .map(|l| format!("{l}\n"))
                 .collect();
-            roberta_model::hf::write_atomic(&path, kept.as_bytes())?;
+            roberta_fs::replace_file(&path, kept.as_bytes())?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -363,10 +363,7 @@ pub fn check_dir(dir: &Path, owner: &Owner) -> Result<()> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let ours = owner.owns(&name);
-        let temporary = name
-            .strip_prefix('.')
-            .and_then(|n| n.split_once(".tmp-"))
-            .is_some_and(|(stem, _)| owner.owns(stem));
+        let temporary = roberta_fs::temporary_of(&name).is_some_and(|(stem, _)| owner.owns(stem));
         if temporary {
             std::fs::remove_file(entry.path()).ok();
         } else if !ours || !entry.file_type()?.is_file() {
@@ -396,7 +393,7 @@ fn drop_steps_after(path: &Path, step: u64) -> Result<()> {
         at = next;
     }
     if kept.len() != data.len() {
-        roberta_model::hf::write_atomic(path, &kept)?;
+        roberta_fs::replace_file(path, &kept)?;
     }
     Ok(())
 }

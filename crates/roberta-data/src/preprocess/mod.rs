@@ -34,7 +34,6 @@ mod output;
 mod tests;
 mod write;
 
-pub(crate) use output::process_alive;
 use output::*;
 use write::write_all;
 
@@ -151,7 +150,10 @@ pub fn preprocess(
         train_files.iter().chain(&valid_files),
     )?;
     let _lock = OutputLock::acquire(parent, &name, out)?;
-    remove_stale_temporaries(parent, &name, &target);
+    // Left by runs killed before they finished: directories of processes that are gone,
+    // holding only files preprocess writes (anything else there is not ours). An old
+    // output moved aside just before the new one took its place goes back.
+    roberta_fs::remove_dead_temporaries(parent, &name, holds_only_our_files);
     let existing = existing_output(&target, out)?;
     let rebuild = match &existing {
         Existing::Ours { meta, foreign } => {
@@ -204,10 +206,8 @@ pub fn preprocess(
     };
     let meta = result
         .and_then(|meta| {
-            put_in_place(&tmp, &target, &existing).map_err(|source| DataError::Io {
-                path: out.to_path_buf(),
-                source,
-            })?;
+            roberta_fs::sync(&tmp)?;
+            roberta_fs::put_in_place(&tmp, &target, roberta_fs::Publish::Replace)?;
             Ok(meta)
         })
         .inspect_err(|_| {
@@ -241,7 +241,7 @@ fn new_temporary(parent: &Path, target: &Path) -> Result<PathBuf> {
         path: parent.to_path_buf(),
         source,
     })?;
-    let tmp = sibling(target, "tmp");
+    let tmp = roberta_fs::temporary(target);
     std::fs::create_dir(&tmp).map_err(|source| DataError::Io {
         path: tmp.clone(),
         source,
@@ -362,10 +362,9 @@ fn write_meta(tmp: &Path, tokenizer: &RobertaTokenizer, meta: &Meta, out: &Path)
         path: out.join(META_FILE),
         message: e.to_string(),
     })?;
-    std::fs::write(&meta_path, json)
-        .and_then(|_| std::fs::File::open(&meta_path)?.sync_all())
-        .map_err(|source| DataError::Io {
-            path: meta_path,
-            source,
-        })
+    std::fs::write(&meta_path, json).map_err(|source| DataError::Io {
+        path: meta_path.clone(),
+        source,
+    })?;
+    Ok(roberta_fs::sync(&meta_path)?)
 }

@@ -238,75 +238,10 @@ pub(super) fn short_hash(hash: &str) -> String {
     hash.chars().take(12).collect()
 }
 
-/// Moves the finished `tmp` to `target` with renames only, so readers see the old
-/// output or the new one, never a mix. Our own previous output is first moved aside and
-/// removed once the new one is in place.
-pub(super) fn put_in_place(tmp: &Path, target: &Path, existing: &Existing) -> std::io::Result<()> {
-    if !matches!(existing, Existing::Ours { .. }) {
-        // POSIX rename replaces an empty directory.
-        return std::fs::rename(tmp, target);
-    }
-    let old = sibling(target, "old");
-    std::fs::rename(target, &old)?;
-    if let Err(e) = std::fs::rename(tmp, target) {
-        let _ = std::fs::rename(&old, target);
-        return Err(e);
-    }
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
-
-/// `.NAME.KIND-PID` next to `target`: this program's name for its temporaries.
-pub(super) fn sibling(target: &Path, kind: &str) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(".{name}.{kind}-{}", std::process::id()))
-}
-
-/// Removes the `.NAME.tmp-PID` and `.NAME.old-PID` directories next to the output that
-/// runs killed before they finished left behind: names only this program gives, of
-/// processes that are gone, holding only files it writes. An old output moved aside by a
-/// run killed just before its new output took its place goes back instead. A directory
-/// with such a name but anything else in it is not ours: it is left alone, unreported,
-/// since it is in nobody's way.
-pub(super) fn remove_stale_temporaries(parent: &Path, name: &str, target: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    let prefix = format!(".{name}.");
-    let mut stale: Vec<(bool, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| {
-            let file = e.file_name().into_string().ok()?;
-            let rest = file.strip_prefix(&prefix)?;
-            let (old, pid) = match rest.strip_prefix("tmp-") {
-                Some(pid) => (false, pid),
-                None => (true, rest.strip_prefix("old-")?),
-            };
-            if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let pid: u32 = pid.parse().ok()?;
-            (!process_alive(pid) && holds_only_our_files(&e.path())).then(|| (old, e.path()))
-        })
-        .collect();
-    stale.sort();
-    for (old, path) in stale {
-        if old && std::fs::symlink_metadata(target).is_err() {
-            let _ = std::fs::rename(&path, target);
-        } else {
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    }
-}
-
 /// Whether `dir` holds nothing but plain files with the names `preprocess` gives:
 /// `meta.json`, `tokenizer.json`, and the shards `train-NNNNN.bin`/`.idx` (and `valid-…`)
 /// with the `.idx` side files a shard writer leaves before it finishes.
-fn holds_only_our_files(dir: &Path) -> bool {
+pub(super) fn holds_only_our_files(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
     };
@@ -331,15 +266,4 @@ fn is_our_file_name(name: &str) -> bool {
     matches!(split, "train" | "valid")
         && number.len() >= 5
         && number.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Whether `pid` may be a live process other than this one (which runs one
-/// preprocessing per output at a time). Without `/proc` nobody can tell, so every
-/// process counts as alive and its temporaries are left alone.
-pub(crate) fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return false;
-    }
-    let proc = Path::new("/proc");
-    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }

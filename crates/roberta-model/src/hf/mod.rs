@@ -4,12 +4,12 @@
 //! mapping reads as a table next to the module it describes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::prelude::*;
+use roberta_fs::replace_file;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::attention::RobertaAttention;
@@ -754,109 +754,8 @@ pub fn save_pretrained<B: Backend, M: Pretrained<B>>(
         config.problem_type = Some("regression".into());
     }
     let json = serde_json::to_vec_pretty(&config).expect("config serialises");
-    write_atomic(&dir.join(WEIGHTS_FILE), &collect(model).to_bytes())?;
-    write_atomic(&dir.join(CONFIG_FILE), &json)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory: written,
-/// fsynced, then renamed over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_through_temporary(
-        path,
-        |file| write_bytes(path, file, bytes),
-        |tmp, path| std::fs::rename(tmp, path),
-    )
-}
-
-/// Writes `bytes` to `path`, which must not exist, through a temporary file in the same
-/// directory: written, fsynced, then hard-linked to `path`, which fails rather than
-/// replace a file that appeared there meanwhile (another process's, or the user's).
-pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_new_with(path, |file| write_bytes(path, file, bytes))
-}
-
-/// [`write_new`] for output too large to hold: `write` streams it into the temporary
-/// file (and may seek back to fill in a header); an error from it leaves nothing behind.
-pub fn write_new_with<E: From<ModelError>>(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> std::result::Result<(), E>,
-) -> std::result::Result<(), E> {
-    write_through_temporary(path, write, |tmp, path| {
-        std::fs::hard_link(tmp, path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => std::io::Error::new(
-                e.kind(),
-                "a file appeared there while this command ran; it was not replaced",
-            ),
-            _ => e,
-        })
-    })
-}
-
-fn write_bytes(path: &Path, file: &mut std::fs::File, bytes: &[u8]) -> Result<()> {
-    file.write_all(bytes).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Removes the `.NAME.tmp-PID` files in `dir` that a process no longer running left
-/// behind (killed while writing NAME): they are this program's, and nobody will finish
-/// them. A temporary of a live process is left alone.
-fn remove_dead_temporaries(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.tmp-");
-    // Without /proc there is no telling a dead process from a live one.
-    let (true, Ok(entries)) = (Path::new("/proc/self").exists(), std::fs::read_dir(dir)) else {
-        return;
-    };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let file = entry.file_name();
-        let Some(pid) = file
-            .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let alive = Path::new("/proc").join(pid.to_string()).exists();
-        if !alive && entry.file_type().is_ok_and(|t| t.is_file()) {
-            std::fs::remove_file(entry.path()).ok();
-        }
-    }
-}
-
-/// `.NAME.tmp-PID` beside `path`, written by `write` and synced, then `publish`ed to
-/// `path`; the temporary is gone afterwards, whatever happened.
-fn write_through_temporary<E: From<ModelError>>(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> std::result::Result<(), E>,
-    publish: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
-) -> std::result::Result<(), E> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    remove_dead_temporaries(dir, &name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let io = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let result: std::result::Result<(), E> = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        write(&mut file)?;
-        file.sync_all().map_err(io)?;
-        publish(&tmp, path).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            d.sync_all().ok();
-        }
-        Ok(())
-    })();
-    std::fs::remove_file(&tmp).ok();
-    result
+    replace_file(&dir.join(WEIGHTS_FILE), &collect(model).to_bytes())?;
+    Ok(replace_file(&dir.join(CONFIG_FILE), &json)?)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::AutodiffModule;
-use roberta_model::hf::write_new;
+use roberta_fs::create_file;
 use roberta_model::{LoadOptions, Pretrained, RobertaConfig, TrainingBackend};
 
 use crate::checkpoint::{BEST, EVAL_RESULTS};
@@ -173,13 +173,13 @@ fn apply_with<AB: TrainingBackend, T: LabeledTask>(a: Apply<AB>) -> Result<()> {
         for line in &lines {
             writeln!(text, "{}", serde_json::to_string(line)?)?;
         }
-        write_new(&output, &text).with_context(|| format!("writing {}", output.display()))?;
+        create_file(&output, &text).with_context(|| format!("writing {}", output.display()))?;
         tracing::info!("wrote {} predictions to {}", lines.len(), output.display());
     } else {
         let scores = task.score(&data, &outputs)?;
         let json = serde_json::to_string_pretty(&scores)?;
         let output = args.output.clone().expect("set in apply");
-        write_new(&output, json.as_bytes())
+        create_file(&output, json.as_bytes())
             .with_context(|| format!("writing {}", output.display()))?;
         // Written first, so a closed pipe on stdout (`| head`) loses nothing.
         let _ = writeln!(std::io::stdout(), "{json}");

@@ -307,12 +307,13 @@ fn mean_weights(dirs: &[(PathBuf, PathBuf)]) -> Result<Vec<u8>> {
 fn write_hf_dir(first: &Path, safetensors: &[u8], out: &Path) -> Result<()> {
     let config = checkpoint::model_config(first)?;
     let tokenizer = load_tokenizer_for(first, &config)?;
-    checkpoint::write_dir_through_temporary(out, false, |tmp| {
-        roberta_model::hf::write_atomic(&tmp.join(WEIGHTS_FILE), safetensors)?;
-        roberta_model::hf::write_atomic(
-            &tmp.join(CONFIG_FILE),
-            &std::fs::read(first.join(CONFIG_FILE))?,
+    roberta_fs::write_dir(out, roberta_fs::Publish::New, |tmp| -> Result<()> {
+        std::fs::write(tmp.join(WEIGHTS_FILE), safetensors)?;
+        std::fs::write(
+            tmp.join(CONFIG_FILE),
+            std::fs::read(first.join(CONFIG_FILE))?,
         )?;
         Ok(tokenizer.save_dir(tmp)?)
     })
+    .with_context(|| format!("writing {}", out.display()))
 }

@@ -40,15 +40,12 @@ pub fn tokenizer_train(
     Ok(())
 }
 
-/// A new `--output` file, written through `.NAME.tmp-PID` beside it and linked into place
-/// once complete and synced: a signal, a crash or a full disk leaves nothing under the
-/// user's name, two runs never share a temporary, and no existing file is replaced. The
-/// temporary goes whenever this is dropped (after `finish` it is a second name of the
-/// output; on an error, a panic or a stop request it is the incomplete file).
+/// A new `--output` file, written through its temporary ([`roberta_fs::TempFile`]) and
+/// linked into place once complete and synced: a signal, a crash or a full disk leaves
+/// nothing under the user's name, and no existing file is replaced.
 struct NewOutput {
-    path: PathBuf,
-    tmp: PathBuf,
-    file: Option<BufWriter<File>>,
+    temp: roberta_fs::TempFile,
+    lines: Option<BufWriter<File>>,
     /// Set by SIGINT/SIGTERM; checked before every line.
     stop: Arc<AtomicBool>,
 }
@@ -56,76 +53,51 @@ struct NewOutput {
 impl NewOutput {
     fn create(path: &Path) -> Result<Self> {
         refuse_existing(path, "--output")?;
-        let Some(name) = path.file_name() else {
+        if path.file_name().is_none() {
             bail!("--output {}: names no file", path.display());
-        };
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        }
         let stop = crate::trainer::stop_flag()?;
-        // `create_new`: a file of that name is not ours to truncate.
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .with_context(|| {
-                format!(
-                    "creating {}, the temporary of {}",
-                    tmp.display(),
-                    path.display()
-                )
-            })?;
+        let mut temp = roberta_fs::TempFile::create(path)?;
+        let lines = temp
+            .file()
+            .try_clone()
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(Self {
-            path: path.to_path_buf(),
-            tmp,
-            file: Some(BufWriter::new(file)),
+            temp,
+            lines: Some(BufWriter::new(lines)),
             stop,
         })
     }
 
     fn check_stop(&self) -> Result<()> {
         if self.stop.load(Ordering::Relaxed) {
-            bail!("interrupted: nothing written to {}", self.path.display());
+            bail!(
+                "interrupted: nothing written to {}",
+                self.temp.path().display()
+            );
         }
         Ok(())
     }
 
     fn write_line(&mut self, line: impl Display) -> Result<()> {
         self.check_stop()?;
-        let file = self.file.as_mut().expect("open until finished");
-        writeln!(file, "{line}").with_context(|| format!("writing {}", self.path.display()))
+        let lines = self.lines.as_mut().expect("open until finished");
+        writeln!(lines, "{line}").with_context(|| format!("writing {}", self.temp.path().display()))
     }
 
     fn finish(mut self) -> Result<()> {
-        let writing = || format!("writing {}", self.path.display());
-        let file = self.file.take().expect("open until finished");
-        let file = file
+        let path = self.temp.path().to_path_buf();
+        let lines = self.lines.take().expect("open until finished");
+        lines
             .into_inner()
             .map_err(|e| e.into_error())
-            .with_context(writing)?;
-        file.sync_all().with_context(writing)?;
+            .with_context(|| format!("writing {}", path.display()))?;
         self.check_stop()?;
-        // A hard link, unlike a rename, fails on a file that appeared meanwhile.
-        match std::fs::hard_link(&self.tmp, &self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                refuse_existing(&self.path, "--output")?;
-                Err(e).with_context(writing)
-            }
-            // A file system without hard links.
-            Err(_) => {
-                refuse_existing(&self.path, "--output")?;
-                std::fs::rename(&self.tmp, &self.path).with_context(writing)
-            }
+        if let Err(e) = self.temp.publish(roberta_fs::Publish::New) {
+            refuse_existing(&path, "--output")?;
+            return Err(e.into());
         }
-    }
-}
-
-impl Drop for NewOutput {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.tmp);
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
-use roberta_model::hf::write_new_with;
+use roberta_fs::{Publish, write_file};
 use roberta_model::pooling::Pooling;
 use roberta_model::{RobertaInput, RobertaModel, TrainingBackend};
 
@@ -78,7 +78,7 @@ pub fn embed<B: TrainingBackend>(device: B::Device, args: EmbedArgs) -> Result<(
                 config.num_hidden_layers,
             )?;
             let hidden = config.hidden_size;
-            write_new_with(&args.output, |file| -> Result<()> {
+            write_file(&args.output, Publish::New, |file| -> Result<()> {
                 let mut sink = Sink::start(format, file, hidden)?;
                 let bar = indicatif::ProgressBar::no_length();
                 let window = args.batch_size * WINDOW_BATCHES;
@@ -126,7 +126,7 @@ fn embed_tokens<B: roberta_model::Kernels>(
     let (hidden, layers) = (config.hidden_size, config.num_hidden_layers + 1);
     let pad = config.pad_token_id as u32;
     let header = tokens_header(&rows, hidden, args.all_layers.then_some(layers))?;
-    write_new_with(&args.output, |file| -> Result<()> {
+    write_file(&args.output, Publish::New, |file| -> Result<()> {
         let mut out = BufWriter::new(file);
         out.write_all(&header)?;
         let bar = indicatif::ProgressBar::new(rows.len() as u64);

@@ -359,12 +359,12 @@ fn write_results(out: &Path, init: &str, rows: &[Row]) -> Result<()> {
         init: init.to_string(),
         tasks: rows.to_vec(),
     };
-    roberta_model::hf::write_atomic(
+    roberta_fs::replace_file(
         &out.join(RESULTS_JSON),
         &serde_json::to_vec_pretty(&results)?,
     )?;
     let markdown = format!("# Dev results of {init}\n\n{}\n", table(rows));
-    roberta_model::hf::write_atomic(&out.join(RESULTS_MD), markdown.as_bytes())?;
+    roberta_fs::replace_file(&out.join(RESULTS_MD), markdown.as_bytes())?;
     Ok(())
 }
 

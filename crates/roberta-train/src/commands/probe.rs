@@ -75,7 +75,7 @@ pub fn probe<B: TrainingBackend>(device: B::Device, args: ProbeArgs) -> Result<(
     let text = serde_json::to_string_pretty(&results)?;
     println!("{text}");
     if let Some(output) = &args.output {
-        roberta_model::hf::write_new(output, text.as_bytes())
+        roberta_fs::create_file(output, text.as_bytes())
             .with_context(|| format!("writing {}", output.display()))?;
     }
     Ok(())

@@ -313,7 +313,7 @@ pub fn train<B: TrainingBackend, T: Task<B>>(
     let world = processes.replicas(devices.len())?;
     let (model, state) = starting_point(model, resume, world, files, &devices[0])?;
     if processes.is_leader() {
-        roberta_model::hf::write_atomic(
+        roberta_fs::replace_file(
             &files.run_dir.join(checkpoint::CONFIG),
             files.config_toml.as_bytes(),
         )?;

@@ -99,10 +99,10 @@ pub fn process_alive(pid: u32) -> bool {
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
-/// Removes the temporaries of `name` in `dir` whose writer is gone, files and
-/// directories; a directory only when `ours` says it holds only what this program
-/// writes there. An old copy whose output is missing (a crash between a directory's
-/// two renames) is put back in place instead.
+/// Removes the temporaries of `name` in `dir` whose writer is gone and that `ours`
+/// recognises (a file where the output is a file; a directory holding only what this
+/// program writes there). An old copy whose output is missing (a crash between a
+/// directory's two renames) is put back in place instead.
 pub fn remove_dead_temporaries(dir: &Path, name: &str, ours: impl Fn(&Path) -> bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -123,14 +123,13 @@ pub fn remove_dead_temporaries(dir: &Path, name: &str, ours: impl Fn(&Path) -> b
         .collect();
     // The old copies last, so that one can take the place the others leave.
     dead.sort_by_key(|(_, old)| *old);
-    for (path, old) in dead {
-        let is_dir = path.is_dir();
-        if old && is_dir && !target.exists() && ours(&path) {
+    for (path, old) in dead.into_iter().filter(|(path, _)| ours(path)) {
+        if old && target.symlink_metadata().is_err() {
             let _ = std::fs::rename(&path, &target);
-        } else if !is_dir {
-            let _ = std::fs::remove_file(&path);
-        } else if ours(&path) {
+        } else if path.is_dir() {
             let _ = std::fs::remove_dir_all(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
@@ -152,7 +151,7 @@ pub struct TempFile {
 impl TempFile {
     /// Starts `path`'s temporary, after removing the dead temporaries of the same name.
     pub fn create(path: &Path) -> Result<Self> {
-        remove_dead_temporaries(parent_of(path), &name_of(path), |_| false);
+        remove_dead_temporaries(parent_of(path), &name_of(path), |p| p.is_file());
         let tmp = temporary(path);
         // Readable too: a caller may map what it wrote.
         let file = File::options()
@@ -236,7 +235,7 @@ pub fn write_path<E: From<IoError>>(
     how: Publish,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    remove_dead_temporaries(parent_of(path), &name_of(path), |_| false);
+    remove_dead_temporaries(parent_of(path), &name_of(path), |p| p.is_file());
     let mut tmp = temporary(path).into_os_string();
     if let Some(ext) = path.extension() {
         tmp.push(".");
@@ -277,7 +276,7 @@ pub fn write_dir<E: From<IoError>>(
     fill: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let parent = parent_of(dir);
-    remove_dead_temporaries(parent, &name_of(dir), |_| true);
+    remove_dead_temporaries(parent, &name_of(dir), |p| p.is_dir());
     let tmp = temporary(dir);
     let result = (|| {
         std::fs::create_dir_all(&tmp).map_err(IoError::at(&tmp))?;
@@ -427,7 +426,7 @@ mod tests {
         std::fs::create_dir(dir.path().join(".final.tmp-0")).unwrap();
         std::fs::rename(&out, dir.path().join(".final.old-0")).unwrap();
         std::fs::write(dir.path().join(".final.tmp-0.x"), "").unwrap();
-        remove_dead_temporaries(dir.path(), "final", |_| true);
+        remove_dead_temporaries(dir.path(), "final", |p| p.is_dir());
         assert_eq!(std::fs::read_to_string(out.join("a.txt")).unwrap(), "3");
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

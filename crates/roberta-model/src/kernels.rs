@@ -739,7 +739,10 @@ mod tests {
             .map(|v| f64::from(v) * f64::from(v))
             .sum();
         let packed = f64::from(composed::packed_sum_of_squares(group, &device).into_scalar());
-        assert!((packed - exact).abs() <= 1e-6 * exact, "{packed} vs {exact}");
+        assert!(
+            (packed - exact).abs() <= 1e-6 * exact,
+            "{packed} vs {exact}"
+        );
         let empty = composed::packed_sum_of_squares::<Flex>(Vec::new(), &device);
         assert_eq!(empty.into_scalar(), 0.0);
     }

@@ -67,7 +67,7 @@ impl DeviceSpec {
 /// The GPU that `cuda` without an index means: the node-local rank of this process
 /// under an MPI launcher (one GPU per rank), else the first.
 fn local_gpu() -> usize {
-    crate::processes::Processes::current().local_rank
+    crate::parallel::processes::Processes::current().local_rank
 }
 
 impl FromStr for DeviceSpec {

@@ -11,9 +11,9 @@ use roberta_train::commands::{
     finetune::finetune, infer::fill_mask, pretrain::pretrain, probe::probe,
 };
 use roberta_train::config::{FinetuneConfig, PretrainConfig};
-use roberta_train::processes::{self, Processes};
-use roberta_train::progress;
-use roberta_train::run_dir::{self, RunLock};
+use roberta_train::parallel::processes::{self, Processes};
+use roberta_train::run::progress;
+use roberta_train::run::run_dir::{self, RunLock};
 use roberta_train::{backend::DeviceSpec, dispatch, dispatch_devices};
 
 /// burn's CPU backend allocates a fresh buffer for every op's output, up to the 60 MB
@@ -172,7 +172,7 @@ fn init_logging(log_file: Option<&Path>, leader: bool) -> Result<()> {
     let terminal = progress::on_terminal();
     let mut stderr_filter = filter();
     if terminal {
-        stderr_filter = stderr_filter.add_directive("roberta_train::progress=off".parse()?);
+        stderr_filter = stderr_filter.add_directive("roberta_train::run::progress=off".parse()?);
     }
     let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(terminal)
@@ -264,7 +264,7 @@ fn run(cli: Cli, run_dir: Option<PathBuf>, configs: Configs) -> Result<()> {
                 })
             )
         }
-        Command::Plot { run, output } => roberta_train::plot::plot_command(&run, output),
+        Command::Plot { run, output } => roberta_train::run::plot::plot_command(&run, output),
         Command::Preprocess(p) => commands::data::run_preprocess(p.into_args()),
         Command::Tokenizer(TokenizerCommand::Train {
             input,

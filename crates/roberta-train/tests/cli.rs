@@ -845,7 +845,7 @@ fn random_kills_across_phases_with_the_weights_average_and_tensorboard_resume_bi
             weights(&run.join("final")),
             weights(&straight.join("final"))
         );
-        let scalars = roberta_train::tensorboard::read_scalars(&run.join("tb")).unwrap();
+        let scalars = roberta_train::run::tensorboard::read_scalars(&run.join("tb")).unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for (step, tag, _) in &scalars {
             assert!(

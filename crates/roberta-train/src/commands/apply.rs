@@ -9,10 +9,10 @@ use burn::module::AutodiffModule;
 use roberta_fs::create_file;
 use roberta_model::{LoadOptions, Pretrained, RobertaConfig, TrainingBackend};
 
-use crate::checkpoint::{BEST, EVAL_RESULTS};
 use crate::config::{TaskKind, TaskSection};
-use crate::models::{ScratchDir, init_dir, load_model, load_tokenizer_for};
-use crate::outputs::refuse_existing;
+use crate::run::checkpoint::{BEST, EVAL_RESULTS};
+use crate::run::outputs::refuse_existing;
+use crate::sources::models::{ScratchDir, init_dir, load_model, load_tokenizer_for};
 use crate::tasks::{LabeledTask, WithTask, infer, task_of, with_task};
 
 /// What `eval` and `predict` read: the model directory, the data, and how to read it.

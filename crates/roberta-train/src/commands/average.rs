@@ -11,8 +11,8 @@ use roberta_model::TrainingBackend;
 use roberta_model::hf::{CONFIG_FILE, HfWeights, PYTORCH_WEIGHTS_FILE, WEIGHTS_FILE};
 use safetensors::{Dtype, tensor::TensorView};
 
-use crate::checkpoint;
-use crate::models::{ScratchDir, export_checkpoint, load_tokenizer_for};
+use crate::run::checkpoint;
+use crate::sources::models::{ScratchDir, export_checkpoint, load_tokenizer_for};
 
 /// What to average.
 pub enum Inputs {
@@ -162,8 +162,8 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<Stri
 }
 
 pub fn average<B: TrainingBackend>(device: B::Device, inputs: Inputs, out: PathBuf) -> Result<()> {
-    crate::outputs::refuse_existing(&out, "--out")?;
-    crate::outputs::refuse_inside_run(&out, "--out")?;
+    crate::run::outputs::refuse_existing(&out, "--out")?;
+    crate::run::outputs::refuse_inside_run(&out, "--out")?;
     let scratch = ScratchDir::for_this_process();
     let dirs = hf_dirs::<B>(inputs, &scratch, &device)?;
     check_one_model(&dirs)?;

@@ -17,7 +17,7 @@ use roberta_data::{
     BreakMode, Corpus, LoaderConfig, LoaderState, MaskVocab, MaskingConfig, RobertaTokenizer, Split,
 };
 
-use crate::outputs::refuse_existing;
+use crate::run::outputs::refuse_existing;
 
 pub fn tokenizer_train(
     inputs: &[PathBuf],
@@ -151,10 +151,10 @@ pub fn run_preprocess(args: PreprocessArgs) -> Result<()> {
     }
     // SIGINT/SIGTERM stop the workers; the error says nothing was written.
     options.stop = Some(crate::trainer::stop_flag()?);
-    let bar = crate::progress::bytes_bar("preprocessing");
+    let bar = crate::run::progress::bytes_bar("preprocessing");
     let start = std::time::Instant::now();
     let outcome = preprocess(&tokenizer, &options, &args.out, args.force, &|p| {
-        crate::progress::update_bytes(&bar, p)
+        crate::run::progress::update_bytes(&bar, p)
     });
     bar.finish_and_clear();
     let outcome = outcome?;

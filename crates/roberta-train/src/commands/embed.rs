@@ -9,8 +9,8 @@ use roberta_fs::{Publish, write_file};
 use roberta_model::pooling::Pooling;
 use roberta_model::{RobertaInput, RobertaModel, TrainingBackend};
 
-use crate::models::{ScratchDir, load_encoder};
 use crate::sentences::{PoolingChoice, Row, Rows, TokenizerFrom, encode};
+use crate::sources::models::{ScratchDir, load_encoder};
 use roberta_data::labeled::Columns;
 
 pub struct EmbedArgs {
@@ -31,7 +31,7 @@ pub struct EmbedArgs {
 const WINDOW_BATCHES: usize = 64;
 
 pub fn embed<B: TrainingBackend>(device: B::Device, args: EmbedArgs) -> Result<()> {
-    crate::outputs::refuse_existing(&args.output, "--output")?;
+    crate::run::outputs::refuse_existing(&args.output, "--output")?;
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let format = match args.pool {
         None => {

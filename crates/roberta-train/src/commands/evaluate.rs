@@ -11,10 +11,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint;
 use crate::commands::finetune::{FinetuneArgs, finetune};
 use crate::config::{FinetuneConfig, RunConfig};
-use crate::run_dir::RunLock;
+use crate::run::checkpoint;
+use crate::run::run_dir::RunLock;
 use roberta_model::TrainingBackend;
 
 /// A task of the table, with its recipe.
@@ -130,7 +130,7 @@ impl Row {
 pub fn evaluate<B: TrainingBackend>(devices: Vec<B::Device>, args: EvaluateArgs) -> Result<()> {
     // Checked once, before any task: the model exists (or is a hub name that resolves)
     // and every recipe takes the --set values.
-    let init_dir = crate::hub::resolve(&args.init)?;
+    let init_dir = crate::sources::hub::resolve(&args.init)?;
     if !init_dir.exists() {
         bail!("--init {}: no such directory", args.init.display());
     }
@@ -167,7 +167,7 @@ pub fn evaluate<B: TrainingBackend>(devices: Vec<B::Device>, args: EvaluateArgs)
         if let Some(row) = earlier
             && row.fingerprint.is_some()
             && row.fingerprint != current
-            && crate::run_dir::is_run_dir(&run_dir)
+            && crate::run::run_dir::is_run_dir(&run_dir)
         {
             tracing::warn!(
                 "{}: its recipe, data or model changed since {}: training it again",
@@ -186,7 +186,7 @@ pub fn evaluate<B: TrainingBackend>(devices: Vec<B::Device>, args: EvaluateArgs)
             .filter(|_| run_dir.join(checkpoint::FINAL).exists());
         let row = match kept {
             Some(row) => {
-                crate::progress::log_line(&format!(
+                crate::run::progress::log_line(&format!(
                     "[{}/{total}] {}: done earlier, kept",
                     i + 1,
                     task.name()
@@ -194,7 +194,7 @@ pub fn evaluate<B: TrainingBackend>(devices: Vec<B::Device>, args: EvaluateArgs)
                 row.clone()
             }
             None => {
-                crate::progress::log_line(&format!("[{}/{total}] {}", i + 1, task.name()));
+                crate::run::progress::log_line(&format!("[{}/{total}] {}", i + 1, task.name()));
                 run_task::<B>(&devices, task, &args, &run_dir)?
             }
         };
@@ -318,7 +318,7 @@ fn fingerprint(config: &FinetuneConfig, init: &Path) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     hash.update(config.to_toml());
-    let model = crate::models::model_dir(init).unwrap_or_else(|_| init.to_path_buf());
+    let model = crate::sources::models::model_dir(init).unwrap_or_else(|_| init.to_path_buf());
     let files = [
         Some(config.data.train.clone()),
         config.data.valid.clone(),

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use roberta_model::TrainingBackend;
 use roberta_model::pooling::{Pooling, save_sentence_transformers};
 
-use crate::checkpoint;
-use crate::models::{ScratchDir, export_checkpoint, load_encoder, load_tokenizer_for};
+use crate::run::checkpoint;
+use crate::sources::models::{ScratchDir, export_checkpoint, load_encoder, load_tokenizer_for};
 
 /// What makes the export a sentence-transformers model.
 pub struct SentenceTransformers {
@@ -24,8 +24,8 @@ pub fn export<B: TrainingBackend>(
     out: PathBuf,
     sentence_transformers: Option<SentenceTransformers>,
 ) -> Result<()> {
-    crate::outputs::refuse_existing(&out, "--out")?;
-    crate::outputs::refuse_inside_run(&out, "--out")?;
+    crate::run::outputs::refuse_existing(&out, "--out")?;
+    crate::run::outputs::refuse_inside_run(&out, "--out")?;
     if let Some(st) = sentence_transformers {
         return export_sentence_transformers::<B>(device, checkpoint, out, st);
     }

@@ -9,11 +9,11 @@ use roberta_data::RobertaTokenizer;
 use roberta_data::preprocess::tokenizer_sha256;
 use roberta_model::{LoadOptions, Pretrained, RobertaConfig, TrainingBackend};
 
-use crate::checkpoint::{self, DataFingerprint, TrainerState};
 use crate::config::{FinetuneConfig, RunConfig};
-use crate::models::{ScratchDir, init_dir, load_model, load_tokenizer};
-use crate::processes::Processes;
-use crate::run_dir::INIT;
+use crate::parallel::processes::Processes;
+use crate::run::checkpoint::{self, DataFingerprint, TrainerState};
+use crate::run::run_dir::INIT;
+use crate::sources::models::{ScratchDir, init_dir, load_model, load_tokenizer};
 use crate::tasks::{Finetuning, LabeledTask, TASK_KEY, TaskModel, WithTask, with_task};
 use crate::trainer::{
     self, BestPolicy, RunFiles, Settings, TrainPhase, check_precision, start_run, stop_flag,
@@ -94,7 +94,7 @@ where
     let run_dir = args.run_dir;
     let device = devices[0].clone();
     check_precision::<B>(config.train.precision, &devices)?;
-    let world = crate::processes::world(devices.len());
+    let world = crate::parallel::processes::world(devices.len());
     let resume = start_run(
         &run_dir,
         args.resume.as_deref(),

@@ -8,7 +8,7 @@ use burn::tensor::activation::softmax;
 use roberta_data::RobertaTokenizer;
 use roberta_model::{LoadOptions, Pretrained, RobertaConfig, RobertaForMaskedLM, RobertaInput};
 
-use crate::models::{load_model, load_tokenizer_for, model_dir};
+use crate::sources::models::{load_model, load_tokenizer_for, model_dir};
 use roberta_model::{Kernels, TrainingBackend};
 
 pub struct FillMaskArgs {

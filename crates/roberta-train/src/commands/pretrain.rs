@@ -11,12 +11,12 @@ use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha25
 use roberta_data::{Corpus, DataError, MaskVocab, MaskingConfig, Meta, RobertaTokenizer, Split};
 use roberta_model::{LoadOptions, RobertaConfig, RobertaForMaskedLM};
 
-use crate::checkpoint::{self, DataFingerprint};
 use crate::config::{PretrainConfig, ProbeSection, RunConfig};
-use crate::models::load_model;
-use crate::probe::{Probe, Tokenized};
-use crate::processes::Processes;
+use crate::parallel::processes::Processes;
+use crate::run::checkpoint::{self, DataFingerprint};
+use crate::sentences::probe::{Probe, Tokenized};
 use crate::sentences::{PoolingChoice, TokenizerFrom};
+use crate::sources::models::load_model;
 use crate::tasks::mlm::{Mlm, Validation};
 use crate::trainer::{
     self, RunFiles, Settings, TrainPhase, check_precision, seed_init, start_run, stop_flag,
@@ -78,9 +78,9 @@ pub fn prepare_data(
         stop: Some(stop.clone()),
         ..Default::default()
     };
-    let bar = crate::progress::bytes_bar("preprocessing");
+    let bar = crate::run::progress::bytes_bar("preprocessing");
     let outcome = preprocess::preprocess(tokenizer, &options, &data.data_dir, false, &|p| {
-        crate::progress::update_bytes(&bar, p)
+        crate::run::progress::update_bytes(&bar, p)
     })
     .map_err(|e| match e {
         DataError::Interrupted { .. } => anyhow::Error::new(e),
@@ -197,7 +197,7 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         &run_dir,
         args.resume.as_deref(),
         &mut config,
-        crate::processes::world(devices.len()),
+        crate::parallel::processes::world(devices.len()),
         args.force,
     )?;
 
@@ -297,7 +297,7 @@ fn pretraining_model<B: TrainingBackend>(
     }
     let model: RobertaForMaskedLM<B> = match &config.model.init {
         Some(dir) => {
-            let dir = crate::hub::resolve(dir)?;
+            let dir = crate::sources::hub::resolve(dir)?;
             let mut loaded =
                 load_model::<B, RobertaForMaskedLM<B>>(&dir, LoadOptions::default(), device)?;
             // The directory brings the architecture; the config may still set dropout.

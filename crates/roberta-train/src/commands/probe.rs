@@ -1,5 +1,5 @@
 //! `probe`: how well a linear model on an encoder's frozen sentence vectors predicts a
-//! labeled file's labels ([`crate::probe`]).
+//! labeled file's labels ([`crate::sentences::probe`]).
 
 use std::path::PathBuf;
 
@@ -7,9 +7,9 @@ use anyhow::{Context, Result, ensure};
 use roberta_model::TrainingBackend;
 use roberta_model::pooling::Pooling;
 
-use crate::models::{ScratchDir, load_encoder};
-use crate::probe::{Tokenized, fit_and_score};
+use crate::sentences::probe::{Tokenized, fit_and_score};
 use crate::sentences::{PoolingChoice, TokenizerFrom};
+use crate::sources::models::{ScratchDir, load_encoder};
 use roberta_data::labeled::Columns;
 
 pub struct ProbeArgs {
@@ -28,7 +28,7 @@ pub struct ProbeArgs {
 
 pub fn probe<B: TrainingBackend>(device: B::Device, args: ProbeArgs) -> Result<()> {
     if let Some(output) = &args.output {
-        crate::outputs::refuse_existing(output, "--output")?;
+        crate::run::outputs::refuse_existing(output, "--output")?;
     }
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     ensure!(

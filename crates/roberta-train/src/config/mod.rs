@@ -130,7 +130,7 @@ impl LogSection {
     /// Where the run's TensorBoard files go, if anywhere.
     pub fn tensorboard_dir(&self, run_dir: &Path) -> Option<PathBuf> {
         match &self.tensorboard {
-            TensorBoardSetting::On(true) => Some(run_dir.join(crate::run_dir::TENSORBOARD)),
+            TensorBoardSetting::On(true) => Some(run_dir.join(crate::run::run_dir::TENSORBOARD)),
             TensorBoardSetting::On(false) => None,
             TensorBoardSetting::Dir(dir) => Some(dir.clone()),
         }

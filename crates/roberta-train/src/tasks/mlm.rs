@@ -14,8 +14,8 @@ use roberta_model::{Kernels, RobertaForMaskedLM, RobertaInput, TrainingBackend};
 
 use super::{BatchPlan, Batches, StepLoss, Task, Window};
 use crate::config::{PretrainConfig, RampShape};
-use crate::metrics::Metrics;
-use crate::probe::Probe;
+use crate::sentences::probe::Probe;
+use crate::tasks::metrics::Metrics;
 use crate::trainer::TrainPhase;
 
 pub struct Mlm {

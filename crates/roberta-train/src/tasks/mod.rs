@@ -5,6 +5,7 @@
 //! become trainer tasks through [`Finetuning`]. [`with_task`] is the one place that maps
 //! `task.type` to an implementation.
 
+pub mod metrics;
 pub mod mlm;
 pub mod qa;
 pub mod sequence;
@@ -25,7 +26,7 @@ use roberta_model::{
 };
 
 use crate::config::{TaskKind, TaskSection};
-use crate::metrics::Metrics;
+use crate::tasks::metrics::Metrics;
 use crate::trainer::TrainPhase;
 use roberta_model::{Kernels, TrainingBackend};
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::{LabeledTask, TaskData, argmax, int_tensor};
 use crate::config::{TaskKind, TaskSection};
-use crate::metrics::{self, Metrics};
+use crate::tasks::metrics::{self, Metrics};
 use roberta_model::Kernels;
 
 pub struct Sequence {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::{LabeledTask, TaskData, int_tensor};
 use crate::config::TaskSection;
-use crate::metrics::{self, Metrics};
+use crate::tasks::metrics::{self, Metrics};
 use roberta_model::Kernels;
 
 pub struct Tagging {

@@ -19,15 +19,17 @@ use roberta_data::RobertaTokenizer;
 use roberta_data::rng::{self, Purpose};
 use roberta_model::{Precision, RobertaConfig, TrainingBackend};
 
-use crate::checkpoint::{self, DataFingerprint, Recorder32, Retention, TrainerState};
 use crate::config::OptimSection;
-use crate::ema::Ema;
-use crate::optim::AdamWGroups;
+use crate::parallel::processes::Processes;
 use crate::parallel::{self, Group};
-use crate::processes::Processes;
-use crate::sinks::{Console, MetricsFile, Sinks, TensorBoard};
+use crate::run::checkpoint::{self, DataFingerprint, Recorder32, Retention, TrainerState};
+use crate::run::sinks::{Console, MetricsFile, Sinks, TensorBoard};
 use crate::tasks::Task;
+use crate::trainer::ema::Ema;
+use crate::trainer::optim::AdamWGroups;
 
+pub mod ema;
+pub mod optim;
 mod replica;
 mod start;
 
@@ -257,7 +259,7 @@ fn leader<'a, B: TrainingBackend, M: AutodiffModule<B>>(
     device: &B::Device,
     stop: Arc<AtomicBool>,
 ) -> Result<Leader<'a, M::InnerModule>> {
-    let bar = crate::progress::steps_bar(settings.total, step);
+    let bar = crate::run::progress::steps_bar(settings.total, step);
     Ok(Leader {
         ema: ema(settings, model, resume, device)?,
         files,
@@ -283,7 +285,7 @@ fn ema<B: TrainingBackend, M: AutodiffModule<B>>(
     };
     let ema = Ema::new(decay, model.valid());
     match resume {
-        Some((path, _)) if checkpoint::has_file(path, crate::ema::EMA) => {
+        Some((path, _)) if checkpoint::has_file(path, crate::trainer::ema::EMA) => {
             Ok(Some(ema.load::<B::InnerBackend>(path, device)?))
         }
         Some((path, _)) => {
@@ -456,8 +458,8 @@ fn write_final<B: Backend, M: roberta_model::hf::Pretrained<B>>(
     files: &RunFiles,
     model: &M,
 ) -> Result<()> {
-    let curves = files.run_dir.join(crate::plot::PLOT_FILE);
-    match crate::plot::plot_run(&files.run_dir, &curves) {
+    let curves = files.run_dir.join(crate::run::plot::PLOT_FILE);
+    match crate::run::plot::plot_run(&files.run_dir, &curves) {
         Ok(()) => tracing::info!("curves in {}", curves.display()),
         Err(e) => tracing::warn!("no plot: {e:#}"),
     }

@@ -12,13 +12,13 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use roberta_model::TrainingBackend;
 
-use crate::checkpoint::{self, Best, LogInterval, Retention, TrainerState, UpdateSummary};
-use crate::ema::Ema;
-use crate::metrics::Metrics;
-use crate::optim::{AdamWGroups, learning_rate};
 use crate::parallel::Group;
-use crate::sinks::{MetricsLine, Sinks};
+use crate::run::checkpoint::{self, Best, LogInterval, Retention, TrainerState, UpdateSummary};
+use crate::run::sinks::{MetricsLine, Sinks};
+use crate::tasks::metrics::Metrics;
 use crate::tasks::{BatchPlan, Batches, Task, Window};
+use crate::trainer::ema::Ema;
+use crate::trainer::optim::{AdamWGroups, learning_rate};
 
 use super::*;
 

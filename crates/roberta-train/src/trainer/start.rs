@@ -11,11 +11,11 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use roberta_model::{Precision, RobertaConfig};
 
-use crate::checkpoint::{self};
 use crate::config::RunConfig;
+use crate::parallel::processes::Processes;
 use crate::parallel::{self};
-use crate::processes::Processes;
-use crate::run_dir;
+use crate::run::checkpoint::{self};
+use crate::run::run_dir;
 
 /// The checkpoint a run starts from, after checking the run directory (see
 /// [`run_dir::check_contents`]) and the config against the checkpoint's. A resume on
@@ -35,7 +35,7 @@ pub fn start_run<C: RunConfig>(
         run_dir::check_contents(run_dir, resume.is_some(), found.is_some())?;
         run_dir::remove_stale_temporaries(run_dir)?;
         if let Some(dir) = config.log().tensorboard_dir(run_dir) {
-            crate::tensorboard::check_place(&dir, run_dir)?;
+            crate::run::tensorboard::check_place(&dir, run_dir)?;
         }
         processes.barrier();
         found

@@ -14,8 +14,8 @@ use burn::tensor::backend::AutodiffBackend;
 use hashbrown::HashMap;
 use roberta_model::kernels::{AdamWParam, AdamWStep, Kernels, Moments, TrainingBackend};
 
-use crate::checkpoint::{Recorder32, read_error, write_error};
 use crate::config::OptimSection;
+use crate::run::checkpoint::{Recorder32, read_error, write_error};
 
 /// Linear warmup from 0 to `peak` over `warmup` updates, then linear decay to 0 at
 /// `total`. `step` counts from 1 (the update about to be taken).
@@ -31,7 +31,7 @@ pub fn learning_rate(step: u64, peak: f64, warmup: u64, total: u64) -> f64 {
 /// checkpoints' optimizer files are those of burn's AdamW.
 type States<B> = HashMap<ParamId, AdaptorRecord<AdamW, B>>;
 
-/// Both start with [`crate::checkpoint::OPTIMIZER_FILES`], which an export skips.
+/// Both start with [`crate::run::checkpoint::OPTIMIZER_FILES`], which an export skips.
 const OPTIM_DECAY: &str = "optim-decay";
 const OPTIM_PLAIN: &str = "optim-no-decay";
 

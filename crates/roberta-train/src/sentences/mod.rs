@@ -12,7 +12,9 @@ use roberta_model::pooling::{self, Pooling};
 use roberta_model::{Kernels, RobertaConfig, RobertaInput, RobertaModel};
 use serde::Deserialize;
 
-use crate::models::load_tokenizer_for;
+use crate::sources::models::load_tokenizer_for;
+
+pub mod probe;
 
 /// One input: where it came from, its optional `id`, and its token ids.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use roberta_model::{
     RobertaModel, load_pretrained,
 };
 
-use crate::checkpoint;
+use crate::run::checkpoint;
 
 /// Loads `M` from an HF directory and logs what loading had to adapt.
 pub fn load_model<B: Backend, M: Pretrained<B>>(
@@ -67,9 +67,9 @@ pub fn load_tokenizer_for(dir: &Path, config: &RobertaConfig) -> Result<RobertaT
 }
 
 /// The HF model directory behind `dir`: itself, a run directory's `final/`, or a hub
-/// name's snapshot in the HF cache ([`crate::hub`]).
+/// name's snapshot in the HF cache ([`crate::sources::hub`]).
 pub fn model_dir(dir: &Path) -> Result<PathBuf> {
-    let dir = crate::hub::resolve(dir)?;
+    let dir = crate::sources::hub::resolve(dir)?;
     let last = dir.join(checkpoint::FINAL);
     if !dir.join(roberta_model::hf::CONFIG_FILE).exists()
         && last.join(roberta_model::hf::CONFIG_FILE).exists()
@@ -83,7 +83,7 @@ pub fn model_dir(dir: &Path) -> Result<PathBuf> {
 /// An HF model directory to start from: `dir` itself, a hub name's snapshot, a run's
 /// `final/` (or its newest checkpoint), or a checkpoint exported into `scratch` first.
 pub fn init_dir<B: Backend>(dir: &Path, scratch: &Path, device: &B::Device) -> Result<PathBuf> {
-    let dir = &crate::hub::resolve(dir)?;
+    let dir = &crate::sources::hub::resolve(dir)?;
     if roberta_model::hf::has_weights(dir) {
         return Ok(dir.to_path_buf());
     }

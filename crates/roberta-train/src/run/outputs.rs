@@ -26,7 +26,7 @@ pub fn refuse_inside_run(path: &Path, flag: &str) -> Result<()> {
         .unwrap_or_else(|_| path.to_path_buf());
     for dir in absolute.ancestors().skip(1) {
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        if dir.join(crate::run_dir::LOCK).is_file() {
+        if dir.join(crate::run::run_dir::LOCK).is_file() {
             bail!(
                 "{flag} {}: inside the run directory {}, whose contents its runs manage: choose a path outside it",
                 path.display(),

@@ -89,13 +89,13 @@ type Line<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
 pub fn plot_command(run: &Path, output: Option<PathBuf>) -> Result<()> {
     let output = match output {
         Some(output) => {
-            crate::outputs::refuse_existing(&output, "--output")?;
+            crate::run::outputs::refuse_existing(&output, "--output")?;
             output
         }
         None => {
             let own = run.join(PLOT_FILE);
-            if !crate::run_dir::is_run_dir(run) {
-                crate::outputs::refuse_existing(&own, "the plot")?;
+            if !crate::run::run_dir::is_run_dir(run) {
+                crate::run::outputs::refuse_existing(&own, "the plot")?;
             }
             own
         }
@@ -185,7 +185,7 @@ fn draw_into(curves: &Curves, last: f64, output: &Path) -> Result<()> {
 
 /// A drawing error; one that is the image file's write failing reads as the OS says it.
 fn draw<E: std::error::Error>(e: E) -> anyhow::Error {
-    match crate::outputs::os_error_in(&format!("{e:?}")) {
+    match crate::run::outputs::os_error_in(&format!("{e:?}")) {
         Some(io) => anyhow::Error::new(io),
         None => anyhow::anyhow!("drawing the plot: {e}"),
     }

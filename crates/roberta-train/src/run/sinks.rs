@@ -10,9 +10,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::metrics::format_metrics;
-use crate::run_dir::METRICS;
-use crate::tensorboard::{EventWriter, Owner};
+use crate::run::run_dir::METRICS;
+use crate::run::tensorboard::{EventWriter, Owner};
+use crate::tasks::metrics::format_metrics;
 
 /// One logged update: a line of `metrics.jsonl`.
 #[derive(Serialize, Default, Clone)]
@@ -153,7 +153,7 @@ impl Sink for Console {
             "loss {:.4} lr {:.2e} {:.0} tok/s",
             line.loss, line.lr, line.tokens_per_s
         );
-        crate::progress::log_line(&format!("step {}/{} {summary}", line.step, self.total));
+        crate::run::progress::log_line(&format!("step {}/{} {summary}", line.step, self.total));
         self.bar.set_message(summary);
         if !line.valid.is_empty() {
             let scores = line
@@ -161,7 +161,7 @@ impl Sink for Console {
                 .iter()
                 .map(|(k, v)| (k.strip_prefix("valid_").unwrap_or(k).to_string(), *v))
                 .collect();
-            crate::progress::report(
+            crate::run::progress::report(
                 &self.bar,
                 &format!(
                     "step {} valid {}{}",

@@ -12,7 +12,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 
-use crate::checkpoint::{Recorder32, read_error, write_error};
+use crate::run::checkpoint::{Recorder32, read_error, write_error};
 
 /// The average's file in a checkpoint (burn's record, as the model's).
 pub const EMA: &str = "ema";

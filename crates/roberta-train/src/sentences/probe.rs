@@ -12,8 +12,8 @@ use linfa_logistic::MultiLogisticRegression;
 use ndarray::{Array1, Array2};
 use roberta_model::{Kernels, RobertaConfig, RobertaModel};
 
-use crate::metrics::{self, Metrics};
 use crate::sentences::{PoolingChoice, Rows, TokenizerFrom, encode};
+use crate::tasks::metrics::{self, Metrics};
 use roberta_data::labeled::Columns;
 
 /// A labeled file's first rows as token ids, read once and embedded at each probe.

@@ -4,7 +4,7 @@
 //! `GradientsParams::all_reduce`, and the few numbers the loop needs from every replica
 //! (the window's masked-token count, logged sums, the stop signal) with `all_reduce` on
 //! a small tensor. With one replica nothing is registered and every sum is the value.
-//! Replicas in separate processes (an MPI launch, see [`crate::processes`]) sum the same
+//! Replicas in separate processes (an MPI launch, see [`crate::parallel::processes`]) sum the same
 //! numbers and gradients through MPI instead, as one flat host buffer per update.
 
 use anyhow::{Result, bail};
@@ -16,6 +16,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
+
+pub mod processes;
 
 /// Says what data parallelism costs, when there is any.
 pub fn announce(world: usize, params: usize) {
@@ -62,7 +64,7 @@ impl<B: Backend> Group<B> {
     ) -> Result<Self> {
         let link = if world == 1 {
             Link::Alone
-        } else if crate::processes::Processes::current().count > 1 {
+        } else if crate::parallel::processes::Processes::current().count > 1 {
             #[cfg(feature = "mpi")]
             {
                 Link::Processes
@@ -88,7 +90,7 @@ impl<B: Backend> Group<B> {
             #[cfg(feature = "mpi")]
             Link::Processes => {
                 let mut values = values.to_vec();
-                crate::processes::sum_f64(&mut values);
+                crate::parallel::processes::sum_f64(&mut values);
                 return Ok(values);
             }
             Link::Threads(peer) => peer,
@@ -153,7 +155,7 @@ impl<B: Backend> Group<B> {
         #[cfg(feature = "mpi")]
         if matches!(self.link, Link::Processes) {
             let mut host = to_host(model_values(&model));
-            crate::processes::broadcast_f32(&mut host);
+            crate::parallel::processes::broadcast_f32(&mut host);
             return load_flat(model, &host);
         }
         model
@@ -250,7 +252,7 @@ where
     };
     model.visit(&mut take);
     let mut host = to_host(take.pieces);
-    crate::processes::sum_f32(&mut host);
+    crate::parallel::processes::sum_f32(&mut host);
     let n = host.len();
     let summed = Tensor::<B, 1>::from_data(TensorData::new(host, [n]), device);
     struct Give<'a, B: Backend> {

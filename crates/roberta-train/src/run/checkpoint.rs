@@ -44,7 +44,7 @@ pub fn write_error(e: RecorderError) -> anyhow::Error {
     let (RecorderError::FileNotFound(m)
     | RecorderError::DeserializeError(m)
     | RecorderError::Unknown(m)) = e;
-    match crate::outputs::os_error_in(&m) {
+    match crate::run::outputs::os_error_in(&m) {
         Some(io) => anyhow::Error::new(io),
         None => anyhow::anyhow!("{m}"),
     }
@@ -416,7 +416,7 @@ pub fn save_hf_dir<B: Backend, M: Pretrained<B>>(
     model: &M,
     config: &RobertaConfig,
     tokenizer: &RobertaTokenizer,
-    scores: Option<&crate::metrics::Metrics>,
+    scores: Option<&crate::tasks::metrics::Metrics>,
 ) -> Result<()> {
     save_hf_dir_with(dir, model, config, tokenizer, |tmp| {
         if let Some(scores) = scores {

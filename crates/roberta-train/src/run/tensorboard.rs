@@ -268,7 +268,7 @@ fn canonical(path: &Path) -> PathBuf {
 /// `tb/` (the run manages what is there), or a directory holding other files.
 pub fn check_place(dir: &Path, run_dir: &Path) -> Result<()> {
     let (place, run) = (canonical(dir), canonical(run_dir));
-    if place.starts_with(&run) && place != run.join(crate::run_dir::TENSORBOARD) {
+    if place.starts_with(&run) && place != run.join(crate::run::run_dir::TENSORBOARD) {
         bail!(
             "log.tensorboard = \"{}\" is inside the run directory {}: use `true` (its tb/) or a directory outside it",
             dir.display(),

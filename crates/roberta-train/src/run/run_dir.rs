@@ -9,8 +9,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::checkpoint;
-use crate::plot::PLOT_FILE;
+use crate::run::checkpoint;
+use crate::run::plot::PLOT_FILE;
 
 /// The lock file; it also holds the PID of the process that has the lock.
 pub const LOCK: &str = ".roberta-train.lock";

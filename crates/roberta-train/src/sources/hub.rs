@@ -160,7 +160,7 @@ fn download(cache: &Path, name: &HubName) -> Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Cache, Repo, RepoType};
     let mut builder = ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
-        .with_progress(crate::progress::on_terminal());
+        .with_progress(crate::run::progress::on_terminal());
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint);
     }

@@ -330,7 +330,7 @@ pub mod composed {
     }
 
     /// The tensors at their offsets in one `[total]` tensor, zeros between them.
-    fn pack<B: Backend>(
+    fn pack_into<B: Backend>(
         tensors: Vec<Tensor<B, 1>>,
         offsets: &[usize],
         total: usize,
@@ -341,24 +341,53 @@ pub mod composed {
             Tensor::zeros([total], (device, dtype)),
             |packed, (t, &at)| {
                 let n = t.dims()[0];
-                packed.slice_assign([at..at + n], t)
+                packed.slice_assign(at..at + n, t)
             },
         )
     }
 
-    /// [`sum_of_squares`] of the whole group packed into one tensor: one reduction
-    /// instead of one per tensor (the padding adds zeros).
+    /// The most elements one packed tensor holds (32 MiB of fp32), well below what
+    /// devices allow in one buffer (WebGPU's default binding limit is 128 MiB; lavapipe
+    /// refuses roberta-base's 154 MB embedding matrix): a larger group is packed in
+    /// several tensors, a larger tensor alone.
+    pub const PACK_MAX: usize = 1 << 23;
+
+    /// [`sum_of_squares`] of the group packed into tensors of at most [`PACK_MAX`]
+    /// elements: one reduction per pack instead of one per tensor (the padding adds
+    /// zeros).
     pub fn packed_sum_of_squares<B: Backend>(
         group: Vec<Tensor<B, 1>>,
         device: &B::Device,
     ) -> Tensor<B, 1> {
-        let lengths: Vec<usize> = group.iter().map(|t| t.dims()[0]).collect();
-        let (offsets, total) = pack_offsets(&lengths);
-        if total == 0 {
-            return Tensor::zeros([1], device);
+        packed_sum_of_squares_within(group, device, PACK_MAX)
+    }
+
+    pub(super) fn packed_sum_of_squares_within<B: Backend>(
+        group: Vec<Tensor<B, 1>>,
+        device: &B::Device,
+        most: usize,
+    ) -> Tensor<B, 1> {
+        let mut packs: Vec<Vec<Tensor<B, 1>>> = Vec::new();
+        let mut size = 0;
+        for t in group {
+            let n = t.dims()[0].div_ceil(PACK_ALIGN) * PACK_ALIGN;
+            match packs.last_mut() {
+                Some(pack) if size + n <= most => pack.push(t),
+                _ => {
+                    packs.push(vec![t]);
+                    size = 0;
+                }
+            }
+            size += n;
         }
-        let packed = pack(group, &offsets, total, device);
-        sum_of_squares(packed.reshape([total / PACK_ALIGN, PACK_ALIGN]))
+        packs
+            .into_iter()
+            .fold(Tensor::zeros([1], device), |sum, pack| {
+                let lengths: Vec<usize> = pack.iter().map(|t| t.dims()[0]).collect();
+                let (offsets, total) = pack_offsets(&lengths);
+                let packed = pack_into(pack, &offsets, total, device);
+                sum + sum_of_squares(packed.reshape([total / PACK_ALIGN, PACK_ALIGN]))
+            })
     }
 }
 
@@ -722,8 +751,8 @@ mod tests {
         }
     }
 
-    /// The packed sum of squares of a group (mixed lengths, padded between them) is the
-    /// f64 sum within f32 rounding; an empty group's is 0.
+    /// The packed sum of squares of a group (mixed lengths, padded between them; in one
+    /// pack or several) is the f64 sum within f32 rounding; an empty group's is 0.
     #[test]
     fn packed_sum_of_squares_is_the_sum_over_the_group() {
         let _generator = crate::generator_lock();
@@ -738,11 +767,15 @@ mod tests {
             .flat_map(|g| g.to_data().to_vec::<f32>().unwrap())
             .map(|v| f64::from(v) * f64::from(v))
             .sum();
-        let packed = f64::from(composed::packed_sum_of_squares(group, &device).into_scalar());
-        assert!(
-            (packed - exact).abs() <= 1e-6 * exact,
-            "{packed} vs {exact}"
-        );
+        // In one pack, and in packs of at most 200 elements (the 300 alone).
+        for most in [composed::PACK_MAX, 200] {
+            let packed = composed::packed_sum_of_squares_within(group.clone(), &device, most);
+            let packed = f64::from(packed.into_scalar());
+            assert!(
+                (packed - exact).abs() <= 1e-6 * exact,
+                "{packed} vs {exact} ({most})"
+            );
+        }
         let empty = composed::packed_sum_of_squares::<Flex>(Vec::new(), &device);
         assert_eq!(empty.into_scalar(), 0.0);
     }

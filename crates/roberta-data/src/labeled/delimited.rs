@@ -15,7 +15,7 @@ pub(super) fn read_delimited(
         .has_headers(columns.header)
         .flexible(true)
         .from_reader(input::text(path)?);
-    let (headers, (a, b, l)) = delimited_columns(&mut reader, path, columns)?;
+    let (headers, ColumnIndices { a, b, l }) = delimited_columns(&mut reader, path, columns)?;
     let mut examples = Vec::new();
     // Every row has as many fields as the header (or, without one, the first row): GLUE
     // TSV is read verbatim, so a tab inside a quoted text splits it into two fields,
@@ -71,13 +71,20 @@ pub(super) fn read_delimited(
     Ok(examples)
 }
 
+/// Where a row's first text, second text and label are.
+struct ColumnIndices {
+    a: usize,
+    b: Option<usize>,
+    l: Option<usize>,
+}
+
 /// The header of a TSV/CSV file (empty without one) and the indices of the text
 /// columns and the label (each named, or a 0-based index without a header).
 fn delimited_columns<R: std::io::Read>(
     reader: &mut csv::Reader<R>,
     path: &Path,
     columns: &Columns,
-) -> Result<(Vec<String>, (usize, Option<usize>, Option<usize>))> {
+) -> Result<(Vec<String>, ColumnIndices)> {
     let index = |name: &str, headers: &[String]| -> Result<usize> {
         if columns.header {
             headers.iter().position(|h| h == name).ok_or_else(|| {
@@ -125,5 +132,5 @@ fn delimited_columns<R: std::io::Read>(
         .as_deref()
         .map(|c| index(c, &headers))
         .transpose()?;
-    Ok((headers, (a, b, l)))
+    Ok((headers, ColumnIndices { a, b, l }))
 }

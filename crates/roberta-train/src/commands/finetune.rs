@@ -307,16 +307,7 @@ fn build_model<B: TrainingBackend, T: LabeledTask>(
         tokenizer.vocab_size(),
         model_config.vocab_size
     );
-    let m = &config.model;
-    if let Some(p) = m.hidden_dropout_prob {
-        model_config.hidden_dropout_prob = p;
-    }
-    if let Some(p) = m.attention_probs_dropout_prob {
-        model_config.attention_probs_dropout_prob = p;
-    }
-    if m.classifier_dropout.is_some() {
-        model_config.classifier_dropout = m.classifier_dropout;
-    }
+    config.model.override_dropout(&mut model_config);
     model.backbone_mut().set_dropout(
         model_config.hidden_dropout_prob,
         model_config.attention_probs_dropout_prob,

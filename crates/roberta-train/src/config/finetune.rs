@@ -271,6 +271,20 @@ pub struct FinetuneModelSection {
     pub classifier_dropout: Option<f64>,
 }
 
+impl FinetuneModelSection {
+    /// Applies the dropout rates this section sets, to a preset or a loaded model's config.
+    pub fn override_dropout(&self, c: &mut RobertaConfig) {
+        override_dropout(
+            c,
+            [
+                self.hidden_dropout_prob,
+                self.attention_probs_dropout_prob,
+                self.classifier_dropout,
+            ],
+        );
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FinetuneTrainSection {

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use roberta_model::RobertaConfig;
 use serde::{Deserialize, Serialize};
 
 mod finetune;
@@ -213,6 +214,21 @@ pub trait RunConfig: Serialize + serde::de::DeserializeOwned {
             .with_context(|| format!("{} is not a config of this command", path.display()))?;
         config.resolve_seeds();
         Ok(config)
+    }
+}
+
+/// Sets the dropout rates a `[model]` section gives (hidden, attention, classifier head)
+/// over a preset's or a loaded model's config: the one place either command changes a
+/// model's config.
+fn override_dropout(c: &mut RobertaConfig, [hidden, attention, classifier]: [Option<f64>; 3]) {
+    if let Some(p) = hidden {
+        c.hidden_dropout_prob = p;
+    }
+    if let Some(p) = attention {
+        c.attention_probs_dropout_prob = p;
+    }
+    if classifier.is_some() {
+        c.classifier_dropout = classifier;
     }
 }
 

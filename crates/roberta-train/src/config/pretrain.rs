@@ -51,10 +51,14 @@ pub struct ModelSection {
 impl ModelSection {
     /// Applies the dropout rates this section sets, to a preset or a loaded model's config.
     pub fn override_dropout(&self, c: &mut RobertaConfig) {
-        c.hidden_dropout_prob = self.hidden_dropout_prob.unwrap_or(c.hidden_dropout_prob);
-        c.attention_probs_dropout_prob = self
-            .attention_probs_dropout_prob
-            .unwrap_or(c.attention_probs_dropout_prob);
+        override_dropout(
+            c,
+            [
+                self.hidden_dropout_prob,
+                self.attention_probs_dropout_prob,
+                None,
+            ],
+        );
     }
 }
 

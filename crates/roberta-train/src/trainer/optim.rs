@@ -226,15 +226,12 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Take<'_, B> {
     }
 }
 
+/// A parameter's update: how to put it back, its new value and its moments.
+type Update<I> = (Taken, (Tensor<I, 1>, Moments<I, 1>));
+
 /// Puts the updated parameters back into the module and keeps their moments.
 struct Put<'a, B: AutodiffBackend> {
-    updated: HashMap<
-        ParamId,
-        (
-            Taken,
-            (Tensor<B::InnerBackend, 1>, Moments<B::InnerBackend, 1>),
-        ),
-    >,
+    updated: HashMap<ParamId, Update<B::InnerBackend>>,
     states: [&'a mut States<B>; 2],
 }
 

@@ -75,17 +75,25 @@ fn parent_of(path: &Path) -> &Path {
 /// the old copy `.NAME.old-PID`), or `.NAME.tmp-PID.EXT` where EXT is NAME's own
 /// extension (for writers that choose a format by extension, as an image encoder does).
 pub fn temporary_of(file_name: &str) -> Option<(&str, u32)> {
+    parse_temporary(file_name).map(|(stem, pid, _)| (stem, pid))
+}
+
+/// [`temporary_of`], and whether it is an old copy.
+fn parse_temporary(file_name: &str) -> Option<(&str, u32, bool)> {
     let rest = file_name.strip_prefix('.')?;
-    let (stem, pid) = rest
-        .rsplit_once(".tmp-")
-        .or_else(|| rest.rsplit_once(".old-"))?;
+    let (stem, pid, old) = match rest.rsplit_once(".tmp-") {
+        Some((stem, pid)) => (stem, pid, false),
+        None => rest
+            .rsplit_once(".old-")
+            .map(|(stem, pid)| (stem, pid, true))?,
+    };
     let pid = match pid.split_once('.') {
         Some((pid, ext)) if Path::new(stem).extension().is_some_and(|e| e == ext) => pid,
         Some(_) => return None,
         None => pid,
     };
     let pid = pid.parse().ok().filter(|_| !stem.is_empty())?;
-    Some((stem, pid))
+    Some((stem, pid, old))
 }
 
 /// Whether process `pid` may still be running (and finish its temporaries). The
@@ -110,15 +118,10 @@ pub fn remove_dead_temporaries(dir: &Path, name: &str, ours: impl Fn(&Path) -> b
     let target = dir.join(name);
     let mut dead: Vec<(PathBuf, bool)> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| {
+        .filter_map(|e| {
             let file = e.file_name();
-            file.to_str()
-                .and_then(temporary_of)
-                .is_some_and(|(stem, pid)| stem == name && !process_alive(pid))
-        })
-        .map(|e| {
-            let old = e.file_name().to_string_lossy().contains(".old-");
-            (e.path(), old)
+            let (stem, pid, old) = parse_temporary(file.to_str()?)?;
+            (stem == name && !process_alive(pid)).then(|| (e.path(), old))
         })
         .collect();
     // The old copies last, so that one can take the place the others leave.
@@ -345,6 +348,10 @@ mod tests {
             Some(("step-0000004", 123))
         );
         assert_eq!(temporary_of(".final.old-9"), Some(("final", 9)));
+        assert_eq!(
+            parse_temporary(".my.old-x.tmp-4"),
+            Some(("my.old-x", 4, false))
+        );
         assert_eq!(
             temporary_of(".curves.png.tmp-77.png"),
             Some(("curves.png", 77))

@@ -38,7 +38,7 @@ impl Processes {
                 "under an MPI launcher each process drives one device: drop --devices and start one process per device"
             );
         }
-        Ok(local * self.count)
+        Ok(world(local))
     }
 
     const ALONE: Self = Self {

@@ -7,12 +7,17 @@ text below, and for each HF class the inputs (with left and right padding), the 
 of every layer, the logits and the loss, plus MLM gradients of a few parameters.
 
     python3 -m venv .venv && .venv/bin/pip install torch transformers safetensors tokenizers
-    .venv/bin/python scripts/make_golden.py
+    .venv/bin/python scripts/make_golden.py [FIXTURE...]
+
+Named fixtures (such as `multiple-choice`) are the only ones rewritten; the others keep
+the bytes of the transformers release that wrote them. Everything is seeded, so a
+fixture comes out the same whichever others are built alongside.
 """
 import json
 import os
 import shutil
 import sys
+import tempfile
 
 import torch
 from safetensors.torch import save_file
@@ -21,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     RobertaConfig,
     RobertaForMaskedLM,
+    RobertaForMultipleChoice,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
@@ -122,7 +128,12 @@ def pooled(hidden_states, mask):
     return t
 
 
+ONLY = set(sys.argv[1:])
+
+
 def save(name, model, tensors):
+    if ONLY and name not in ONLY:
+        return
     path = os.path.join(OUT, name)
     shutil.rmtree(path, ignore_errors=True)
     model.save_pretrained(path, safe_serialization=True)
@@ -133,7 +144,7 @@ def save(name, model, tensors):
 
 def main():
     torch.manual_seed(0)
-    tok_dir = os.path.join(OUT, "tokenizer")
+    tok_dir = tempfile.mkdtemp() if ONLY else os.path.join(OUT, "tokenizer")
     shutil.rmtree(tok_dir, ignore_errors=True)
     tok = tokenizer(tok_dir)
     vocab = len(tok)
@@ -171,14 +182,15 @@ def main():
                  "lm_head.dense.weight", "lm_head.bias"]:
         t[f"grad.{name}"] = params[name].grad
     save("mlm", mlm, t)
-    tok.save_pretrained(os.path.join(OUT, "mlm"))
-    # The same weights as a PyTorch pickle (pytorch_model.bin), as many hub models ship.
-    # (transformers 5 writes only safetensors: torch.save, as transformers 4 did.)
-    pickled = os.path.join(OUT, "mlm-pytorch")
-    shutil.rmtree(pickled, ignore_errors=True)
-    os.makedirs(pickled)
-    mlm.config.to_json_file(os.path.join(pickled, "config.json"))
-    torch.save(mlm.state_dict(), os.path.join(pickled, "pytorch_model.bin"))
+    if not ONLY or "mlm" in ONLY:
+        tok.save_pretrained(os.path.join(OUT, "mlm"))
+        # The same weights as a PyTorch pickle (pytorch_model.bin), as many hub models
+        # ship. (transformers 5 writes only safetensors: torch.save, as transformers 4 did.)
+        pickled = os.path.join(OUT, "mlm-pytorch")
+        shutil.rmtree(pickled, ignore_errors=True)
+        os.makedirs(pickled)
+        mlm.config.to_json_file(os.path.join(pickled, "config.json"))
+        torch.save(mlm.state_dict(), os.path.join(pickled, "pytorch_model.bin"))
 
     cls = randomise(RobertaForSequenceClassification(config(vocab, num_labels=3)), 3)
     y = torch.tensor([2, 0, 1])
@@ -202,6 +214,16 @@ def main():
     save("qa", qa, dict(io, start_positions=start, end_positions=end,
                         start_logits=out.start_logits, end_logits=out.end_logits,
                         loss=out.loss.reshape(1)))
+
+    # Two examples of three choices each, made of the rows above (the left-padded one
+    # among them), `[examples, choices, seq]` as RobertaForMultipleChoice takes them.
+    choice = randomise(RobertaForMultipleChoice(config(vocab)), 8)
+    rows = torch.tensor([0, 1, 2, 2, 0, 1])
+    mc_ids, mc_mask = ids[rows].view(2, 3, -1), mask[rows].view(2, 3, -1)
+    y = torch.tensor([2, 0])
+    out = choice(input_ids=mc_ids, attention_mask=mc_mask, labels=y)
+    save("multiple-choice", choice, dict(input_ids=mc_ids, attention_mask=mc_mask, labels=y,
+                                         logits=out.logits, loss=out.loss.reshape(1)))
 
 
 if __name__ == "__main__":

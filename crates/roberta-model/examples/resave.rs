@@ -6,17 +6,26 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
+use burn::prelude::Module;
 use roberta_model::{
-    LoadOptions, Pretrained, RobertaConfig, RobertaForMaskedLM, RobertaForQuestionAnswering,
-    RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel, load_pretrained,
-    save_pretrained,
+    LoadOptions, Pretrained, RobertaConfig, RobertaModel, WithArchitecture, load_pretrained,
+    save_pretrained, with_architecture,
 };
 
 type B = Flex;
 
-fn resave<M: Pretrained<B>>(input: &Path, output: &Path) -> roberta_model::Result<()> {
-    let loaded = load_pretrained::<B, M>(input, LoadOptions::default(), &Default::default())?;
-    save_pretrained(&loaded.model, &loaded.config, output)
+struct Resave<'a> {
+    input: &'a Path,
+    output: &'a Path,
+}
+
+impl WithArchitecture<B> for Resave<'_> {
+    type Output = roberta_model::Result<()>;
+    fn run<M: Pretrained<B> + Module<B>>(self) -> Self::Output {
+        let loaded =
+            load_pretrained::<B, M>(self.input, LoadOptions::default(), &Default::default())?;
+        save_pretrained(&loaded.model, &loaded.config, self.output)
+    }
 }
 
 fn main() {
@@ -27,19 +36,10 @@ fn main() {
     };
     let result = RobertaConfig::load(&input.join("config.json")).and_then(|config| {
         let architecture = config.architectures.first().cloned().unwrap_or_default();
-        match architecture.as_str() {
-            "RobertaForMaskedLM" => resave::<RobertaForMaskedLM<B>>(input, output),
-            "RobertaForSequenceClassification" => {
-                resave::<RobertaForSequenceClassification<B>>(input, output)
-            }
-            "RobertaForTokenClassification" => {
-                resave::<RobertaForTokenClassification<B>>(input, output)
-            }
-            "RobertaForQuestionAnswering" => {
-                resave::<RobertaForQuestionAnswering<B>>(input, output)
-            }
-            _ => resave::<RobertaModel<B>>(input, output),
-        }
+        let resave = Resave { input, output };
+        // A directory that names no head this crate knows is read as the bare encoder.
+        with_architecture(&architecture, resave)
+            .unwrap_or_else(|| Resave { input, output }.run::<RobertaModel<B>>())
     });
     if let Err(e) = result {
         eprintln!("error: {e}");

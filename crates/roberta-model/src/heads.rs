@@ -1,11 +1,15 @@
 //! Task heads on top of [`RobertaModel`], each shaped like its HF class so that the
-//! checkpoint keys (`lm_head.dense`, `classifier.out_proj`, `qa_outputs`, …) map 1:1.
+//! checkpoint keys (`lm_head.dense`, `classifier.out_proj`, `qa_outputs`, …) map 1:1,
+//! each with its key table ([`Pretrained`]) beside it, and [`with_architecture`], the one
+//! list of them by their `config.json` name: a new head is a struct, its `Pretrained`
+//! and a line there.
 
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
 use burn::prelude::*;
 
 use crate::config::RobertaConfig;
+use crate::hf::{HfIo, Pretrained};
 use crate::init;
 use crate::kernels::{self, Kernels};
 use crate::model::{RobertaInput, RobertaModel, first_token};
@@ -90,6 +94,31 @@ impl<B: Kernels> RobertaForMaskedLM<B> {
     }
 }
 
+impl<B: Backend> Pretrained<B> for RobertaForMaskedLM<B> {
+    const ARCHITECTURE: &'static str = "RobertaForMaskedLM";
+    fn init(config: &RobertaConfig, _: usize, device: &B::Device) -> Self {
+        RobertaForMaskedLM::new(config, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        &self.roberta
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        &mut self.roberta
+    }
+    fn head_prefix() -> Option<&'static str> {
+        Some("lm_head.")
+    }
+    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
+        io.linear("lm_head.dense", &mut self.lm_head.dense);
+        io.layer_norm("lm_head.layer_norm", &mut self.lm_head.layer_norm);
+        // The decoder's weight is the word embeddings (tied), so it has no key of its own.
+        io.param(
+            &["lm_head.bias", "lm_head.decoder.bias"],
+            &mut self.lm_head.bias,
+        );
+    }
+}
+
 /// `RobertaClassificationHead`: on `<s>`, dropout → dense → tanh → dropout → out_proj.
 #[derive(Module, Debug)]
 pub struct RobertaClassificationHead<B: Backend> {
@@ -134,6 +163,29 @@ impl<B: Kernels> RobertaForSequenceClassification<B> {
     }
 }
 
+impl<B: Backend> Pretrained<B> for RobertaForSequenceClassification<B> {
+    const ARCHITECTURE: &'static str = "RobertaForSequenceClassification";
+    fn init(config: &RobertaConfig, num_labels: usize, device: &B::Device) -> Self {
+        RobertaForSequenceClassification::new(config, num_labels, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        &self.roberta
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        &mut self.roberta
+    }
+    fn head_prefix() -> Option<&'static str> {
+        Some("classifier.")
+    }
+    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
+        io.linear("classifier.dense", &mut self.classifier.dense);
+        io.linear("classifier.out_proj", &mut self.classifier.out_proj);
+    }
+    fn num_labels(&self) -> usize {
+        RobertaForSequenceClassification::num_labels(self)
+    }
+}
+
 /// `RobertaForTokenClassification`: dropout → classifier at every token.
 #[derive(Module, Debug)]
 pub struct RobertaForTokenClassification<B: Backend> {
@@ -161,6 +213,28 @@ impl<B: Kernels> RobertaForTokenClassification<B> {
     pub fn forward(&self, input: RobertaInput<B>) -> Tensor<B, 3> {
         let hidden = self.roberta.forward(input, false).last_hidden_state;
         kernels::linear(&self.classifier, kernels::dropout(&self.dropout, hidden))
+    }
+}
+
+impl<B: Backend> Pretrained<B> for RobertaForTokenClassification<B> {
+    const ARCHITECTURE: &'static str = "RobertaForTokenClassification";
+    fn init(config: &RobertaConfig, num_labels: usize, device: &B::Device) -> Self {
+        RobertaForTokenClassification::new(config, num_labels, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        &self.roberta
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        &mut self.roberta
+    }
+    fn head_prefix() -> Option<&'static str> {
+        Some("classifier.")
+    }
+    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
+        io.linear("classifier", &mut self.classifier);
+    }
+    fn num_labels(&self) -> usize {
+        RobertaForTokenClassification::num_labels(self)
     }
 }
 
@@ -193,4 +267,53 @@ impl<B: Kernels> RobertaForQuestionAnswering<B> {
         let end = logits.slice([0..batch, 0..seq, 1..2]).reshape([batch, seq]);
         (start, end)
     }
+}
+
+impl<B: Backend> Pretrained<B> for RobertaForQuestionAnswering<B> {
+    const ARCHITECTURE: &'static str = "RobertaForQuestionAnswering";
+    fn init(config: &RobertaConfig, _: usize, device: &B::Device) -> Self {
+        RobertaForQuestionAnswering::new(config, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        &self.roberta
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        &mut self.roberta
+    }
+    fn head_prefix() -> Option<&'static str> {
+        Some("qa_outputs.")
+    }
+    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
+        io.linear("qa_outputs", &mut self.qa_outputs);
+    }
+}
+
+/// Calls back with the model type of an architecture.
+pub trait WithArchitecture<B: Backend> {
+    type Output;
+    fn run<M: Pretrained<B> + Module<B>>(self) -> Self::Output;
+}
+
+/// Runs `w` with the model type that `name` (a `config.json` `architectures` entry)
+/// names; `None` for a name this crate does not implement.
+pub fn with_architecture<B: Backend, W: WithArchitecture<B>>(
+    name: &str,
+    w: W,
+) -> Option<W::Output> {
+    fn is<B: Backend, M: Pretrained<B>>(name: &str) -> bool {
+        name == M::ARCHITECTURE
+    }
+    Some(if is::<B, RobertaModel<B>>(name) {
+        w.run::<RobertaModel<B>>()
+    } else if is::<B, RobertaForMaskedLM<B>>(name) {
+        w.run::<RobertaForMaskedLM<B>>()
+    } else if is::<B, RobertaForSequenceClassification<B>>(name) {
+        w.run::<RobertaForSequenceClassification<B>>()
+    } else if is::<B, RobertaForTokenClassification<B>>(name) {
+        w.run::<RobertaForTokenClassification<B>>()
+    } else if is::<B, RobertaForQuestionAnswering<B>>(name) {
+        w.run::<RobertaForQuestionAnswering<B>>()
+    } else {
+        return None;
+    })
 }

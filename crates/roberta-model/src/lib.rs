@@ -23,10 +23,7 @@ pub mod precision;
 
 pub use config::RobertaConfig;
 pub use error::{ModelError, Result};
-pub use heads::{
-    RobertaClassificationHead, RobertaForMaskedLM, RobertaForQuestionAnswering,
-    RobertaForSequenceClassification, RobertaForTokenClassification, RobertaLMHead,
-};
+pub use heads::*;
 pub use hf::{LoadOptions, LoadReport, Loaded, Pretrained, load_pretrained, save_pretrained};
 pub use kernels::{Kernels, TrainingBackend};
 pub use model::{RobertaInput, RobertaModel, RobertaModelOutput};

@@ -72,6 +72,13 @@ pub struct RobertaPooler<B: Backend> {
     pub dense: Linear<B>,
 }
 
+impl<B: Backend> RobertaPooler<B> {
+    /// `hidden`: `[batch, seq, hidden]` → `[batch, hidden]`.
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        self.dense.forward(first_token(hidden)).tanh()
+    }
+}
+
 /// `RobertaModel`: embeddings, encoder, and the optional pooler.
 #[derive(Module, Debug)]
 pub struct RobertaModel<B: Backend> {
@@ -124,12 +131,10 @@ impl<B: Kernels> RobertaModel<B> {
         let (last_hidden_state, layers) =
             self.encoder.forward(embedded, bias, output_hidden_states);
         hidden_states.extend(layers);
-        let pooler_output = self.pooler.as_ref().map(|pooler| {
-            pooler
-                .dense
-                .forward(first_token(last_hidden_state.clone()))
-                .tanh()
-        });
+        let pooler_output = self
+            .pooler
+            .as_ref()
+            .map(|pooler| pooler.forward(last_hidden_state.clone()));
         RobertaModelOutput {
             last_hidden_state,
             hidden_states,

@@ -14,7 +14,7 @@ use crate::commands::embed::EmbedArgs;
 use crate::commands::evaluate::EvaluateArgs;
 use crate::commands::export::SentenceTransformers;
 use crate::commands::probe::ProbeArgs;
-use crate::config::TaskKind;
+use crate::tasks::TaskKind;
 use roberta_data::labeled::Columns;
 use roberta_model::pooling::Pooling;
 

@@ -5,22 +5,23 @@ use super::*;
 
 pub(super) fn read_delimited(
     path: &Path,
-    columns: &Columns,
+    names: &[&str],
+    header: bool,
     delimiter: u8,
     quoting: bool,
-) -> Result<Vec<Example>> {
+) -> Result<Vec<Row>> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .quoting(quoting)
-        .has_headers(columns.header)
+        .has_headers(header)
         .flexible(true)
         .from_reader(input::text(path)?);
-    let (headers, ColumnIndices { a, b, l }) = delimited_columns(&mut reader, path, columns)?;
-    let mut examples = Vec::new();
+    let (headers, indices) = delimited_columns(&mut reader, path, names, header)?;
+    let mut rows = Vec::new();
     // Every row has as many fields as the header (or, without one, the first row): GLUE
     // TSV is read verbatim, so a tab inside a quoted text splits it into two fields,
     // and an extra field read as text or label would train on the wrong column.
-    let mut width = columns.header.then_some(headers.len());
+    let mut width = header.then_some(headers.len());
     for record in reader.records() {
         let record = record.map_err(|e| error(path, e.to_string()))?;
         let line = record.position().map_or(0, |p| p.line() as usize);
@@ -34,7 +35,7 @@ pub(super) fn read_delimited(
                 format!(
                     "line {line}: {} fields where {} has {expected} (a {} inside a text field?)",
                     record.len(),
-                    if columns.header {
+                    if header {
                         "the header"
                     } else {
                         "the first row"
@@ -43,7 +44,7 @@ pub(super) fn read_delimited(
                 ),
             ));
         }
-        let field = |i: usize, name: &str| -> Result<String> {
+        let field = |(&i, name): (&usize, &&str)| -> Result<String> {
             record.get(i).map(str::to_string).ok_or_else(|| {
                 error(
                     path,
@@ -54,39 +55,28 @@ pub(super) fn read_delimited(
                 )
             })
         };
-        examples.push(Example {
-            text_a: field(a, &columns.text_a)?,
-            text_b: b
-                .map(|i| field(i, columns.text_b.as_deref().unwrap_or_default()))
-                .transpose()?,
-            label: l
-                .map(|i| {
-                    field(i, columns.label.as_deref().unwrap_or_default())
-                        .map(|s| s.trim().to_string())
-                })
-                .transpose()?,
+        rows.push(Row {
+            fields: indices
+                .iter()
+                .zip(names)
+                .map(field)
+                .collect::<Result<_>>()?,
             line,
         });
     }
-    Ok(examples)
+    Ok(rows)
 }
 
-/// Where a row's first text, second text and label are.
-struct ColumnIndices {
-    a: usize,
-    b: Option<usize>,
-    l: Option<usize>,
-}
-
-/// The header of a TSV/CSV file (empty without one) and the indices of the text
-/// columns and the label (each named, or a 0-based index without a header).
+/// The header of a TSV/CSV file (empty without one) and the index of each named
+/// column (a 0-based index without a header).
 fn delimited_columns<R: std::io::Read>(
     reader: &mut csv::Reader<R>,
     path: &Path,
-    columns: &Columns,
-) -> Result<(Vec<String>, ColumnIndices)> {
+    names: &[&str],
+    header: bool,
+) -> Result<(Vec<String>, Vec<usize>)> {
     let index = |name: &str, headers: &[String]| -> Result<usize> {
-        if columns.header {
+        if header {
             headers.iter().position(|h| h == name).ok_or_else(|| {
                 error(
                     path,
@@ -105,7 +95,7 @@ fn delimited_columns<R: std::io::Read>(
             })
         }
     };
-    let headers: Vec<String> = if columns.header {
+    let headers: Vec<String> = if header {
         reader
             .headers()
             .map_err(|e| error(path, e.to_string()))?
@@ -115,22 +105,15 @@ fn delimited_columns<R: std::io::Read>(
     } else {
         Vec::new()
     };
-    if columns.header && headers.iter().all(String::is_empty) {
+    if header && headers.iter().all(String::is_empty) {
         return Err(error(
             path,
             "no header line (the file holds only blank lines)",
         ));
     }
-    let a = index(&columns.text_a, &headers)?;
-    let b = columns
-        .text_b
-        .as_deref()
-        .map(|c| index(c, &headers))
-        .transpose()?;
-    let l = columns
-        .label
-        .as_deref()
-        .map(|c| index(c, &headers))
-        .transpose()?;
-    Ok((headers, ColumnIndices { a, b, l }))
+    let indices = names
+        .iter()
+        .map(|name| index(name, &headers))
+        .collect::<Result<_>>()?;
+    Ok((headers, indices))
 }

@@ -69,10 +69,19 @@ pub struct Example {
     pub line: usize,
 }
 
-/// Reads a labeled file: `.jsonl` by field, Parquet and Arrow IPC (HF `datasets`
-/// files) by column, anything else as TSV (`.csv`: comma with CSV quoting). TSV fields
-/// are taken verbatim: GLUE files hold unbalanced quotes.
-pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
+/// One row of a labeled file: the text of the columns asked for, in their order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub fields: Vec<String>,
+    /// 1-based line (or row) in the source file, for error messages.
+    pub line: usize,
+}
+
+/// Reads the columns `names` of every row of a labeled file: `.jsonl` by field,
+/// Parquet and Arrow IPC (HF `datasets` files) by column, anything else as TSV
+/// (`.csv`: comma with CSV quoting), by header name or, when `header` is false,
+/// 0-based index. TSV fields are taken verbatim: GLUE files hold unbalanced quotes.
+pub fn read_rows(path: &Path, names: &[&str], header: bool) -> Result<Vec<Row>> {
     let bytes = input::open(path)?
         .metadata()
         .map_err(|source| DataError::Io {
@@ -85,32 +94,53 @@ pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
             path: path.to_path_buf(),
         });
     }
-    let examples = match path.extension().and_then(|e| e.to_str()) {
-        _ if columnar::is_columnar(path) => read_columnar(path, columns)?,
-        Some("jsonl" | "json") => read_jsonl(path, columns)?,
-        Some("csv") => read_delimited(path, columns, b',', true)?,
-        _ => read_delimited(path, columns, b'\t', false)?,
+    let rows = match path.extension().and_then(|e| e.to_str()) {
+        _ if columnar::is_columnar(path) => read_columnar(path, names)?,
+        Some("jsonl" | "json") => read_jsonl(path, names)?,
+        Some("csv") => read_delimited(path, names, header, b',', true)?,
+        _ => read_delimited(path, names, header, b'\t', false)?,
     };
-    if examples.is_empty() {
+    if rows.is_empty() {
         return Err(error(path, "no examples (empty split)"));
     }
-    for e in &examples {
-        let fields = [Some(&e.text_a), e.text_b.as_ref()];
-        if let Some(text) = fields
-            .into_iter()
-            .flatten()
-            .find(|t| t.len() > MAX_TEXT_BYTES)
-        {
+    for row in &rows {
+        if let Some(text) = row.fields.iter().find(|t| t.len() > MAX_TEXT_BYTES) {
             return Err(error(
                 path,
-                format!("line {}: {}", e.line, too_long("text", text.len())),
+                format!("line {}: {}", row.line, too_long("text", text.len())),
             ));
         }
     }
+    Ok(rows)
+}
+
+/// Reads a file of single sentences or pairs, with their labels unless unlabeled;
+/// see [`read_rows`].
+pub fn read_examples(path: &Path, columns: &Columns) -> Result<Vec<Example>> {
+    let names: Vec<&str> = [
+        Some(columns.text_a.as_str()),
+        columns.text_b.as_deref(),
+        columns.label.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let examples: Vec<Example> = read_rows(path, &names, columns.header)?
+        .into_iter()
+        .map(|row| {
+            let mut fields = row.fields.into_iter();
+            Example {
+                text_a: fields.next().unwrap_or_default(),
+                text_b: columns.text_b.as_ref().and_then(|_| fields.next()),
+                label: fields.next().map(|l| l.trim().to_string()),
+                line: row.line,
+            }
+        })
+        .collect();
     // An empty label would become a class named "".
     if let Some(e) = examples
         .iter()
-        .find(|e| e.label.as_deref().is_some_and(|l| l.trim().is_empty()))
+        .find(|e| e.label.as_deref().is_some_and(str::is_empty))
     {
         return Err(error(path, format!("line {}: the label is empty", e.line)));
     }

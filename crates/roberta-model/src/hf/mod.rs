@@ -17,10 +17,6 @@ use crate::config::RobertaConfig;
 use crate::embeddings::RobertaEmbeddings;
 use crate::encoder::RobertaLayer;
 use crate::error::{ModelError, Result};
-use crate::heads::{
-    RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
-    RobertaForTokenClassification,
-};
 use crate::model::{RobertaModel, RobertaPooler};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -467,95 +463,6 @@ impl<B: Backend> Pretrained<B> for RobertaModel<B> {
         None
     }
     fn head_keys(&mut self, _: &mut impl HfIo<B>) {}
-}
-
-impl<B: Backend> Pretrained<B> for RobertaForMaskedLM<B> {
-    const ARCHITECTURE: &'static str = "RobertaForMaskedLM";
-    fn init(config: &RobertaConfig, _: usize, device: &B::Device) -> Self {
-        RobertaForMaskedLM::new(config, device)
-    }
-    fn backbone(&self) -> &RobertaModel<B> {
-        &self.roberta
-    }
-    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
-        &mut self.roberta
-    }
-    fn head_prefix() -> Option<&'static str> {
-        Some("lm_head.")
-    }
-    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
-        io.linear("lm_head.dense", &mut self.lm_head.dense);
-        io.layer_norm("lm_head.layer_norm", &mut self.lm_head.layer_norm);
-        // The decoder's weight is the word embeddings (tied), so it has no key of its own.
-        io.param(
-            &["lm_head.bias", "lm_head.decoder.bias"],
-            &mut self.lm_head.bias,
-        );
-    }
-}
-
-impl<B: Backend> Pretrained<B> for RobertaForSequenceClassification<B> {
-    const ARCHITECTURE: &'static str = "RobertaForSequenceClassification";
-    fn init(config: &RobertaConfig, num_labels: usize, device: &B::Device) -> Self {
-        RobertaForSequenceClassification::new(config, num_labels, device)
-    }
-    fn backbone(&self) -> &RobertaModel<B> {
-        &self.roberta
-    }
-    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
-        &mut self.roberta
-    }
-    fn head_prefix() -> Option<&'static str> {
-        Some("classifier.")
-    }
-    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
-        io.linear("classifier.dense", &mut self.classifier.dense);
-        io.linear("classifier.out_proj", &mut self.classifier.out_proj);
-    }
-    fn num_labels(&self) -> usize {
-        RobertaForSequenceClassification::num_labels(self)
-    }
-}
-
-impl<B: Backend> Pretrained<B> for RobertaForTokenClassification<B> {
-    const ARCHITECTURE: &'static str = "RobertaForTokenClassification";
-    fn init(config: &RobertaConfig, num_labels: usize, device: &B::Device) -> Self {
-        RobertaForTokenClassification::new(config, num_labels, device)
-    }
-    fn backbone(&self) -> &RobertaModel<B> {
-        &self.roberta
-    }
-    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
-        &mut self.roberta
-    }
-    fn head_prefix() -> Option<&'static str> {
-        Some("classifier.")
-    }
-    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
-        io.linear("classifier", &mut self.classifier);
-    }
-    fn num_labels(&self) -> usize {
-        RobertaForTokenClassification::num_labels(self)
-    }
-}
-
-impl<B: Backend> Pretrained<B> for RobertaForQuestionAnswering<B> {
-    const ARCHITECTURE: &'static str = "RobertaForQuestionAnswering";
-    fn init(config: &RobertaConfig, _: usize, device: &B::Device) -> Self {
-        RobertaForQuestionAnswering::new(config, device)
-    }
-    fn backbone(&self) -> &RobertaModel<B> {
-        &self.roberta
-    }
-    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
-        &mut self.roberta
-    }
-    fn head_prefix() -> Option<&'static str> {
-        Some("qa_outputs.")
-    }
-    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
-        io.linear("qa_outputs", &mut self.qa_outputs);
-    }
 }
 
 /// How strictly a directory must match the requested architecture.

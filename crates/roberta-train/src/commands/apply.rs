@@ -9,11 +9,11 @@ use burn::module::AutodiffModule;
 use roberta_fs::create_file;
 use roberta_model::{LoadOptions, Pretrained, RobertaConfig, TrainingBackend};
 
-use crate::config::{TaskKind, TaskSection};
 use crate::run::checkpoint::{BEST, EVAL_RESULTS};
 use crate::run::outputs::refuse_existing;
 use crate::sources::models::{ScratchDir, init_dir, load_model, load_tokenizer_for};
 use crate::tasks::{LabeledTask, WithTask, infer, task_of, with_task};
+use crate::tasks::{TaskKind, TaskSection};
 
 /// What `eval` and `predict` read: the model directory, the data, and how to read it.
 pub struct ApplyArgs {

@@ -128,10 +128,12 @@ where
         .map(|p| task.read(p, &tokenizer, max_length, true))
         .transpose()?;
 
+    // A multiple-choice example is a row per choice.
+    let rows_per_feature = train.features.first().map_or(1, |f| T::rows(f).len());
     trainer::check_batch_memory::<B>(
         &device,
         "train.batch_size",
-        config.train.batch_size.min(train.features.len()),
+        config.train.batch_size.min(train.features.len()) * rows_per_feature,
         max_length,
         0,
         &model_config,
@@ -312,7 +314,7 @@ fn build_model<B: TrainingBackend, T: LabeledTask>(
         model_config.hidden_dropout_prob,
         model_config.attention_probs_dropout_prob,
     );
-    let model = model.with_head_dropout(model_config.classifier_dropout_prob());
+    let model = model.with_head_dropout(&model_config);
     task.describe(&mut model_config);
     model_config
         .extra

@@ -1,6 +1,7 @@
 use roberta_data::MaskingConfig;
 
 use super::*;
+use crate::tasks::TaskSection;
 
 const MINIMAL: &str = r#"
 [model]

@@ -7,9 +7,8 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use roberta_data::RobertaTokenizer;
 use roberta_model::{
-    LoadOptions, Loaded, Pretrained, RobertaConfig, RobertaForMaskedLM,
-    RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification,
-    RobertaModel, load_pretrained,
+    LoadOptions, Loaded, Pretrained, RobertaConfig, RobertaModel, WithArchitecture,
+    load_pretrained, with_architecture,
 };
 
 use crate::run::checkpoint;
@@ -142,30 +141,30 @@ impl Drop for ScratchDir {
 pub fn export_checkpoint<B: Backend>(dir: &Path, out: &Path, device: &B::Device) -> Result<()> {
     let config = checkpoint::model_config(dir)?;
     let tokenizer = RobertaTokenizer::from_file(&dir.join(checkpoint::TOKENIZER))?;
-    fn write<B: Backend, M: Pretrained<B> + Module<B>>(
-        dir: &Path,
-        out: &Path,
-        tokenizer: &RobertaTokenizer,
-        device: &B::Device,
-    ) -> Result<()> {
-        let (model, config) = checkpoint::read_model::<B, M>(dir, device)?;
-        checkpoint::save_hf_dir(out, &model, &config, tokenizer, None)
+    struct Export<'a, B: Backend> {
+        dir: &'a Path,
+        out: &'a Path,
+        tokenizer: &'a RobertaTokenizer,
+        device: &'a B::Device,
     }
-    match config.architectures.first().map(String::as_str) {
-        Some("RobertaForMaskedLM") => {
-            write::<B, RobertaForMaskedLM<B>>(dir, out, &tokenizer, device)
+    impl<B: Backend> WithArchitecture<B> for Export<'_, B> {
+        type Output = Result<()>;
+        fn run<M: Pretrained<B> + Module<B>>(self) -> Result<()> {
+            let (model, config) = checkpoint::read_model::<B, M>(self.dir, self.device)?;
+            checkpoint::save_hf_dir(self.out, &model, &config, self.tokenizer, None)
         }
-        Some("RobertaForSequenceClassification") => {
-            write::<B, RobertaForSequenceClassification<B>>(dir, out, &tokenizer, device)
-        }
-        Some("RobertaForTokenClassification") => {
-            write::<B, RobertaForTokenClassification<B>>(dir, out, &tokenizer, device)
-        }
-        Some("RobertaForQuestionAnswering") => {
-            write::<B, RobertaForQuestionAnswering<B>>(dir, out, &tokenizer, device)
-        }
-        other => bail!(
-            "{}: unknown architecture {other:?} in config.json",
+    }
+    let architecture = config.architectures.first().map(String::as_str);
+    let export = Export::<B> {
+        dir,
+        out,
+        tokenizer: &tokenizer,
+        device,
+    };
+    match architecture.and_then(|name| with_architecture(name, export)) {
+        Some(result) => result,
+        None => bail!(
+            "{}: unknown architecture {architecture:?} in config.json",
             dir.display()
         ),
     }

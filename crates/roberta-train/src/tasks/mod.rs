@@ -1,229 +1,54 @@
-//! What the trainer trains: a [`Task`] supplies the batches, the summed loss with its
-//! target count, and the evaluation; the trainer's one loop does the rest. Pretraining's
-//! masked LM ([`mlm`]) is one task; the fine-tuning tasks ([`sequence`], [`qa`],
-//! [`tagging`]) are [`LabeledTask`]s, which read labeled files, score and predict, and
-//! become trainer tasks through [`Finetuning`]. [`with_task`] is the one place that maps
-//! `task.type` to an implementation.
+//! What the trainer trains, and the registry of task types. A [`Task`] supplies the
+//! batches, the summed loss with its target count, and the evaluation; the trainer's one
+//! loop does the rest. Pretraining's masked LM ([`mlm`]) is one task; the fine-tuning
+//! types are [`LabeledTask`]s (reading, featurizing, loss, outputs, scoring and
+//! predictions in one file each: [`sequence`], [`qa`], [`tagging`]), which become
+//! trainer tasks through [`Finetuning`].
+//!
+//! This file is the one place a fine-tuning type is declared: its `task.type` name
+//! ([`TaskKind`]), the HF class of its model, its metrics with their direction, the
+//! columns it reads by default, the checks of its own keys ([`TaskKind::entry`]), and
+//! its implementation ([`with_task`]). `[task]` ([`TaskSection`]) lives here too: it
+//! travels with the model (in its config.json), not with a run's config.
 
+mod labeled;
 pub mod metrics;
 pub mod mlm;
 pub mod qa;
 pub mod sequence;
 pub mod tagging;
+mod task;
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+pub use labeled::*;
+pub use task::*;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::module::AutodiffModule;
-use burn::nn::DropoutConfig;
-use burn::prelude::*;
-use roberta_data::rng::Shuffle;
-use roberta_data::{LoaderState, RobertaTokenizer};
-use roberta_model::{
-    Pretrained, RobertaConfig, RobertaForQuestionAnswering, RobertaForSequenceClassification,
-    RobertaForTokenClassification, RobertaInput,
-};
+use roberta_model::{RobertaConfig, TrainingBackend};
+use serde::{Deserialize, Serialize};
 
-use crate::config::{TaskKind, TaskSection};
-use crate::tasks::metrics::Metrics;
-use crate::trainer::TrainPhase;
-use roberta_model::{Kernels, TrainingBackend};
+use crate::config::resume_rule;
 
 /// The config.json key under which a fine-tuned model keeps its [`TaskSection`].
 pub const TASK_KEY: &str = "roberta_train_task";
 
-/// The micro-batches of one update, for one replica.
-pub struct Window<T> {
-    pub batches: Vec<T>,
-    /// The epoch the window started in.
-    pub epoch: u64,
-    /// Where the data stands after the window (the same on every replica).
-    pub next: LoaderState,
+/// The types of task `finetune` trains, by the head they use and how inputs are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// One sentence → a label (SST-2, CoLA).
+    Classification,
+    /// `<s> A </s></s> B </s>` → a label (MRPC, RTE, MNLI).
+    PairClassification,
+    /// One sentence or a pair → a number (STS-B).
+    Regression,
+    /// Extractive question answering (SQuAD v1.1/v2.0).
+    Qa,
+    /// A tag per word (CoNLL NER), predicted on each word's first sub-word.
+    TokenClassification,
 }
 
-impl<T> Window<T> {
-    /// No batches, the data where it was: what a replica holds when its read failed.
-    pub fn empty(at: LoaderState) -> Self {
-        Self {
-            batches: Vec::new(),
-            epoch: at.epoch,
-            next: at,
-        }
-    }
-}
-
-/// A replica's stream of training batches.
-pub trait Batches<T>: Send {
-    /// The next update's micro-batches: `accumulation` of them, or fewer where the
-    /// source ends its windows at an epoch's end.
-    fn next_window(&mut self, accumulation: usize) -> Result<Window<T>>;
-}
-
-/// Where replica `rank` of `world` starts reading, and how much per micro-batch.
-#[derive(Debug, Clone)]
-pub struct BatchPlan {
-    pub rank: usize,
-    pub world: usize,
-    /// Rows per micro-batch on each replica.
-    pub batch_size: usize,
-    pub seed: u64,
-    pub start: LoaderState,
-    /// The phase of the run (see [`crate::trainer::TrainPhase`]) the batches are for,
-    /// where its data began, and how many sequences it serves over all replicas.
-    pub phase: usize,
-    pub phase_start: LoaderState,
-    pub phase_sequences: u64,
-    /// Raised by a signal: a loader building a batch stops midway.
-    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-}
-
-/// One micro-batch's summed loss, and (masked LM) how many of its targets the model
-/// predicted right; both `[1]` on the device, read once per update by the trainer.
-pub struct StepLoss<B: Kernels> {
-    pub sum: Tensor<B, 1>,
-    pub correct: Option<Tensor<B, 1>>,
-}
-
-/// What the trainer needs of a task.
-pub trait Task<B: TrainingBackend>: Sync {
-    type Model: AutodiffModule<B, InnerModule: Pretrained<B::InnerBackend>> + Pretrained<B>;
-    type Batch: Send;
-
-    fn batches(&self, plan: BatchPlan) -> Box<dyn Batches<Self::Batch> + '_>;
-    /// Says what a phase of a run with several trains on, when it starts (after update
-    /// `step`).
-    fn log_phase(&self, _phase: usize, _settings: TrainPhase, _world: usize, _step: u64) {}
-    /// The terms a batch's summed loss has (masked tokens, examples, labeled tokens):
-    /// the window's loss is divided by their total over every replica.
-    fn targets(&self, batch: &Self::Batch) -> usize;
-    /// Non-padding tokens, for throughput.
-    fn tokens(&self, batch: &Self::Batch) -> usize;
-    /// Refuses a batch the model cannot take, before any replica runs it (a model fed
-    /// token ids outside its vocabulary would fail deep inside the backend).
-    fn check(&self, _batch: &Self::Batch) -> std::result::Result<(), String> {
-        Ok(())
-    }
-    /// The summed loss of a micro-batch; `None` for a batch with nothing to learn.
-    fn loss(
-        &self,
-        model: &Self::Model,
-        batch: &Self::Batch,
-        device: &B::Device,
-    ) -> Option<StepLoss<B>>;
-    /// Whether there is validation data at all.
-    fn has_valid(&self) -> bool;
-    /// Scores on the validation data, named without the `valid_` prefix; `None` when
-    /// `stop` (a signal) was raised before it finished: it looks between batches.
-    fn evaluate(
-        &self,
-        model: &<Self::Model as AutodiffModule<B>>::InnerModule,
-        device: &B::Device,
-        stop: &AtomicBool,
-    ) -> Result<Option<Metrics>>;
-}
-
-/// A model with a task head, as the fine-tuning tasks use it.
-pub trait TaskModel<B: Kernels>: Pretrained<B> + Module<B> {
-    /// Sets the head's dropout (HF's `classifier_dropout`), for heads that have one.
-    fn with_head_dropout(self, p: f64) -> Self;
-}
-
-impl<B: Kernels> TaskModel<B> for RobertaForSequenceClassification<B> {
-    fn with_head_dropout(mut self, p: f64) -> Self {
-        self.classifier.dropout = DropoutConfig::new(p).init();
-        self
-    }
-}
-
-impl<B: Kernels> TaskModel<B> for RobertaForTokenClassification<B> {
-    fn with_head_dropout(mut self, p: f64) -> Self {
-        self.dropout = DropoutConfig::new(p).init();
-        self
-    }
-}
-
-impl<B: Kernels> TaskModel<B> for RobertaForQuestionAnswering<B> {
-    fn with_head_dropout(self, _: f64) -> Self {
-        self
-    }
-}
-
-/// A labeled (or, for `predict`, unlabeled) file turned into features.
-pub struct TaskData<T: LabeledTask> {
-    pub features: Vec<T::Feature>,
-    /// The examples behind the features, for metrics and prediction output.
-    pub examples: Vec<T::Example>,
-}
-
-/// A fine-tuning task: how its files are read, its loss, its outputs, its metrics and
-/// its predictions.
-pub trait LabeledTask: Sized + Send + Sync {
-    type Model<B: Kernels>: TaskModel<B>;
-    type Feature: Clone + Send + Sync;
-    type Example: Send + Sync;
-    /// The host-side output of one feature.
-    type Output: Send;
-
-    /// The task of `section`, with its label names in index order.
-    fn new(section: TaskSection, labels: Vec<String>) -> Self;
-    fn section(&self) -> &TaskSection;
-    /// The label names to train on: `task.labels`, or those of the train file.
-    fn train_labels(path: &Path, section: &TaskSection) -> Result<Vec<String>>;
-    /// The label names of a fine-tuned model whose head has `outputs` outputs.
-    fn model_labels(section: &TaskSection, config: &RobertaConfig, outputs: usize) -> Vec<String>;
-    /// The head's outputs for `labels`: `None` where the head has a fixed size.
-    fn head_size(&self) -> Option<usize>;
-    /// Writes the labels (and problem type) into a model's HF config.
-    fn describe(&self, config: &mut RobertaConfig);
-
-    fn read(
-        &self,
-        path: &Path,
-        tokenizer: &RobertaTokenizer,
-        max_length: usize,
-        labeled: bool,
-    ) -> Result<TaskData<Self>>;
-    fn ids(feature: &Self::Feature) -> &[u32];
-    /// A batch's token ids as a padded model input.
-    fn input<B: Kernels>(batch: &[Self::Feature], pad: u32, device: &B::Device) -> RobertaInput<B> {
-        let rows: Vec<&[u32]> = batch.iter().map(Self::ids).collect();
-        RobertaInput::from_rows(&rows, pad, device)
-    }
-    /// Terms of a batch's summed loss.
-    fn targets(batch: &[Self::Feature]) -> usize;
-    fn loss<B: Kernels>(
-        &self,
-        model: &Self::Model<B>,
-        batch: &[Self::Feature],
-        pad: u32,
-        device: &B::Device,
-    ) -> Tensor<B, 1>;
-    fn outputs<B: Kernels>(
-        &self,
-        model: &Self::Model<B>,
-        batch: &[Self::Feature],
-        pad: u32,
-        device: &B::Device,
-    ) -> Result<Vec<Self::Output>>;
-    fn score(&self, data: &TaskData<Self>, outputs: &[Self::Output]) -> Result<Metrics>;
-    /// One JSON object per input, in input order.
-    fn predictions(
-        &self,
-        data: &TaskData<Self>,
-        outputs: &[Self::Output],
-    ) -> Result<Vec<serde_json::Value>>;
-}
-
-/// Calls back with the [`LabeledTask`] that implements a task type.
-pub trait WithTask<B: TrainingBackend> {
-    type Output;
-    fn run<T: LabeledTask>(self) -> Self::Output
-    where
-        T::Model<B>: AutodiffModule<B, InnerModule = T::Model<B::InnerBackend>>;
-}
-
-/// The one place that maps `task.type` to its implementation.
+/// Runs `w` with the [`LabeledTask`] that implements `kind`.
 pub fn with_task<B: TrainingBackend, W: WithTask<B>>(kind: TaskKind, w: W) -> W::Output {
     match kind {
         TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression => {
@@ -234,39 +59,167 @@ pub fn with_task<B: TrainingBackend, W: WithTask<B>>(kind: TaskKind, w: W) -> W:
     }
 }
 
-pub fn int_tensor<B: Kernels>(values: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), device)
+/// What the program knows of a task type besides its implementation.
+pub struct Entry {
+    pub name: &'static str,
+    /// The HF class of its model: the `architectures` entry of a model fine-tuned for it.
+    pub architecture: &'static str,
+    /// Whether a model of that class that saved no task is one of this type (HF's
+    /// convention: a sequence classifier with one output is a regressor).
+    pub inferred: fn(&RobertaConfig) -> bool,
+    /// What it reports (the choices of `eval.metric`), each with the way it improves.
+    pub metrics: &'static [Metric],
+    /// The metric that picks the best checkpoint unless `eval.metric` says otherwise.
+    pub default_metric: &'static str,
+    /// `task.text_a`'s default.
+    pub text_a: &'static str,
+    pub text_b: SecondText,
+    /// `task.max_length` for a model that saved no task (QA windows take 384 tokens, as
+    /// HF's `run_qa`).
+    pub max_length: usize,
+    /// Checks of the keys only this type reads.
+    pub check: fn(&TaskSection) -> Result<()>,
 }
 
-/// Runs the model over all features, `batch_size` at a time; `None` when `stop` was
-/// raised before the last batch.
-pub fn infer<B: Kernels, T: LabeledTask>(
-    task: &T,
-    model: &T::Model<B>,
-    features: &[T::Feature],
-    pad: u32,
-    batch_size: usize,
-    device: &B::Device,
-    stop: Option<&AtomicBool>,
-) -> Result<Option<Vec<T::Output>>> {
-    let mut outputs = Vec::with_capacity(features.len());
-    let bar = indicatif::ProgressBar::new(features.len() as u64);
-    for chunk in features.chunks(batch_size) {
-        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            return Ok(None);
-        }
-        outputs.extend(task.outputs(model, chunk, pad, device)?);
-        bar.inc(chunk.len() as u64);
+/// Whether a type reads a second text column (`task.text_b`).
+pub enum SecondText {
+    /// Always, from this column unless `task.text_b` names another.
+    Always(&'static str),
+    /// Where `task.text_b` names one.
+    Optional,
+    Never,
+}
+
+/// A metric a task reports, and which way is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub higher_is_better: bool,
+}
+
+const fn higher(name: &'static str) -> Metric {
+    Metric {
+        name,
+        higher_is_better: true,
     }
-    bar.finish_and_clear();
-    Ok(Some(outputs))
 }
 
-pub fn argmax(row: &[f32]) -> usize {
-    (0..row.len())
-        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-        .unwrap_or(0)
+const CLASSIFICATION_METRICS: &[Metric] = &[
+    higher("accuracy"),
+    higher("f1"),
+    higher("f1_macro"),
+    higher("mcc"),
+];
+
+fn no_check(_: &TaskSection) -> Result<()> {
+    Ok(())
+}
+
+fn regression(config: &RobertaConfig) -> bool {
+    config.num_labels() == Some(1) || config.problem_type.as_deref() == Some("regression")
+}
+
+impl TaskKind {
+    pub const ALL: [TaskKind; 5] = [
+        Self::Classification,
+        Self::PairClassification,
+        Self::Regression,
+        Self::Qa,
+        Self::TokenClassification,
+    ];
+
+    pub fn entry(self) -> Entry {
+        const SEQUENCE: &str = "RobertaForSequenceClassification";
+        match self {
+            Self::Classification => Entry {
+                name: "classification",
+                architecture: SEQUENCE,
+                inferred: |c| !regression(c),
+                metrics: CLASSIFICATION_METRICS,
+                default_metric: "accuracy",
+                text_a: "sentence",
+                text_b: SecondText::Never,
+                max_length: 128,
+                check: no_check,
+            },
+            Self::PairClassification => Entry {
+                name: "pair-classification",
+                // Saved as a classifier's; only its saved task tells a pair classifier.
+                inferred: |_| false,
+                text_a: "sentence1",
+                text_b: SecondText::Always("sentence2"),
+                ..Self::Classification.entry()
+            },
+            Self::Regression => Entry {
+                name: "regression",
+                architecture: SEQUENCE,
+                inferred: regression,
+                metrics: const {
+                    &[
+                        higher("pearson"),
+                        higher("spearman"),
+                        Metric {
+                            name: "mse",
+                            higher_is_better: false,
+                        },
+                    ]
+                },
+                default_metric: "pearson",
+                text_a: "sentence",
+                text_b: SecondText::Optional,
+                max_length: 128,
+                check: no_check,
+            },
+            Self::Qa => Entry {
+                name: "qa",
+                architecture: "RobertaForQuestionAnswering",
+                inferred: |_| true,
+                metrics: const { &[higher("exact_match"), higher("f1")] },
+                default_metric: "f1",
+                text_a: "sentence",
+                text_b: SecondText::Never,
+                max_length: 384,
+                check: qa::check,
+            },
+            Self::TokenClassification => Entry {
+                name: "token-classification",
+                architecture: "RobertaForTokenClassification",
+                inferred: |_| true,
+                metrics: const {
+                    &[
+                        higher("f1"),
+                        higher("precision"),
+                        higher("recall"),
+                        higher("accuracy"),
+                    ]
+                },
+                default_metric: "f1",
+                text_a: "sentence",
+                text_b: SecondText::Never,
+                max_length: 128,
+                check: no_check,
+            },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.entry().name
+    }
+
+    /// The metric that picks the best checkpoint unless `eval.metric` says otherwise.
+    pub fn default_metric(self) -> &'static str {
+        self.entry().default_metric
+    }
+
+    /// Metrics this task reports (the choices for `eval.metric`).
+    pub fn metrics(self) -> &'static [Metric] {
+        self.entry().metrics
+    }
+
+    /// The metric `name` of this task, if it reports one.
+    pub fn metric(self, name: &str) -> Option<Metric> {
+        self.metrics().iter().find(|m| m.name == name).copied()
+    }
 }
 
 /// The task a model directory was fine-tuned for: its saved [`TaskSection`], or one
@@ -275,209 +228,186 @@ pub fn task_of(config: &RobertaConfig) -> Option<TaskSection> {
     if let Some(saved) = config.extra.get(TASK_KEY) {
         return serde_json::from_value(saved.clone()).ok();
     }
-    let kind = match config.architectures.first().map(String::as_str) {
-        Some("RobertaForSequenceClassification") => {
-            if config.num_labels() == Some(1)
-                || config.problem_type.as_deref() == Some("regression")
-            {
-                TaskKind::Regression
-            } else {
-                TaskKind::Classification
-            }
-        }
-        Some("RobertaForQuestionAnswering") => TaskKind::Qa,
-        Some("RobertaForTokenClassification") => TaskKind::TokenClassification,
-        _ => return None,
-    };
-    Some(TaskSection::for_kind(kind))
-}
-
-/// A fine-tuning task as the trainer sees it: its training features, its validation
-/// data, and how to evaluate.
-pub struct Finetuning<T: LabeledTask> {
-    pub task: T,
-    pub train: Vec<T::Feature>,
-    pub valid: Option<TaskData<T>>,
-    pub pad: u32,
-    pub eval_batch_size: usize,
-}
-
-impl<B: TrainingBackend, T: LabeledTask> Task<B> for Finetuning<T>
-where
-    T::Model<B>: AutodiffModule<B, InnerModule = T::Model<B::InnerBackend>>,
-{
-    type Model = T::Model<B>;
-    type Batch = Vec<T::Feature>;
-
-    fn batches(&self, plan: BatchPlan) -> Box<dyn Batches<Self::Batch> + '_> {
-        Box::new(FeatureBatches::new(&self.train, plan))
-    }
-
-    fn targets(&self, batch: &Self::Batch) -> usize {
-        T::targets(batch)
-    }
-
-    fn tokens(&self, batch: &Self::Batch) -> usize {
-        batch.iter().map(|f| T::ids(f).len()).sum()
-    }
-
-    fn loss(
-        &self,
-        model: &Self::Model,
-        batch: &Self::Batch,
-        device: &B::Device,
-    ) -> Option<StepLoss<B>> {
-        (!batch.is_empty()).then(|| StepLoss {
-            sum: self.task.loss(model, batch, self.pad, device),
-            correct: None,
+    let architecture = config.architectures.first()?;
+    TaskKind::ALL
+        .into_iter()
+        .find(|k| {
+            let entry = k.entry();
+            entry.architecture == architecture && (entry.inferred)(config)
         })
-    }
-
-    fn has_valid(&self) -> bool {
-        self.valid.is_some()
-    }
-
-    fn evaluate(
-        &self,
-        model: &T::Model<B::InnerBackend>,
-        device: &B::Device,
-        stop: &AtomicBool,
-    ) -> Result<Option<Metrics>> {
-        let Some(valid) = &self.valid else {
-            return Ok(Some(Metrics::new()));
-        };
-        let Some(outputs) = infer(
-            &self.task,
-            model,
-            &valid.features,
-            self.pad,
-            self.eval_batch_size,
-            device,
-            Some(stop),
-        )?
-        else {
-            return Ok(None);
-        };
-        self.task.score(valid, &outputs).map(Some)
-    }
+        .map(TaskSection::for_kind)
 }
 
-/// Fine-tuning's batches: the features in a keyed order per epoch. Each
-/// micro-batch takes `world × batch_size` rows of it, of which replica `rank` trains on
-/// its slice; a window ends early at the end of an epoch, so an update never mixes two.
-struct FeatureBatches<'a, F> {
-    features: &'a [F],
-    order: Shuffle,
-    plan: BatchPlan,
-    state: LoaderState,
+/// Calls back with the [`LabeledTask`] that implements a task type.
+pub trait WithTask<B: TrainingBackend> {
+    type Output;
+    fn run<T: LabeledTask>(self) -> Self::Output
+    where
+        T::Model<B>: AutodiffModule<B, InnerModule = T::Model<B::InnerBackend>>;
 }
 
-impl<'a, F> FeatureBatches<'a, F> {
-    fn new(features: &'a [F], plan: BatchPlan) -> Self {
-        Self {
-            features,
-            order: Shuffle::new(features.len() as u64, plan.seed, plan.start.epoch),
-            state: plan.start,
-            plan,
+/// What the task is and how its files are read. Saved into the model's `config.json`
+/// (key `roberta_train_task`), so that `eval` and `predict` read new files the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSection {
+    #[serde(rename = "type")]
+    pub kind: TaskKind,
+    /// The first text column: a header name, or a 0-based index when `header = false`
+    /// (default "sentence"; "sentence1" for pairs).
+    pub text_a: Option<String>,
+    /// The second text column of pairs (default "sentence2").
+    pub text_b: Option<String>,
+    /// The label column (GLUE TSV/CSV header name, index, or JSONL field).
+    #[serde(default = "default_label")]
+    pub label: String,
+    /// Whether TSV/CSV files start with a header line.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// The label names in index order; by default the sorted labels of the train split.
+    pub labels: Option<Vec<String>>,
+    /// Tokens per input with special tokens; longer inputs are truncated (pairs: the
+    /// longer text first). QA windows longer contexts instead.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// QA: context tokens shared by consecutive windows of a long context.
+    #[serde(default = "default_doc_stride")]
+    pub doc_stride: usize,
+    /// QA: the longest answer, in tokens, that span decoding considers.
+    #[serde(default = "default_max_answer_length")]
+    pub max_answer_length: usize,
+    /// QA: start and end candidates kept per window in span decoding.
+    #[serde(default = "default_n_best")]
+    pub n_best: usize,
+    /// QA: SQuAD v2.0, where a question may have no answer in its context.
+    #[serde(default)]
+    pub version_2_with_negative: bool,
+    /// QA v2.0: predict no answer unless the best span beats the null score by this.
+    #[serde(default)]
+    pub null_score_diff_threshold: f64,
+}
+
+fn default_label() -> String {
+    "label".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_length() -> usize {
+    128
+}
+fn default_doc_stride() -> usize {
+    128
+}
+fn default_max_answer_length() -> usize {
+    30
+}
+fn default_n_best() -> usize {
+    20
+}
+
+impl TaskSection {
+    /// The defaults for `kind`.
+    pub fn for_kind(kind: TaskKind) -> Self {
+        let mut section: Self =
+            toml::from_str(&format!("type = \"{}\"", kind.name())).expect("defaults deserialise");
+        section.max_length = kind.entry().max_length;
+        section
+    }
+
+    pub fn text_a(&self) -> &str {
+        self.text_a.as_deref().unwrap_or(self.kind.entry().text_a)
+    }
+
+    /// The second text column, for the types that read one.
+    pub fn text_b(&self) -> Option<&str> {
+        match self.kind.entry().text_b {
+            SecondText::Always(default) => Some(self.text_b.as_deref().unwrap_or(default)),
+            _ => self.text_b.as_deref(),
         }
     }
-}
 
-impl<F: Clone + Send + Sync> Batches<Vec<F>> for FeatureBatches<'_, F> {
-    fn next_window(&mut self, accumulation: usize) -> Result<Window<Vec<F>>> {
-        let n = self.features.len();
-        let BatchPlan {
-            rank,
-            world,
-            batch_size,
-            seed,
-            ..
-        } = self.plan.clone();
-        let epoch = self.state.epoch;
-        let mut batches = Vec::with_capacity(accumulation);
-        for _ in 0..accumulation {
-            let start = self.state.cursor as usize;
-            let end = (start + batch_size * world).min(n);
-            let mine =
-                (start + rank * batch_size).min(end)..(start + (rank + 1) * batch_size).min(end);
-            batches.push(
-                mine.map(|i| self.features[self.order.at(i as u64) as usize].clone())
-                    .collect(),
+    pub fn validate(&self) -> Result<()> {
+        roberta_data::blocks::check_block_size("task.max_length", self.max_length)
+            .map_err(anyhow::Error::msg)?;
+        let entry = self.kind.entry();
+        (entry.check)(self)?;
+        if self.text_b.is_some() && matches!(entry.text_b, SecondText::Never) {
+            bail!(
+                "task.text_b is for {}, not {}",
+                TaskKind::ALL
+                    .into_iter()
+                    .filter(|k| !matches!(k.entry().text_b, SecondText::Never))
+                    .map(TaskKind::name)
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                entry.name
             );
-            if end == n {
-                self.state = LoaderState {
-                    epoch: epoch + 1,
-                    cursor: 0,
-                };
-                self.order = Shuffle::new(n as u64, seed, epoch + 1);
-                break;
-            }
-            self.state.cursor = end as u64;
         }
-        Ok(Window {
-            batches,
-            epoch,
-            next: self.state,
-        })
+        if let Some(labels) = &self.labels {
+            let mut unique = labels.clone();
+            unique.sort();
+            unique.dedup();
+            if labels.len() < 2 || unique.len() != labels.len() {
+                bail!("task.labels must name at least two distinct labels");
+            }
+        }
+        Ok(())
     }
 }
+
+resume_rule!(TaskSection, kept: [
+    "type", "text_a", "text_b", "label", "header", "labels", "max_length", "doc_stride",
+    "max_answer_length", "n_best", "version_2_with_negative", "null_score_diff_threshold",
+], free: []);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roberta_model::Pretrained;
 
-    fn plan(rank: usize, world: usize, batch_size: usize) -> BatchPlan {
-        BatchPlan {
-            rank,
-            world,
-            batch_size,
-            seed: 7,
-            start: LoaderState::default(),
-            phase: 0,
-            phase_start: LoaderState::default(),
-            phase_sequences: 0,
-            stop: None,
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+
+    struct Architecture;
+
+    impl WithTask<B> for Architecture {
+        type Output = &'static str;
+        fn run<T: LabeledTask>(self) -> &'static str {
+            <T::Model<B> as Pretrained<B>>::ARCHITECTURE
         }
     }
 
     #[test]
-    fn replicas_split_each_micro_batch_and_windows_stop_at_the_epoch_end() {
-        let features: Vec<u32> = (0..10).collect();
-        let mut one = FeatureBatches::new(&features, plan(0, 1, 4));
-        let mut halves: Vec<_> = (0..2)
-            .map(|r| FeatureBatches::new(&features, plan(r, 2, 2)))
-            .collect();
-        for _ in 0..3 {
-            let whole = one.next_window(2).unwrap();
-            let parts: Vec<_> = halves
-                .iter_mut()
-                .map(|h| h.next_window(2).unwrap())
-                .collect();
-            assert_eq!(whole.batches.len(), parts[0].batches.len());
-            for (i, batch) in whole.batches.iter().enumerate() {
-                let joined: Vec<u32> =
-                    [parts[0].batches[i].clone(), parts[1].batches[i].clone()].concat();
-                assert_eq!(*batch, joined);
-            }
-            assert_eq!(whole.next, parts[1].next);
+    fn each_entry_names_its_implementations_model_and_its_serde_name() {
+        for kind in TaskKind::ALL {
+            let entry = kind.entry();
+            assert_eq!(entry.architecture, with_task::<B, _>(kind, Architecture));
+            assert_eq!(TaskSection::for_kind(kind).kind, kind);
+            assert!(
+                kind.metric(entry.default_metric).is_some(),
+                "{}",
+                entry.name
+            );
+            assert!(
+                TaskSection::for_kind(kind).validate().is_ok(),
+                "{}",
+                entry.name
+            );
         }
-        // 10 features in micro-batches of 4: the second window holds the last 2 and ends
-        // the epoch; the third starts epoch 1 in a new order.
-        let mut one = FeatureBatches::new(&features, plan(0, 1, 4));
-        let first = one.next_window(2).unwrap();
-        let second = one.next_window(2).unwrap();
-        assert_eq!((first.batches.len(), second.batches.len()), (2, 1));
-        assert_eq!(second.batches[0].len(), 2);
-        assert_eq!(
-            second.next,
-            LoaderState {
-                epoch: 1,
-                cursor: 0
-            }
-        );
-        let mut seen: Vec<u32> = first.batches.concat();
-        seen.extend(second.batches.concat());
-        seen.sort();
-        assert_eq!(seen, features);
+    }
+
+    #[test]
+    fn a_model_without_a_saved_task_is_read_by_its_architecture() {
+        let mut config = RobertaConfig::tiny(100);
+        let kind = |config: &RobertaConfig| task_of(config).map(|t| t.kind);
+        config.architectures = vec!["RobertaForSequenceClassification".into()];
+        config.set_labels(&["a".to_string(), "b".to_string()]);
+        assert_eq!(kind(&config), Some(TaskKind::Classification));
+        config.set_labels(&["LABEL_0".to_string()]);
+        assert_eq!(kind(&config), Some(TaskKind::Regression));
+        config.architectures = vec!["RobertaForQuestionAnswering".into()];
+        assert_eq!(kind(&config), Some(TaskKind::Qa));
+        config.architectures = vec!["RobertaForMaskedLM".into()];
+        assert_eq!(kind(&config), None);
     }
 }

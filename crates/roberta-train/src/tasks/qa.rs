@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::prelude::*;
 use roberta_data::RobertaTokenizer;
 use roberta_data::labeled::{QaExample, qa_features, read_squad};
@@ -12,13 +12,26 @@ use roberta_model::loss::cross_entropy_sum;
 use roberta_model::{RobertaConfig, RobertaForQuestionAnswering};
 use serde::Serialize;
 
-use super::{LabeledTask, TaskData, int_tensor};
-use crate::config::TaskSection;
+use super::{LabeledTask, TaskData, TaskModel, TaskSection, int_tensor};
 use crate::tasks::metrics::{self, Metrics};
 use roberta_model::Kernels;
 
 pub struct Qa {
     section: TaskSection,
+}
+
+/// The keys only QA reads.
+pub fn check(section: &TaskSection) -> Result<()> {
+    if section.doc_stride == 0 || section.doc_stride >= section.max_length {
+        bail!(
+            "task.doc_stride = {} must be in [1, max_length)",
+            section.doc_stride
+        );
+    }
+    if section.max_answer_length == 0 || section.n_best == 0 {
+        bail!("task.max_answer_length and task.n_best must be at least 1");
+    }
+    Ok(())
 }
 
 /// One window of a question's context.
@@ -119,6 +132,13 @@ pub fn decode_answers(
         .collect()
 }
 
+/// HF's span head has no dropout of its own.
+impl<B: Kernels> TaskModel<B> for RobertaForQuestionAnswering<B> {
+    fn with_head_dropout(self, _: &RobertaConfig) -> Self {
+        self
+    }
+}
+
 impl LabeledTask for Qa {
     type Model<B: Kernels> = RobertaForQuestionAnswering<B>;
     type Feature = Feature;
@@ -168,8 +188,8 @@ impl LabeledTask for Qa {
         Ok(TaskData { features, examples })
     }
 
-    fn ids(feature: &Feature) -> &[u32] {
-        &feature.ids
+    fn rows(feature: &Feature) -> &[Vec<u32>] {
+        std::slice::from_ref(&feature.ids)
     }
 
     fn targets(batch: &[Feature]) -> usize {
@@ -257,7 +277,7 @@ impl LabeledTask for Qa {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TaskKind;
+    use crate::tasks::TaskKind;
 
     fn qa_task() -> TaskSection {
         TaskSection::for_kind(TaskKind::Qa)

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Result, ensure};
+use burn::nn::DropoutConfig;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use roberta_data::RobertaTokenizer;
@@ -12,8 +13,8 @@ use roberta_model::loss::{cross_entropy_sum, squared_error_sum};
 use roberta_model::{RobertaConfig, RobertaForSequenceClassification};
 use serde::Serialize;
 
-use super::{LabeledTask, TaskData, argmax, int_tensor};
-use crate::config::{TaskKind, TaskSection};
+use super::{LabeledTask, TaskData, TaskModel, argmax, int_tensor};
+use super::{TaskKind, TaskSection};
 use crate::tasks::metrics::{self, Metrics};
 use roberta_model::Kernels;
 
@@ -120,6 +121,13 @@ struct Score {
     score: f32,
 }
 
+impl<B: Kernels> TaskModel<B> for RobertaForSequenceClassification<B> {
+    fn with_head_dropout(mut self, config: &RobertaConfig) -> Self {
+        self.classifier.dropout = DropoutConfig::new(config.classifier_dropout_prob()).init();
+        self
+    }
+}
+
 impl LabeledTask for Sequence {
     type Model<B: Kernels> = RobertaForSequenceClassification<B>;
     type Feature = Feature;
@@ -212,8 +220,8 @@ impl LabeledTask for Sequence {
         Ok(TaskData { features, examples })
     }
 
-    fn ids(feature: &Feature) -> &[u32] {
-        &feature.ids
+    fn rows(feature: &Feature) -> &[Vec<u32>] {
+        std::slice::from_ref(&feature.ids)
     }
 
     fn targets(batch: &[Feature]) -> usize {

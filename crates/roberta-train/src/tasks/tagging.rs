@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use burn::nn::DropoutConfig;
 use burn::prelude::*;
 use roberta_data::RobertaTokenizer;
 use roberta_data::labeled::{TaggedSentence, encode_words, read_conll};
@@ -12,8 +13,7 @@ use roberta_model::loss::cross_entropy_sum;
 use roberta_model::{RobertaConfig, RobertaForTokenClassification};
 use serde::Serialize;
 
-use super::{LabeledTask, TaskData, int_tensor};
-use crate::config::TaskSection;
+use super::{LabeledTask, TaskData, TaskModel, TaskSection, int_tensor};
 use crate::tasks::metrics::{self, Metrics};
 use roberta_model::Kernels;
 
@@ -57,6 +57,13 @@ impl Tagging {
                     .collect()
             })
             .collect()
+    }
+}
+
+impl<B: Kernels> TaskModel<B> for RobertaForTokenClassification<B> {
+    fn with_head_dropout(mut self, config: &RobertaConfig) -> Self {
+        self.dropout = DropoutConfig::new(config.classifier_dropout_prob()).init();
+        self
     }
 }
 
@@ -155,8 +162,8 @@ impl LabeledTask for Tagging {
         })
     }
 
-    fn ids(feature: &Feature) -> &[u32] {
-        &feature.ids
+    fn rows(feature: &Feature) -> &[Vec<u32>] {
+        std::slice::from_ref(&feature.ids)
     }
 
     /// The labeled tokens: each contributes one cross-entropy term.

@@ -1,6 +1,8 @@
 //! GLUE-style TSV and CSV, read verbatim (no quoting in TSV), columns by header name
 //! or 0-based index.
 
+use std::io::Read;
+
 use super::*;
 
 pub(super) fn read_delimited(
@@ -10,12 +12,19 @@ pub(super) fn read_delimited(
     delimiter: u8,
     quoting: bool,
 ) -> Result<Vec<Row>> {
+    let mut bytes = Vec::new();
+    input::text(path)?
+        .read_to_end(&mut bytes)
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .quoting(quoting)
         .has_headers(header)
         .flexible(true)
-        .from_reader(input::text(path)?);
+        .from_reader(bytes.as_slice());
     let (headers, indices) = delimited_columns(&mut reader, path, names, header)?;
     let mut rows = Vec::new();
     // Every row has as many fields as the header (or, without one, the first row): GLUE
@@ -24,7 +33,16 @@ pub(super) fn read_delimited(
     let mut width = header.then_some(headers.len());
     for record in reader.records() {
         let record = record.map_err(|e| error(path, e.to_string()))?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
+        // A record's position is where the reader began, before the blank lines it
+        // skipped and the `\n` of a CRLF ending (which closes a record at its `\r`).
+        let line = record.position().map_or(0, |p| {
+            let skipped = bytes[p.byte() as usize..]
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .filter(|&&b| b == b'\n')
+                .count();
+            p.line() as usize + skipped
+        });
         if record.iter().all(|f| f.trim().is_empty()) {
             continue;
         }

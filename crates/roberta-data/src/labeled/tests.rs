@@ -355,3 +355,25 @@ fn conll_tags_land_on_first_subwords() {
     std::fs::write(&p, "lonely\n").unwrap();
     assert!(read_conll(&p).unwrap_err().to_string().contains("line 1"));
 }
+
+#[test]
+fn rows_count_lines_from_the_header_with_either_line_ending() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("lf.csv", ",text,label\n0,\"a, b\",1\n\n1,c,0\n"),
+        ("crlf.csv", ",text,label\r\n0,\"a, b\",1\r\n\r\n1,c,0\r\n"),
+        (
+            "crlf.tsv",
+            "id\ttext\tlabel\r\n0\ta, b\t1\r\n\r\n1\tc\t0\r\n",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let rows = read_rows(&path, &["label", "text"], true).unwrap();
+        let row = |label: &str, text: &str, line| Row {
+            fields: vec![label.into(), text.into()],
+            line,
+        };
+        assert_eq!(rows, vec![row("1", "a, b", 2), row("0", "c", 4)], "{name}");
+    }
+}

@@ -7,7 +7,9 @@ transformers' AutoModelFor… and AutoTokenizer, and compares:
   - sequence classification (pairs): every class probability of `roberta-train predict`;
   - regression: every predicted score;
   - QA: the score (start + end logit) of every predicted span, and the span itself;
-  - token classification: every predicted tag.
+  - token classification: every predicted tag;
+  - multiple choice (SWAG's layout, tokenized as HF's `run_swag` does): every choice's
+    probability.
 Prints the largest difference per task and fails above 1e-4.
 
 Usage (from the repository root, after `cargo build --release`):
@@ -15,6 +17,7 @@ Usage (from the repository root, after `cargo build --release`):
     .venv/bin/python scripts/check_finetune_export.py
 """
 
+import csv
 import json
 import subprocess
 import sys
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoModelForMultipleChoice,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -196,6 +200,25 @@ def check_tags(work):
     return float(mismatches)
 
 
+def check_multiple_choice(work):
+    data = REPO / "crates" / "roberta-train" / "tests" / "fixtures" / "swag.csv"
+    hf_dir = finetune_and_export(work, "swag", 'type = "multiple-choice"\ntext_b = "sent2"', data, data)
+    model = AutoModelForMultipleChoice.from_pretrained(hf_dir).eval()
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    ours = predict(hf_dir, data, work, "swag")
+    worst = 0.0
+    with data.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row, p in zip(rows, ours):
+        endings = [row[f"ending{i}"] for i in range(4)]
+        enc = tok([row["sent1"]] * 4, [f"{row['sent2']} {e}" for e in endings], truncation=True,
+                  max_length=limit(model), padding=True, return_tensors="pt")
+        with torch.no_grad():
+            probs = model(**{k: v.unsqueeze(0) for k, v in enc.items()}).logits.softmax(-1)[0]
+        worst = max(worst, max(abs(a - b) for a, b in zip(probs.tolist(), p["probabilities"])))
+    return worst
+
+
 def main():
     if not BIN.exists():
         sys.exit(f"{BIN} is missing: run `cargo build --release` first")
@@ -207,6 +230,7 @@ def main():
             ("regression", check_regression, "max |Δ score|"),
             ("qa", check_qa, "max |Δ span score|"),
             ("token-classification", check_tags, "sentences whose tags differ"),
+            ("multiple-choice", check_multiple_choice, "max |Δ probability|"),
         ]:
             worst = check(work)
             ok = worst <= TOLERANCE

@@ -27,6 +27,7 @@ OUTPUTS = {
     "seqreg": ["logits"],
     "tokcls": ["logits"],
     "qa": ["start_logits", "end_logits"],
+    "multiple-choice": ["logits"],
 }
 
 
@@ -51,7 +52,7 @@ def main():
             for key in keys:
                 diff = (result[key] - expected[key]).abs().max().item()
                 worst = max(worst, diff)
-                print(f"{name:7} {config.architectures[0]:34} {key:17} max abs diff {diff:.3e}")
+                print(f"{name:15} {config.architectures[0]:34} {key:17} max abs diff {diff:.3e}")
                 assert diff <= 1e-4, f"{name}.{key}: {diff}"
     print(f"all fixtures round-trip through transformers {transformers.__version__}; worst diff {worst:.3e}")
 

@@ -12,7 +12,7 @@ use crate::config::RobertaConfig;
 use crate::hf::{HfIo, Pretrained};
 use crate::init;
 use crate::kernels::{self, Kernels};
-use crate::model::{RobertaInput, RobertaModel, first_token};
+use crate::model::{RobertaInput, RobertaModel, RobertaPooler, first_token};
 use crate::precision::in_f32;
 
 /// `RobertaLMHead`: dense → GELU → LayerNorm → decoder. The decoder's weight is the word
@@ -288,6 +288,64 @@ impl<B: Backend> Pretrained<B> for RobertaForQuestionAnswering<B> {
     }
 }
 
+/// `RobertaForMultipleChoice`: each choice, paired with its context, is a row of its
+/// own; the pooler (dense + tanh on `<s>`) → dropout → one score per row, read as a
+/// distribution over each example's choices. HF keeps the pooler under the backbone
+/// (`roberta.pooler`, the key it is saved under); here it is the head's, since a
+/// masked-LM checkpoint has none and it then starts fresh with the classifier.
+#[derive(Module, Debug)]
+pub struct RobertaForMultipleChoice<B: Backend> {
+    pub roberta: RobertaModel<B>,
+    pub pooler: RobertaPooler<B>,
+    pub dropout: Dropout,
+    pub classifier: Linear<B>,
+}
+
+impl<B: Backend> RobertaForMultipleChoice<B> {
+    pub fn new(config: &RobertaConfig, device: &B::Device) -> Self {
+        Self {
+            roberta: RobertaModel::new(config, false, device),
+            pooler: RobertaPooler {
+                dense: init::linear(config, config.hidden_size, config.hidden_size, device),
+            },
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            classifier: init::linear(config, config.hidden_size, 1, device),
+        }
+    }
+}
+
+impl<B: Kernels> RobertaForMultipleChoice<B> {
+    /// `input`: `num_choices` rows per example, one after the other →
+    /// `[examples, num_choices]`.
+    pub fn forward(&self, input: RobertaInput<B>, num_choices: usize) -> Tensor<B, 2> {
+        let hidden = self.roberta.forward(input, false).last_hidden_state;
+        let pooled = kernels::dropout(&self.dropout, self.pooler.forward(hidden));
+        let scores = kernels::linear(&self.classifier, pooled);
+        let [rows, _] = scores.dims();
+        scores.reshape([rows / num_choices, num_choices])
+    }
+}
+
+impl<B: Backend> Pretrained<B> for RobertaForMultipleChoice<B> {
+    const ARCHITECTURE: &'static str = "RobertaForMultipleChoice";
+    fn init(config: &RobertaConfig, _: usize, device: &B::Device) -> Self {
+        RobertaForMultipleChoice::new(config, device)
+    }
+    fn backbone(&self) -> &RobertaModel<B> {
+        &self.roberta
+    }
+    fn backbone_mut(&mut self) -> &mut RobertaModel<B> {
+        &mut self.roberta
+    }
+    fn head_prefix() -> Option<&'static str> {
+        Some("classifier.")
+    }
+    fn head_keys(&mut self, io: &mut impl HfIo<B>) {
+        io.linear("roberta.pooler.dense", &mut self.pooler.dense);
+        io.linear("classifier", &mut self.classifier);
+    }
+}
+
 /// Calls back with the model type of an architecture.
 pub trait WithArchitecture<B: Backend> {
     type Output;
@@ -313,6 +371,8 @@ pub fn with_architecture<B: Backend, W: WithArchitecture<B>>(
         w.run::<RobertaForTokenClassification<B>>()
     } else if is::<B, RobertaForQuestionAnswering<B>>(name) {
         w.run::<RobertaForQuestionAnswering<B>>()
+    } else if is::<B, RobertaForMultipleChoice<B>>(name) {
+        w.run::<RobertaForMultipleChoice<B>>()
     } else {
         return None;
     })

@@ -8,9 +8,9 @@ use burn::prelude::*;
 use roberta_model::hf::HfWeights;
 use roberta_model::loss::{cross_entropy_sum, squared_error_sum};
 use roberta_model::{
-    Kernels, LoadOptions, Pretrained, RobertaForMaskedLM, RobertaForQuestionAnswering,
-    RobertaForSequenceClassification, RobertaForTokenClassification, RobertaInput, RobertaModel,
-    TrainingBackend, load_pretrained, save_pretrained,
+    Kernels, LoadOptions, Pretrained, RobertaForMaskedLM, RobertaForMultipleChoice,
+    RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification,
+    RobertaInput, RobertaModel, TrainingBackend, load_pretrained, save_pretrained,
 };
 
 /// Rows a loss averages over: targets that are class indices (not -100).
@@ -308,6 +308,44 @@ pub fn question_answering<B: Kernels>(device: &B::Device) {
     );
 }
 
+/// Two examples of three choices, `[2, 3, seq]` in the fixture: the model reads the
+/// six rows one after the other.
+pub fn multiple_choice<B: Kernels>(device: &B::Device) {
+    let expected = Expected::load("multiple-choice");
+    let model: RobertaForMultipleChoice<B> = load("multiple-choice", device);
+    let [examples, choices, seq] = expected.ints::<B, 3>("input_ids", device).dims();
+    let rows = |key| {
+        expected
+            .ints::<B, 3>(key, device)
+            .reshape([examples * choices, seq])
+    };
+    let scores = model.forward(
+        RobertaInput::new(rows("input_ids"), rows("attention_mask")),
+        choices,
+    );
+    expected.assert_close("logits", scores.clone());
+    let loss = scalar(cross_entropy_sum(scores, expected.ints("labels", device))) / 2.0;
+    assert!(
+        (loss - expected.values("loss").1[0]).abs() <= TOLERANCE,
+        "loss {loss}"
+    );
+    // Saved again, the directory holds HF's keys, the pooler under `roberta.pooler`.
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = load_pretrained::<B, RobertaForMultipleChoice<B>>(
+        &fixture("multiple-choice"),
+        LoadOptions::default(),
+        device,
+    )
+    .unwrap();
+    save_pretrained(&loaded.model, &loaded.config, dir.path()).unwrap();
+    let ours = HfWeights::read(&dir.path().join("model.safetensors")).unwrap();
+    let theirs = HfWeights::read(&fixture("multiple-choice").join("model.safetensors")).unwrap();
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+}
+
 /// Our save, read back by our load, gives the same logits; the file holds exactly the
 /// keys HF wrote (what `scripts/check_hf_roundtrip.py` then feeds to `transformers`).
 pub fn save_round_trip<B: Kernels>(device: &B::Device) {
@@ -470,6 +508,10 @@ macro_rules! parity_tests {
             #[test]
             fn question_answering() {
                 super::question_answering::<B>(&device());
+            }
+            #[test]
+            fn multiple_choice() {
+                super::multiple_choice::<B>(&device());
             }
             #[test]
             fn save_round_trip() {

@@ -442,6 +442,125 @@ fn token_classification_tags_words() {
     assert!(err.contains("line 2") && err.contains("B-MISC"), "{err}");
 }
 
+/// SWAG's layout (`tests/fixtures/swag.csv`: SWAG's columns, 24 made-up rows whose right
+/// ending is the sound of the animal in the context), fine-tuned, evaluated, predicted
+/// and exported like the other heads.
+#[test]
+fn multiple_choice_reads_swag_and_trains_evaluates_predicts_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let swag = common::repo().join("crates/roberta-train/tests/fixtures/swag.csv");
+    let task = "type = \"multiple-choice\"\ntext_b = \"sent2\"";
+    let cfg = config(dir.path(), task, &swag, &swag, "");
+    let run_dir = dir.path().join("run");
+    let out = finetune(&cfg, &run_dir, &[]);
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("newly initialised") && log.contains("roberta.pooler.dense.weight"),
+        "the MLM fixture has no pooler: it starts fresh with the classifier\n{log}"
+    );
+    let config_json = json(&run_dir.join("best/config.json"));
+    assert_eq!(config_json["architectures"][0], "RobertaForMultipleChoice");
+    assert_eq!(config_json["roberta_train_task"]["type"], "multiple-choice");
+    let scores = json(&run_dir.join("best/eval_results.json"));
+    assert_eq!(
+        scores.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec!["accuracy"]
+    );
+    let results = dir.path().join("scores.json");
+    let printed: Value = serde_json::from_str(&ok(&eval(&run_dir, &swag, &results))).unwrap();
+    let accuracy = printed["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy) && (accuracy * 24.0).fract() == 0.0);
+
+    let predictions = dir.path().join("choices.jsonl");
+    ok(&predict(&run_dir, &swag, &predictions));
+    let predicted = jsonl(&predictions);
+    assert_eq!(predicted.len(), 24);
+    assert_eq!(predicted[0]["line"], 2, "line numbers count the header");
+    let mut right = 0;
+    let labels: Vec<String> = std::fs::read_to_string(&swag)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().to_string())
+        .collect();
+    for (p, label) in predicted.iter().zip(&labels) {
+        let probs: Vec<f64> = p["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(probs.len(), 4);
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+        let choice = p["choice"].as_u64().unwrap() as usize;
+        assert!(probs.iter().all(|&q| q <= probs[choice]));
+        assert_eq!(p["column"], format!("ending{choice}"));
+        right += usize::from(choice.to_string() == *label);
+    }
+    assert_eq!(right as f64 / 24.0, accuracy, "predict agrees with eval");
+
+    let exported = dir.path().join("exported");
+    ok(&run(&[
+        "export",
+        "--checkpoint",
+        s(&run_dir),
+        "--out",
+        s(&exported),
+    ]));
+    assert_eq!(
+        std::fs::read(exported.join("model.safetensors")).unwrap(),
+        std::fs::read(run_dir.join("final/model.safetensors")).unwrap()
+    );
+    let keys: Vec<String> = roberta_model::hf::HfWeights::read(&exported.join("model.safetensors"))
+        .unwrap()
+        .keys()
+        .map(str::to_string)
+        .collect();
+    for key in [
+        "roberta.pooler.dense.weight",
+        "classifier.weight",
+        "classifier.bias",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "{key} in {keys:?}");
+    }
+
+    // A label that is not the index of a choice names its line; choices are checked.
+    let bad = dir.path().join("bad.csv");
+    let text = std::fs::read_to_string(&swag).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[3] = lines[3].rsplit_once(',').unwrap().0.to_string() + ",4";
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let err = fails(&eval(&run_dir, &bad, &dir.path().join("x.json")));
+    assert!(
+        err.contains("line 4") && err.contains("label \"4\" is not the index of a choice"),
+        "{err}"
+    );
+    for (extra, message) in [
+        (
+            "choices = [\"ending0\"]",
+            "task.choices must name at least two distinct columns",
+        ),
+        ("choices = [\"ending0\", \"nope\"]", "no column \"nope\""),
+    ] {
+        let cfg = config(dir.path(), &format!("{task}\n{extra}"), &swag, &swag, "");
+        let err = fails(&finetune(&cfg, &dir.path().join("bad-run"), &[]));
+        assert!(err.contains(message), "{extra}: {err}");
+    }
+    let cfg = config(
+        dir.path(),
+        "type = \"classification\"\nchoices = [\"a\", \"b\"]",
+        &swag,
+        &swag,
+        "",
+    );
+    let err = fails(&finetune(&cfg, &dir.path().join("bad-run"), &[]));
+    assert!(
+        err.contains("task.choices is for multiple-choice, not classification"),
+        "{err}"
+    );
+}
+
 #[test]
 fn early_stopping_after_patience_evaluations_without_gain() {
     let dir = tempfile::tempdir().unwrap();

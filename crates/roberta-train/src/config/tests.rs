@@ -171,7 +171,10 @@ fn every_shipped_finetune_config_is_valid_with_the_papers_recipe() {
         names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
     }
     names.sort();
-    assert_eq!(names, ["cola", "mrpc", "rte", "squad", "sst2", "stsb"]);
+    assert_eq!(
+        names,
+        ["cola", "mrpc", "rte", "squad", "sst2", "stsb", "swag"]
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@
 mod labeled;
 pub mod metrics;
 pub mod mlm;
+pub mod multiple_choice;
 pub mod qa;
 pub mod sequence;
 pub mod tagging;
@@ -46,6 +47,8 @@ pub enum TaskKind {
     Qa,
     /// A tag per word (CoNLL NER), predicted on each word's first sub-word.
     TokenClassification,
+    /// A context and its candidate endings → the right one (SWAG).
+    MultipleChoice,
 }
 
 /// Runs `w` with the [`LabeledTask`] that implements `kind`.
@@ -56,6 +59,7 @@ pub fn with_task<B: TrainingBackend, W: WithTask<B>>(kind: TaskKind, w: W) -> W:
         }
         TaskKind::Qa => w.run::<qa::Qa>(),
         TaskKind::TokenClassification => w.run::<tagging::Tagging>(),
+        TaskKind::MultipleChoice => w.run::<multiple_choice::MultipleChoice>(),
     }
 }
 
@@ -120,12 +124,13 @@ fn regression(config: &RobertaConfig) -> bool {
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 5] = [
+    pub const ALL: [TaskKind; 6] = [
         Self::Classification,
         Self::PairClassification,
         Self::Regression,
         Self::Qa,
         Self::TokenClassification,
+        Self::MultipleChoice,
     ];
 
     pub fn entry(self) -> Entry {
@@ -199,6 +204,19 @@ impl TaskKind {
                 max_length: 128,
                 check: no_check,
             },
+            Self::MultipleChoice => Entry {
+                name: "multiple-choice",
+                architecture: "RobertaForMultipleChoice",
+                inferred: |_| true,
+                metrics: const { &[higher("accuracy")] },
+                default_metric: "accuracy",
+                // SWAG's context; its `sent2` (the start of each ending's sentence) is
+                // `text_b`, and the endings are `task.choices`.
+                text_a: "sent1",
+                text_b: SecondText::Optional,
+                max_length: 128,
+                check: multiple_choice::check,
+            },
         }
     }
 
@@ -254,9 +272,11 @@ pub struct TaskSection {
     #[serde(rename = "type")]
     pub kind: TaskKind,
     /// The first text column: a header name, or a 0-based index when `header = false`
-    /// (default "sentence"; "sentence1" for pairs).
+    /// (default "sentence"; "sentence1" for pairs; "sent1", the context, for multiple
+    /// choice).
     pub text_a: Option<String>,
-    /// The second text column of pairs (default "sentence2").
+    /// The second text column: of pairs (default "sentence2"), of regression where it
+    /// reads pairs, and of multiple choice the start of each ending (SWAG's "sent2").
     pub text_b: Option<String>,
     /// The label column (GLUE TSV/CSV header name, index, or JSONL field).
     #[serde(default = "default_label")]
@@ -270,6 +290,9 @@ pub struct TaskSection {
     /// longer text first). QA windows longer contexts instead.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
+    /// Multiple choice: the columns of the candidate endings (default SWAG's
+    /// `ending0`–`ending3`); the label is the index of the right one.
+    pub choices: Option<Vec<String>>,
     /// QA: context tokens shared by consecutive windows of a long context.
     #[serde(default = "default_doc_stride")]
     pub doc_stride: usize,
@@ -327,6 +350,14 @@ impl TaskSection {
         }
     }
 
+    /// The columns of a multiple-choice example's endings.
+    pub fn choices(&self) -> Vec<&str> {
+        match &self.choices {
+            Some(columns) => columns.iter().map(String::as_str).collect(),
+            None => multiple_choice::SWAG_CHOICES.to_vec(),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         roberta_data::blocks::check_block_size("task.max_length", self.max_length)
             .map_err(anyhow::Error::msg)?;
@@ -340,9 +371,12 @@ impl TaskSection {
                     .filter(|k| !matches!(k.entry().text_b, SecondText::Never))
                     .map(TaskKind::name)
                     .collect::<Vec<_>>()
-                    .join(" and "),
+                    .join(", "),
                 entry.name
             );
+        }
+        if self.choices.is_some() && self.kind != TaskKind::MultipleChoice {
+            bail!("task.choices is for multiple-choice, not {}", entry.name);
         }
         if let Some(labels) = &self.labels {
             let mut unique = labels.clone();
@@ -357,7 +391,7 @@ impl TaskSection {
 }
 
 resume_rule!(TaskSection, kept: [
-    "type", "text_a", "text_b", "label", "header", "labels", "max_length", "doc_stride",
+    "type", "text_a", "text_b", "label", "header", "labels", "max_length", "choices", "doc_stride",
     "max_answer_length", "n_best", "version_2_with_negative", "null_score_diff_threshold",
 ], free: []);
 

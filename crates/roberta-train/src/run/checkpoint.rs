@@ -124,11 +124,12 @@ fn first_streams() -> u32 {
 
 /// Sums over the updates since the last metrics line.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "LogIntervalRecord")]
 pub struct LogInterval {
     pub loss: f64,
     pub targets: f64,
-    /// Masked LM: right predictions of the masked tokens.
-    pub correct: Option<f64>,
+    /// What the task logs beside the loss ([`crate::tasks::Task::logged`]), summed.
+    pub logged: BTreeMap<String, f64>,
     pub tokens: f64,
     pub updates: u64,
     pub allreduce_s: f64,
@@ -137,6 +138,43 @@ pub struct LogInterval {
     /// The phases of the last profiled update (`log.profile_every`), in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<BTreeMap<String, f64>>,
+}
+
+/// [`LogInterval`] as checkpoints hold it: those of releases before `logged` kept the
+/// masked LM's right predictions as `correct`.
+#[derive(Deserialize)]
+struct LogIntervalRecord {
+    loss: f64,
+    targets: f64,
+    #[serde(default)]
+    correct: Option<f64>,
+    #[serde(default)]
+    logged: BTreeMap<String, f64>,
+    tokens: f64,
+    updates: u64,
+    allreduce_s: f64,
+    seconds: f64,
+    #[serde(default)]
+    profile: Option<BTreeMap<String, f64>>,
+}
+
+impl From<LogIntervalRecord> for LogInterval {
+    fn from(r: LogIntervalRecord) -> Self {
+        let mut logged = r.logged;
+        if let Some(correct) = r.correct {
+            logged.insert("masked_acc".into(), correct);
+        }
+        Self {
+            loss: r.loss,
+            targets: r.targets,
+            logged,
+            tokens: r.tokens,
+            updates: r.updates,
+            allreduce_s: r.allreduce_s,
+            seconds: r.seconds,
+            profile: r.profile,
+        }
+    }
 }
 
 /// The tokenizer and the training data of a run, as hashes, with a description of the
@@ -231,13 +269,13 @@ impl Default for TrainerState {
 }
 
 impl LogInterval {
-    /// Adds an update's loss sum, target count and (masked LM) right predictions.
-    pub fn add_update(&mut self, loss_sum: f64, targets: f64, correct: Option<f64>) {
+    /// Adds an update's loss sum, target count and the sums the task logs (`names`).
+    pub fn add_update(&mut self, loss_sum: f64, targets: f64, names: &[&str], logged: &[f64]) {
         self.loss += loss_sum;
         self.targets += targets;
         self.updates += 1;
-        if let Some(correct) = correct {
-            *self.correct.get_or_insert(0.0) += correct;
+        for (name, value) in names.iter().zip(logged) {
+            *self.logged.entry(name.to_string()).or_default() += value;
         }
     }
 }
@@ -646,6 +684,22 @@ mod tests {
             )?)
         })
         .unwrap()
+    }
+
+    #[test]
+    fn an_interval_of_the_previous_release_reads_its_right_predictions_as_masked_acc() {
+        let old = r#"{"loss":3.5,"targets":10.0,"correct":4.0,"tokens":64.0,"updates":1,"allreduce_s":0.0,"seconds":0.5}"#;
+        let interval: LogInterval = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            interval.logged,
+            BTreeMap::from([("masked_acc".into(), 4.0)])
+        );
+        let again: LogInterval =
+            serde_json::from_str(&serde_json::to_string(&interval).unwrap()).unwrap();
+        assert_eq!(again, interval);
+        let finetuning = old.replace(r#""correct":4.0,"#, r#""correct":null,"#);
+        let interval: LogInterval = serde_json::from_str(&finetuning).unwrap();
+        assert!(interval.logged.is_empty());
     }
 
     #[test]

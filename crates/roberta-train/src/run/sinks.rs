@@ -25,9 +25,10 @@ pub struct MetricsLine {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
-    /// Masked LM: accuracy on the masked tokens since the last line.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub masked_acc: Option<f64>,
+    /// What the task logs beside the loss, per target since the last line (masked LM:
+    /// `masked_acc`, the accuracy on the masked tokens).
+    #[serde(flatten)]
+    pub logged: BTreeMap<String, f64>,
     /// Several replicas: seconds per update spent in the gradient all-reduce, waiting
     /// for the slowest replica included.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,7 +229,7 @@ mod tests {
         let line = MetricsLine {
             step: 7,
             loss: 2.5,
-            masked_acc: Some(0.25),
+            logged: BTreeMap::from([("masked_acc".into(), 0.25)]),
             profile: Some(BTreeMap::from([("forward".into(), 0.5)])),
             valid: BTreeMap::from([("valid_loss".into(), 3.0)]),
             ..MetricsLine::default()

@@ -167,7 +167,7 @@ where
     ) -> Option<StepLoss<B>> {
         (!batch.is_empty()).then(|| StepLoss {
             sum: self.task.loss(model, batch, self.pad, device),
-            correct: None,
+            logged: Vec::new(),
         })
     }
 

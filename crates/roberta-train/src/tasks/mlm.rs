@@ -233,6 +233,12 @@ impl<B: TrainingBackend> Task<B> for Mlm {
         batch.masked
     }
 
+    /// The accuracy on the masked tokens, as fairseq's `--log-format` and HF's
+    /// `run_mlm` evaluation report it.
+    fn logged(&self) -> &'static [&'static str] {
+        &["masked_acc"]
+    }
+
     fn tokens(&self, batch: &Batch) -> usize {
         batch.tokens
     }
@@ -261,7 +267,7 @@ impl<B: TrainingBackend> Task<B> for Mlm {
         let (sum, correct) = loss_and_correct(model, to_tensors(batch, device)?);
         Some(StepLoss {
             sum,
-            correct: Some(correct),
+            logged: vec![correct],
         })
     }
 

@@ -58,11 +58,12 @@ pub struct BatchPlan {
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
-/// One micro-batch's summed loss, and (masked LM) how many of its targets the model
-/// predicted right; both `[1]` on the device, read once per update by the trainer.
+/// One micro-batch's summed loss, and the sums of what the task logs beside it
+/// ([`Task::logged`], in that order); all `[1]` on the device, read once per update by
+/// the trainer.
 pub struct StepLoss<B: Kernels> {
     pub sum: Tensor<B, 1>,
-    pub correct: Option<Tensor<B, 1>>,
+    pub logged: Vec<Tensor<B, 1>>,
 }
 
 /// What the trainer needs of a task.
@@ -77,6 +78,12 @@ pub trait Task<B: TrainingBackend>: Sync {
     /// The terms a batch's summed loss has (masked tokens, examples, labeled tokens):
     /// the window's loss is divided by their total over every replica.
     fn targets(&self, batch: &Self::Batch) -> usize;
+    /// What the task logs from its training batches beside the loss, by the names of
+    /// `metrics.jsonl`: each a sum over a batch's targets ([`StepLoss::logged`]) that the
+    /// log divides by their count.
+    fn logged(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Non-padding tokens, for throughput.
     fn tokens(&self, batch: &Self::Batch) -> usize;
     /// Refuses a batch the model cannot take, before any replica runs it (a model fed

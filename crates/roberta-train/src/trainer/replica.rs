@@ -150,9 +150,9 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             let epoch_done = window.next.epoch > window.epoch;
             phases.end("data");
 
-            // 2. Forward and backward each micro-batch (the loss sums and right
-            //    predictions stay on the device), then the gradients summed over replicas.
-            let (accumulated, window_loss, window_correct) =
+            // 2. Forward and backward each micro-batch (the loss sums and what the task
+            //    logs stay on the device), then the gradients summed over replicas.
+            let (accumulated, window_loss, window_logged) =
                 self.forward_backward(&model, &window, window_targets, state.step, &mut phases);
             let reduce = Instant::now();
             let grads = self.group.sum_gradients(accumulated, &model)?;
@@ -160,12 +160,11 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             phases.end("allreduce");
 
             // 3. The update's one read from the device: the loss sum, the squared
-            //    gradient norm and the right predictions together. A non-finite loss or
+            //    gradient norm and what the task logs, together. A non-finite loss or
             //    norm skips the update; too many in a row abort.
-            let counts_correct = window_correct.is_some();
             let squared_norm = optim.squared_norm(&model, &grads, &self.device);
-            let [loss_sum, norm, correct, tokens] =
-                self.read_update(&window, window_loss, squared_norm, window_correct)?;
+            let (loss_sum, norm, logged, tokens) =
+                self.read_update(&window, window_loss, squared_norm, window_logged)?;
             phases.end("norm_and_read");
             let loss = loss_sum / window_targets.max(1.0);
             state.tokens += tokens as u64;
@@ -191,7 +190,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             }
             state
                 .pending
-                .add_update(loss_sum, window_targets, counts_correct.then_some(correct));
+                .add_update(loss_sum, window_targets, self.task.logged(), &logged);
 
             // 5. Log, evaluate, checkpoint (replica 0).
             let update = UpdateSummary {
@@ -267,24 +266,30 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
     }
 
     /// The update's one read from the device (the window's loss sum, the squared
-    /// gradient norm and the right predictions together), then the loss sum, right
-    /// predictions and tokens summed over replicas: `[loss sum, norm, right, tokens]`.
+    /// gradient norm and the sums the task logs, together), then the loss sum, logged
+    /// sums and tokens summed over replicas: `(loss sum, norm, logged, tokens)`.
     fn read_update(
         &self,
         window: &Window<T::Batch>,
         loss: DeviceSum<B>,
         squared_norm: Tensor<B::InnerBackend, 1>,
-        correct: DeviceSum<B>,
-    ) -> Result<[f64; 4]> {
+        logged: Vec<DeviceSum<B>>,
+    ) -> Result<(f64, f64, Vec<f64>, f64)> {
         let zero = || Tensor::zeros([1], &self.device);
-        let [loss_sum, squared_norm, correct] = read_scalars([
-            loss.unwrap_or_else(zero),
-            squared_norm,
-            correct.unwrap_or_else(zero),
-        ]);
+        let mut read = read_scalars(
+            [loss, Some(squared_norm)]
+                .into_iter()
+                .chain(logged)
+                .map(|sum| sum.unwrap_or_else(zero))
+                .collect(),
+        );
+        let squared_norm = read.remove(1);
         let local_tokens: usize = window.batches.iter().map(|b| self.task.tokens(b)).sum();
-        let [loss_sum, correct, tokens] = self.sum([loss_sum, correct, local_tokens as f64])?;
-        Ok([loss_sum, squared_norm.sqrt(), correct, tokens])
+        read.push(local_tokens as f64);
+        let mut summed = self.group.sum(&read)?;
+        let tokens = summed.pop().expect("tokens");
+        let loss_sum = summed.remove(0);
+        Ok((loss_sum, squared_norm.sqrt(), summed, tokens))
     }
 
     /// After the loop: the leader's last checkpoint (unless the last update has one),
@@ -413,7 +418,8 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
 
     /// Forward and backward each micro-batch of the window: its summed loss over the
     /// window's target count, so the accumulated gradient is that of one big batch.
-    /// Returns the gradients and, on the device, the loss sum and right predictions.
+    /// Returns the gradients and, on the device, the loss sum and the sums the task
+    /// logs.
     fn forward_backward(
         &self,
         model: &T::Model,
@@ -421,11 +427,12 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
         window_targets: f64,
         step: u64,
         phases: &mut Phases<'_, B>,
-    ) -> (GradientsParams, DeviceSum<B>, DeviceSum<B>) {
+    ) -> (GradientsParams, DeviceSum<B>, Vec<DeviceSum<B>>) {
         let s = self.settings;
         let forward = s.precision.forward_model(model);
         let mut accumulator = GradientsAccumulator::<T::Model>::new();
-        let (mut window_loss, mut window_correct): (DeviceSum<B>, DeviceSum<B>) = (None, None);
+        let mut window_loss: DeviceSum<B> = None;
+        let mut window_logged: Vec<DeviceSum<B>> = vec![None; self.task.logged().len()];
         let add = |sum: DeviceSum<B>, x| match sum {
             Some(sum) => sum + x,
             None => x,
@@ -438,8 +445,8 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             };
             phases.end("forward");
             window_loss = Some(add(window_loss, loss.sum.clone().inner()));
-            if let Some(correct) = loss.correct {
-                window_correct = Some(add(window_correct, correct.inner()));
+            for (sum, value) in window_logged.iter_mut().zip(loss.logged) {
+                *sum = Some(add(sum.take(), value.inner()));
             }
             let grads = (loss.sum / window_targets.max(1.0)).backward();
             accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
@@ -448,7 +455,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
         // In fp32 `forward` is a clone sharing the model's buffers; once it is dropped,
         // the optimizer updates them in place instead of copying each one.
         drop(forward);
-        (accumulator.grads(), window_loss, window_correct)
+        (accumulator.grads(), window_loss, window_logged)
     }
 
     fn sum<const N: usize>(&self, values: [f64; N]) -> Result<[f64; N]> {
@@ -524,7 +531,11 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 lr: update.lr,
                 grad_norm: update.norm,
                 tokens_per_s: i.tokens / seconds.max(1e-9),
-                masked_acc: i.correct.map(|c| c / i.targets.max(1.0)),
+                logged: i
+                    .logged
+                    .iter()
+                    .map(|(name, sum)| (name.clone(), sum / i.targets.max(1.0)))
+                    .collect(),
                 allreduce_s: (self.world > 1).then(|| i.allreduce_s / i.updates.max(1) as f64),
                 profile: i.profile.clone(),
                 valid: BTreeMap::new(),

@@ -489,19 +489,23 @@ impl RunCli {
 pub struct TaskCli {
     /// The task, when the model directory does not say (an HF model fine-tuned
     /// elsewhere): classification, pair-classification, regression, qa,
-    /// token-classification.
+    /// token-classification, multiple-choice.
     #[arg(long)]
     pub task: Option<TaskKind>,
     /// First text column (header name, or 0-based index with --no-header), JSONL field or
     /// Parquet/Arrow column.
     #[arg(long)]
     pub text_a: Option<String>,
-    /// Second text column, for pairs.
+    /// Second text column, for pairs; multiple choice: the start of each ending.
     #[arg(long)]
     pub text_b: Option<String>,
     /// Label column.
     #[arg(long)]
     pub label: Option<String>,
+    /// Multiple choice: the ending columns, comma-separated (default
+    /// ending0,ending1,ending2,ending3, as SWAG).
+    #[arg(long, value_delimiter = ',')]
+    pub choices: Option<Vec<String>>,
     /// The TSV/CSV file has no header line: columns are 0-based indices.
     #[arg(long)]
     pub no_header: bool,
@@ -531,6 +535,7 @@ impl TaskCli {
             text_a: self.text_a.clone(),
             text_b: self.text_b.clone(),
             label: self.label.clone(),
+            choices: self.choices.clone(),
             no_header: self.no_header,
             max_length: self.max_length,
         }

@@ -38,6 +38,22 @@ fn predict(model: &Path, input: &Path, output: &Path) -> std::process::Output {
     ])
 }
 
+/// A model directory as transformers writes it (the parity fixture `name`: no saved
+/// task) with the fixtures' tokenizer, at `dir`.
+fn elsewhere(name: &str, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let fixtures = common::repo().join("crates/roberta-model/tests/fixtures");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join(name).join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixtures.join("mlm/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
 fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -559,6 +575,44 @@ fn multiple_choice_reads_swag_and_trains_evaluates_predicts_and_exports() {
         err.contains("task.choices is for multiple-choice, not classification"),
         "{err}"
     );
+
+    // A model fine-tuned elsewhere (transformers' fixture, no saved task) reads another
+    // layout by flags: JSONL, three choices under other names.
+    let hf = elsewhere("multiple-choice", &dir.path().join("hf"));
+    let three = dir.path().join("three.jsonl");
+    let rows: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"story": "The cat sat on the mat {i} times.", "x": "It slept.", "y": "It ran.", "z": "It sang.", "answer": {i}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&three, rows.join("\n") + "\n").unwrap();
+    let flags = [
+        "--text-a",
+        "story",
+        "--choices",
+        "x,y,z",
+        "--label",
+        "answer",
+    ];
+    let mut args = vec!["eval", "--model", s(&hf), "--data", s(&three)];
+    args.extend(flags);
+    let scores = dir.path().join("three.json");
+    args.extend(["--output", s(&scores)]);
+    let accuracy = serde_json::from_str::<Value>(&ok(&run(&args))).unwrap()["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!((accuracy * 3.0).fract().abs() < 1e-9, "{accuracy}");
+    let mut args = vec!["predict", "--model", s(&hf), "--input", s(&three)];
+    args.extend(flags);
+    let choices = dir.path().join("three-choices.jsonl");
+    args.extend(["--output", s(&choices)]);
+    ok(&run(&args));
+    for p in jsonl(&choices) {
+        assert_eq!(p["probabilities"].as_array().unwrap().len(), 3);
+        assert!(["x", "y", "z"].contains(&p["column"].as_str().unwrap()));
+    }
 }
 
 #[test]
@@ -602,17 +656,7 @@ fn early_stopping_after_patience_evaluations_without_gain() {
 #[test]
 fn a_model_fine_tuned_elsewhere_reads_files_by_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("hf");
-    std::fs::create_dir_all(&model).unwrap();
-    let fixtures = common::repo().join("crates/roberta-model/tests/fixtures");
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures.join("seqcls").join(f), model.join(f)).unwrap();
-    }
-    std::fs::copy(
-        fixtures.join("mlm/tokenizer.json"),
-        model.join("tokenizer.json"),
-    )
-    .unwrap();
+    let model = elsewhere("seqcls", &dir.path().join("hf"));
     let mut tsv = String::from("id\tfirst\tsecond\tgold\n");
     for i in 0..9 {
         tsv += &format!("{i}\tA cat sat {i}.\tA dog ran.\t{}\n", i % 3);

@@ -31,6 +31,7 @@ pub struct TaskOverrides {
     pub text_a: Option<String>,
     pub text_b: Option<String>,
     pub label: Option<String>,
+    pub choices: Option<Vec<String>>,
     pub no_header: bool,
     pub max_length: Option<usize>,
 }
@@ -58,6 +59,9 @@ fn resolve_task(config: &RobertaConfig, dir: &Path, o: &TaskOverrides) -> Result
     }
     if let Some(l) = &o.label {
         task.label = l.clone();
+    }
+    if let Some(c) = &o.choices {
+        task.choices = Some(c.clone());
     }
     if o.no_header {
         task.header = false;

@@ -42,6 +42,42 @@ impl<B: Backend> RobertaEmbeddings<B> {
             padding_idx: config.pad_token_id,
         }
     }
+
+    /// Longformer's initialisation of positions no training has reached (Beltagy et al.
+    /// 2020, §5: the new position embeddings start as copies of the trained ones,
+    /// repeated), for a run that trained on blocks of `trained` tokens and goes on to
+    /// longer ones: every position past the first `trained` real ones takes the
+    /// embedding of the position `trained` earlier, repeatedly, so the attention's
+    /// learned bias towards nearby tokens holds on the new positions from the start.
+    /// The rows before the first real position (`padding_idx` and below) are kept.
+    pub fn copy_positions(self, trained: usize) -> Self {
+        let first = self.padding_idx + 1;
+        let rows = self.position_embeddings.weight.dims()[0];
+        if trained == 0 || first + trained >= rows {
+            return self;
+        }
+        let source: Vec<i64> = (0..rows)
+            .map(|r| {
+                let r = if r < first + trained {
+                    r
+                } else {
+                    first + (r - first) % trained
+                };
+                r as i64
+            })
+            .collect();
+        let mut position_embeddings = self.position_embeddings;
+        position_embeddings.weight = position_embeddings.weight.map(|w| {
+            let grad = w.is_require_grad();
+            let index = Tensor::from_data(TensorData::new(source, [rows]), &w.device());
+            let copied = w.select(0, index).detach();
+            if grad { copied.require_grad() } else { copied }
+        });
+        Self {
+            position_embeddings,
+            ..self
+        }
+    }
 }
 
 impl<B: Kernels> RobertaEmbeddings<B> {
@@ -86,6 +122,50 @@ mod tests {
             Tensor::<Flex, 2, Int>::from_data([[0, 5, 6, 2, 1, 1], [1, 1, 0, 7, 2, 1]], &device);
         let pos = position_ids(ids, 1).into_data().to_vec::<i32>().unwrap();
         assert_eq!(pos, vec![2, 3, 4, 5, 1, 1, 1, 1, 2, 3, 4, 1]);
+    }
+
+    #[test]
+    fn copied_positions_repeat_the_trained_ones_and_keep_the_rest() {
+        let _generator = crate::generator_lock();
+        let device = Default::default();
+        let mut config = RobertaConfig::tiny(50);
+        config.max_position_embeddings = 2 + 7;
+        let e = RobertaEmbeddings::<burn::backend::Autodiff<Flex>>::new(&config, &device);
+        let before = e.position_embeddings.weight.val();
+        let id = e.position_embeddings.weight.id;
+        let e = e.copy_positions(3);
+        let after = e.position_embeddings.weight.val();
+        assert!(after.is_require_grad(), "the copy stays a trainable leaf");
+        assert_eq!(
+            e.position_embeddings.weight.id, id,
+            "the optimizer's state follows it"
+        );
+        let row = |t: &Tensor<_, 2>, r: usize| {
+            t.clone()
+                .slice([r..r + 1, 0..config.hidden_size])
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        // Rows 0–1 (padding and below) and the trained 2–4 stay; 5–8 repeat 2–4.
+        for (r, from) in [
+            (0, 0),
+            (1, 1),
+            (2, 2),
+            (3, 3),
+            (4, 4),
+            (5, 2),
+            (6, 3),
+            (7, 4),
+            (8, 2),
+        ] {
+            assert_eq!(row(&after, r), row(&before, from), "row {r}");
+        }
+        assert_ne!(
+            row(&before, 5),
+            row(&before, 2),
+            "the test would see no copy"
+        );
     }
 
     #[test]

@@ -61,6 +61,12 @@ impl<B: Backend> RobertaForMaskedLM<B> {
             lm_head: RobertaLMHead::new(config, device),
         }
     }
+
+    /// [`RobertaEmbeddings::copy_positions`] on the encoder's embeddings.
+    pub fn copy_positions(mut self, trained: usize) -> Self {
+        self.roberta.embeddings = self.roberta.embeddings.copy_positions(trained);
+        self
+    }
 }
 
 impl<B: Kernels> RobertaForMaskedLM<B> {

@@ -777,8 +777,10 @@ fn until_done_with_random_kills(args: &[&str], log: &Path, half_run_ms: u64) -> 
     }
 }
 
-/// With two phases (shorter blocks, more of them, more masking, then the config's), a
-/// batch-size warmup, a masking rate that decays within each phase, the weights' moving average on and TensorBoard files written, a run killed at random
+/// With two phases (shorter blocks, more of them, more masking, then the config's with
+/// a learning-rate cycle of its own and its new positions copied from the trained
+/// ones), a batch-size warmup, a masking rate that decays within each phase, the
+/// weights' moving average on and TensorBoard files written, a run killed at random
 /// instants resumes bitwise: the same metrics (evaluated on the average), the same
 /// `final/` (the average), and TensorBoard's files hold each line's numbers once, at its
 /// step, whatever was logged past a checkpoint before a kill. Resuming from the last
@@ -788,7 +790,8 @@ fn random_kills_across_phases_with_the_weights_average_and_tensorboard_resume_bi
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(
         dir.path(),
-        "[[schedule.phases]]\nuntil_step = 32\nblock_size = 16\nbatch_size = 8\nmask_prob = 0.3\n",
+        "[[schedule.phases]]\nuntil_step = 32\nblock_size = 16\nbatch_size = 8\nmask_prob = 0.3\n\
+         [[schedule.phases]]\nuntil_step = 60\nwarmup_steps = 3\n",
     );
     let settings = [
         "--set",
@@ -809,6 +812,8 @@ fn random_kills_across_phases_with_the_weights_average_and_tensorboard_resume_bi
         "schedule.mask_prob_end=0.1",
         "--set",
         "schedule.mask_prob_shape=cosine",
+        "--set",
+        "schedule.extend_positions=copy",
     ];
     let straight = dir.path().join("straight");
     let clock = std::time::Instant::now();
@@ -872,9 +877,30 @@ fn random_kills_across_phases_with_the_weights_average_and_tensorboard_resume_bi
     assert!(
         log.contains("phase 2 of 2 from update 33: blocks of 32 tokens")
             && log.contains("30% → 10% masked (cosine)")
+            && log.contains("positions 18–33 started as copies of 2–17")
+            && log.contains("a new learning-rate cycle warming up over 3 updates")
             && log.contains("batch-size warmup: 4 sequences per update at update 1"),
         "{log}"
     );
+    // The first cycle ends at zero with the first phase; the second warms up again.
+    let lr: Vec<f64> = jsonl(&straight.join("metrics.jsonl"))
+        .iter()
+        .filter(|l| l["lr"].is_number())
+        .filter(|l| (31..=36).contains(&l["step"].as_u64().unwrap()))
+        .map(|l| l["lr"].as_f64().unwrap())
+        .collect();
+    let expected = [
+        1e-3 / 30.0,
+        0.0,
+        1e-3 / 3.0,
+        2e-3 / 3.0,
+        1e-3,
+        1e-3 * 24.0 / 25.0,
+    ];
+    assert_eq!(lr.len(), expected.len(), "{lr:?}");
+    for (got, want) in lr.iter().zip(expected) {
+        assert!((got - want).abs() < 1e-9, "{lr:?}");
+    }
     // `data inspect --step` replays the loader: where it says update N starts is where
     // the checkpoint after update N − 1 left it (at the boundary, the next phase's start).
     for (step, next_phase) in [(28, false), (32, true), (40, false)] {

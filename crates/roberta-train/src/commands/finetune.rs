@@ -55,6 +55,7 @@ fn settings(config: &FinetuneConfig, total: u64, run_dir: &std::path::Path) -> S
             until_step: total,
             batch_size: t.batch_size,
             accumulation: t.accumulation,
+            warmup: None,
         }],
         batch_warmup: None,
         seed: t.seed,

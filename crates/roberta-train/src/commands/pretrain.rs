@@ -11,7 +11,7 @@ use roberta_data::preprocess::{self, Outcome, PreprocessOptions, tokenizer_sha25
 use roberta_data::{Corpus, DataError, MaskVocab, MaskingConfig, Meta, RobertaTokenizer, Split};
 use roberta_model::{LoadOptions, RobertaConfig, RobertaForMaskedLM};
 
-use crate::config::{PretrainConfig, ProbeSection, RunConfig};
+use crate::config::{ExtendPositions, PretrainConfig, ProbeSection, RunConfig};
 use crate::parallel::processes::Processes;
 use crate::run::checkpoint::{self, DataFingerprint};
 use crate::sentences::probe::{Probe, Tokenized};
@@ -166,6 +166,7 @@ pub fn settings(config: &PretrainConfig, run_dir: &std::path::Path) -> Settings 
                 until_step: p.until_step,
                 batch_size: p.batch_size,
                 accumulation: p.accumulation,
+                warmup: p.warmup_steps,
             })
             .collect(),
         batch_warmup: (c.schedule.batch_warmup_steps > 0)
@@ -245,7 +246,14 @@ pub fn pretrain<B: TrainingBackend>(devices: Vec<B::Device>, args: PretrainArgs)
         .as_ref()
         .map(|p| probe_of(p, &tokenizer, &model_config, config.train.batch_size))
         .transpose()?;
+    let copy_positions = match config.schedule.extend_positions {
+        ExtendPositions::Copy => crate::tasks::mlm::positions_to_copy(
+            &phases.iter().map(|c| c.block_size).collect::<Vec<_>>(),
+        ),
+        ExtendPositions::Keep => vec![None; phases.len()],
+    };
     let task = Mlm {
+        copy_positions,
         corpora: phases.into_iter().map(Arc::new).collect(),
         valid,
         queue_depth: config.train.loader_queue,

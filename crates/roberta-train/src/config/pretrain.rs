@@ -138,6 +138,20 @@ pub struct ScheduleSection {
     /// How it moves: "linear" (default) or "cosine" (a half cosine).
     #[serde(default)]
     pub mask_prob_shape: RampShape,
+    /// What the positions a phase is the first to reach start from: "keep" (default,
+    /// BERT's: their initialisation, which no update has touched but weight decay) or
+    /// "copy" (Longformer's: copies of the positions the earlier phases trained).
+    #[serde(default)]
+    pub extend_positions: ExtendPositions,
+}
+
+/// `schedule.extend_positions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtendPositions {
+    #[default]
+    Keep,
+    Copy,
 }
 
 /// The shape of a ramp from one value to another.
@@ -168,6 +182,12 @@ pub struct Phase {
     pub accumulation: Option<usize>,
     /// The fraction of tokens masked (the 80/10/10 split stays `[masking]`'s).
     pub mask_prob: Option<f64>,
+    /// Starts a new learning-rate cycle at this phase, as NVIDIA's two-phase BERT
+    /// recipe does: the rate warms up again to `optim.lr` over this many updates and
+    /// decays linearly to zero where the next cycle starts (or at
+    /// `schedule.total_steps`); the cycle before ends at zero with the previous phase.
+    /// Unset: the phase continues the running cycle.
+    pub warmup_steps: Option<u64>,
 }
 
 /// A phase with every setting filled in.
@@ -178,6 +198,8 @@ pub struct PhasePlan {
     pub batch_size: usize,
     pub accumulation: usize,
     pub mask_prob: f64,
+    /// Where the phase starts a learning-rate cycle: its warmup.
+    pub warmup_steps: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -357,13 +379,6 @@ impl PretrainConfig {
                 bail!("eval.probe.c must be a positive number, not {}", p.c);
             }
         }
-        if self.schedule.warmup_steps > self.schedule.total_steps {
-            bail!(
-                "schedule.warmup_steps ({}) must not exceed schedule.total_steps ({})",
-                self.schedule.warmup_steps,
-                self.schedule.total_steps
-            );
-        }
         self.optim.validate()?;
         self.log.validate()?;
         check_ema_decay(self.train.ema_decay)?;
@@ -432,6 +447,7 @@ impl PretrainConfig {
             batch_size: self.train.batch_size,
             accumulation: self.train.accumulation,
             mask_prob: self.masking.mask_prob,
+            warmup_steps: None,
         };
         let mut plans: Vec<PhasePlan> = self
             .schedule
@@ -443,6 +459,7 @@ impl PretrainConfig {
                 batch_size: p.batch_size.unwrap_or(base.batch_size),
                 accumulation: p.accumulation.unwrap_or(base.accumulation),
                 mask_prob: p.mask_prob.unwrap_or(base.mask_prob),
+                warmup_steps: p.warmup_steps,
             })
             .collect();
         if plans.last().is_none_or(|p| p.until_step < base.until_step) {
@@ -533,6 +550,46 @@ impl PretrainConfig {
                 bail!("{} = {m} must be in (0, 1)", key("mask_prob"));
             }
         }
+        self.validate_cycles()?;
+        if s.extend_positions == ExtendPositions::Copy && self.model.init.is_some() {
+            bail!(
+                "schedule.extend_positions = \"copy\" overwrites the positions no phase of this run reached, which in model.init's model may be trained: remove one of them"
+            );
+        }
+        Ok(())
+    }
+
+    /// Each learning-rate cycle (the run's first, and one per phase with
+    /// `warmup_steps`) must hold its warmup.
+    fn validate_cycles(&self) -> Result<()> {
+        let phases = &self.schedule.phases;
+        if phases.first().is_some_and(|p| p.warmup_steps.is_some()) {
+            bail!(
+                "schedule.phases[0].warmup_steps: the first phase's warmup is schedule.warmup_steps; a later phase's starts a new cycle"
+            );
+        }
+        let starts: Vec<(u64, String, u64)> = std::iter::once((
+            0,
+            "schedule.warmup_steps".to_string(),
+            self.schedule.warmup_steps,
+        ))
+        .chain(phases.iter().enumerate().skip(1).filter_map(|(i, p)| {
+            let start = phases[i - 1].until_step;
+            p.warmup_steps
+                .map(|w| (start, format!("schedule.phases[{i}].warmup_steps"), w))
+        }))
+        .collect();
+        for (n, (start, key, warmup)) in starts.iter().enumerate() {
+            let end = starts
+                .get(n + 1)
+                .map_or(self.schedule.total_steps, |next| next.0);
+            if *warmup > end - start {
+                bail!(
+                    "{key} = {warmup} is longer than its learning-rate cycle, updates {} to {end}",
+                    start + 1
+                );
+            }
+        }
         Ok(())
     }
 
@@ -605,7 +662,7 @@ resume_rule!(MaskingConfig, kept: [
 ], free: []);
 resume_rule!(ScheduleSection, kept: [
     "warmup_steps", "phases", "batch_warmup_steps", "batch_warmup_start", "mask_prob_end",
-    "mask_prob_shape",
+    "mask_prob_shape", "extend_positions",
 ], free: ["total_steps"]);
 resume_rule!(TrainSection, kept: [
     "batch_size", "accumulation", "seed", "init_seed", "ema_decay", "precision",

@@ -151,6 +151,47 @@ fn phases_fill_in_the_config_and_bad_ones_are_named() {
 }
 
 #[test]
+fn learning_rate_cycles_hold_their_warmups_and_copied_positions_need_a_fresh_model() {
+    let phase = |body: &str| format!("{MINIMAL}[[schedule.phases]]\n{body}\n");
+    let c = load(
+        &phase("until_step = 50\n[[schedule.phases]]\nuntil_step = 100\nwarmup_steps = 50"),
+        &["schedule.extend_positions=\"copy\""],
+    )
+    .unwrap();
+    assert_eq!(c.phases()[1].warmup_steps, Some(50));
+    for (body, sets, expected) in [
+        (
+            "until_step = 50\nwarmup_steps = 5",
+            &[][..],
+            "schedule.phases[0].warmup_steps: the first phase's warmup is schedule.warmup_steps",
+        ),
+        (
+            "until_step = 50\n[[schedule.phases]]\nuntil_step = 100\nwarmup_steps = 51",
+            &[],
+            "schedule.phases[1].warmup_steps = 51 is longer than its learning-rate cycle, updates 51 to 100",
+        ),
+        (
+            "until_step = 5\n[[schedule.phases]]\nuntil_step = 100\nwarmup_steps = 0",
+            &[],
+            "schedule.warmup_steps = 10 is longer than its learning-rate cycle, updates 1 to 5",
+        ),
+        (
+            "until_step = 50",
+            &["schedule.extend_positions=\"interpolate\""],
+            "extend_positions",
+        ),
+        (
+            "until_step = 50",
+            &["schedule.extend_positions=\"copy\"", "model.init=\"m\""],
+            "schedule.extend_positions = \"copy\" overwrites the positions no phase of this run reached",
+        ),
+    ] {
+        let err = format!("{:#}", load(&phase(body), sets).unwrap_err());
+        assert!(err.contains(expected), "{body} {sets:?}: {err}");
+    }
+}
+
+#[test]
 fn every_shipped_finetune_config_is_valid_with_the_papers_recipe() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/finetune");
     let mut names = Vec::new();

@@ -33,6 +33,25 @@ pub struct Mlm {
     pub vocab_size: usize,
     /// A linear probe of the encoder at every evaluation (`[eval.probe]`).
     pub probe: Option<Probe>,
+    /// Per phase, the tokens per block the earlier phases trained on, where the phase
+    /// reaches further and its new positions start as copies of those
+    /// (`schedule.extend_positions = "copy"`).
+    pub copy_positions: Vec<Option<usize>>,
+}
+
+/// Per phase of blocks of `block_sizes` tokens, the positions trained before it when it
+/// is the first to reach past them (none for the first phase, which starts from the
+/// initialisation).
+pub fn positions_to_copy(block_sizes: &[usize]) -> Vec<Option<usize>> {
+    let mut trained = 0;
+    block_sizes
+        .iter()
+        .map(|&b| {
+            let copy = (trained > 0 && b > trained).then_some(trained);
+            trained = trained.max(b);
+            copy
+        })
+        .collect()
 }
 
 /// The validation split and how it is cut into batches: each batch is built when it is
@@ -217,8 +236,21 @@ impl<B: TrainingBackend> Task<B> for Mlm {
             ),
             None => format!("{masked:.0}% masked"),
         };
+        // Positions count from 2 (after RoBERTa's padding index), as the model's rows.
+        let copied = self.copy_positions[phase].map_or(String::new(), |trained| {
+            format!(
+                ", positions {}–{} started as copies of {}–{}",
+                2 + trained,
+                1 + corpus.block_size,
+                2,
+                1 + trained
+            )
+        });
+        let restart = settings.warmup.map_or(String::new(), |w| {
+            format!(", a new learning-rate cycle warming up over {w} updates")
+        });
         tracing::info!(
-            "phase {} of {} from update {}: blocks of {} tokens, {sequences} sequences ({} × {} × {world} devices) ≈ {} tokens per update, {masking}",
+            "phase {} of {} from update {}: blocks of {} tokens, {sequences} sequences ({} × {} × {world} devices) ≈ {} tokens per update, {masking}{copied}{restart}",
             phase + 1,
             self.corpora.len(),
             step + 1,
@@ -227,6 +259,21 @@ impl<B: TrainingBackend> Task<B> for Mlm {
             settings.accumulation,
             sequences * corpus.block_size,
         );
+    }
+
+    fn enter_phase(
+        &self,
+        phase: usize,
+        model: RobertaForMaskedLM<B>,
+        average: Option<&mut RobertaForMaskedLM<B::InnerBackend>>,
+    ) -> RobertaForMaskedLM<B> {
+        let Some(trained) = self.copy_positions[phase] else {
+            return model;
+        };
+        if let Some(average) = average {
+            *average = average.clone().copy_positions(trained);
+        }
+        model.copy_positions(trained)
     }
 
     fn targets(&self, batch: &Batch) -> usize {
@@ -293,5 +340,20 @@ impl<B: TrainingBackend> Task<B> for Mlm {
             }
             (metrics, _) => Ok(metrics),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::positions_to_copy;
+
+    #[test]
+    fn only_a_phase_reaching_past_every_earlier_one_copies_their_positions() {
+        assert_eq!(positions_to_copy(&[64, 128]), [None, Some(64)]);
+        assert_eq!(
+            positions_to_copy(&[128, 64, 128, 512, 256]),
+            [None, None, None, Some(128), None]
+        );
+        assert_eq!(positions_to_copy(&[512]), [None]);
     }
 }

@@ -75,6 +75,17 @@ pub trait Task<B: TrainingBackend>: Sync {
     /// Says what a phase of a run with several trains on, when it starts (after update
     /// `step`).
     fn log_phase(&self, _phase: usize, _settings: TrainPhase, _world: usize, _step: u64) {}
+    /// Prepares the model for `phase` as it starts, and the average of its weights
+    /// alike when one is kept (pretraining's `schedule.extend_positions`). A function
+    /// of the phase alone, so that a resumed run does the same at the same update.
+    fn enter_phase(
+        &self,
+        _phase: usize,
+        model: Self::Model,
+        _average: Option<&mut <Self::Model as AutodiffModule<B>>::InnerModule>,
+    ) -> Self::Model {
+        model
+    }
     /// The terms a batch's summed loss has (masked tokens, examples, labeled tokens):
     /// the window's loss is divided by their total over every replica.
     fn targets(&self, batch: &Self::Batch) -> usize;

@@ -83,9 +83,35 @@ pub struct TrainPhase {
     pub until_step: u64,
     pub batch_size: usize,
     pub accumulation: usize,
+    /// The warmup of a new learning-rate cycle starting with this phase (never the
+    /// first phase's: that is [`Settings::warmup`]).
+    pub warmup: Option<u64>,
 }
 
 impl Settings {
+    /// The learning rate of update `step` (counting from 1): warmup then linear decay
+    /// to zero within the cycle the update falls in. A run's first cycle starts with it
+    /// and warms up over `warmup` updates; each phase with a warmup of its own starts
+    /// the next; each ends where the next starts, the last at `total`.
+    pub fn learning_rate(&self, step: u64) -> f64 {
+        let phase = self.phase_at(step);
+        let starts = |p: usize| p > 0 && self.phases[p].warmup.is_some();
+        let (begin, warmup) =
+            (1..=phase)
+                .rev()
+                .find(|&p| starts(p))
+                .map_or((0, self.warmup), |p| {
+                    (
+                        self.phases[p - 1].until_step,
+                        self.phases[p].warmup.unwrap_or(0),
+                    )
+                });
+        let end = (phase + 1..self.phases.len())
+            .find(|&p| starts(p))
+            .map_or(self.total, |p| self.phases[p - 1].until_step);
+        optim::learning_rate(step - begin, self.optim.lr, warmup, end - begin)
+    }
+
     /// The phase update `step` (counting from 1) belongs to.
     pub fn phase_at(&self, step: u64) -> usize {
         self.phases
@@ -475,23 +501,19 @@ fn write_final<B: Backend, M: roberta_model::hf::Pretrained<B>>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn phases_and_the_batch_warmup_are_functions_of_the_step() {
-        let phase = |until_step, batch_size, accumulation| TrainPhase {
-            until_step,
-            batch_size,
-            accumulation,
-        };
-        let settings = Settings {
-            phases: vec![phase(10, 4, 8), phase(20, 2, 16)],
-            batch_warmup: Some((8, 4)),
+    /// A run of `phases` ending with the last, its first learning-rate cycle warming up
+    /// over `warmup` updates.
+    fn settings(phases: Vec<TrainPhase>, warmup: u64) -> Settings {
+        Settings {
+            total: phases.last().unwrap().until_step,
+            phases,
+            batch_warmup: None,
             seed: 0,
             data_seed: 0,
             precision: Precision::F32,
             max_bad_steps: 1,
             optim: OptimSection::default(),
-            warmup: 0,
-            total: 20,
+            warmup,
             log_every: 1,
             profile_every: 0,
             tensorboard: None,
@@ -500,6 +522,20 @@ mod tests {
             best: None,
             checkpoint_every: 0,
             keep: 1,
+        }
+    }
+
+    #[test]
+    fn phases_and_the_batch_warmup_are_functions_of_the_step() {
+        let phase = |until_step, batch_size, accumulation| TrainPhase {
+            until_step,
+            batch_size,
+            accumulation,
+            warmup: None,
+        };
+        let settings = Settings {
+            batch_warmup: Some((8, 4)),
+            ..settings(vec![phase(10, 4, 8), phase(20, 2, 16)], 0)
         };
         let phases: Vec<usize> = (1..=20).map(|t| settings.phase_at(t)).collect();
         assert_eq!(phases, [[0; 10], [1; 10]].concat());
@@ -512,6 +548,65 @@ mod tests {
         let two: Vec<usize> = (1..=9).map(|t| settings.accumulation_at(t, 0, 2)).collect();
         assert_eq!(two, [1, 1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(settings.accumulation_at(12, 1, 1), 16);
+    }
+
+    #[test]
+    fn a_phase_with_a_warmup_starts_a_new_learning_rate_cycle() {
+        let phase = |until_step, warmup| TrainPhase {
+            until_step,
+            batch_size: 1,
+            accumulation: 1,
+            warmup,
+        };
+        let mut settings = Settings {
+            optim: OptimSection {
+                lr: 1.0,
+                ..OptimSection::default()
+            },
+            ..settings(
+                vec![phase(10, None), phase(12, None), phase(20, Some(2))],
+                2,
+            )
+        };
+        let rates = |s: &Settings| (1..=20).map(|t| s.learning_rate(t)).collect::<Vec<_>>();
+        // Updates 1–12 (the first two phases) are one cycle: 2 of warmup, zero at 12;
+        // 13–20 another: 2 of warmup from update 12's end, zero at 20.
+        let cycles = rates(&settings);
+        let expected = [
+            0.5,
+            1.0,
+            0.9,
+            0.8,
+            0.7,
+            0.6,
+            0.5,
+            0.4,
+            0.3,
+            0.2,
+            0.1,
+            0.0,
+            0.5,
+            1.0,
+            5.0 / 6.0,
+            4.0 / 6.0,
+            3.0 / 6.0,
+            2.0 / 6.0,
+            1.0 / 6.0,
+            0.0,
+        ];
+        for (t, (got, want)) in cycles.iter().zip(expected).enumerate() {
+            assert!(
+                (got - want).abs() < 1e-12,
+                "update {}: {got} vs {want}",
+                t + 1
+            );
+        }
+        // Without a phase's warmup: the one schedule over the run.
+        settings.phases[2].warmup = None;
+        let one: Vec<f64> = (1..=20)
+            .map(|t| optim::learning_rate(t, 1.0, 2, 20))
+            .collect();
+        assert_eq!(rates(&settings), one);
     }
 
     #[test]

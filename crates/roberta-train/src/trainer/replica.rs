@@ -18,7 +18,7 @@ use crate::run::sinks::{MetricsLine, Sinks};
 use crate::tasks::metrics::Metrics;
 use crate::tasks::{BatchPlan, Batches, Task, Window};
 use crate::trainer::ema::Ema;
-use crate::trainer::optim::{AdamWGroups, learning_rate};
+use crate::trainer::optim::AdamWGroups;
 
 use super::*;
 
@@ -138,6 +138,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             // 1. The window: this update's micro-batches and their target count over all
             //    replicas; or the decision, taken by all, to stop.
             let early = leader.as_ref().is_some_and(|l| l.early_stop);
+            let phase = state.phase;
             let (window, window_targets) =
                 match self.next_update(&mut batches, &mut state, &stop, early)? {
                     Next::Window(window, targets) => (window, targets),
@@ -148,6 +149,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
                 };
             state.loader = window.next;
             let epoch_done = window.next.epoch > window.epoch;
+            model = self.enter_phase_model(phase, state.phase, model, leader.as_mut());
             phases.end("data");
 
             // 2. Forward and backward each micro-batch (the loss sums and what the task
@@ -177,7 +179,7 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             state.bad_in_a_row = 0;
 
             // 4. Clip the global norm, then step both AdamW groups at the scheduled rate.
-            let lr = learning_rate(state.step + 1, s.optim.lr, s.warmup, s.total);
+            let lr = s.learning_rate(state.step + 1);
             model = optim.step(lr, model, grads, norm);
             phases.end("optimizer");
             state.step += 1;
@@ -337,6 +339,22 @@ impl<B: TrainingBackend, T: Task<B>> Replica<'_, B, T> {
             .settings
             .accumulation_at(state.step + 1, phase, self.world);
         self.next_window(batches.as_mut(), accumulation, state, stop, early)
+    }
+
+    /// The model (and the average, which the leader keeps) as the task prepares it for
+    /// phase `now`, when the window moved the run there from phase `was`.
+    fn enter_phase_model(
+        &self,
+        was: usize,
+        now: usize,
+        model: T::Model,
+        leader: Option<&mut Leader<'_, Inner<B, T>>>,
+    ) -> T::Model {
+        if now == was {
+            return model;
+        }
+        let average = leader.and_then(|l| l.ema.as_mut()).map(|e| &mut e.model);
+        self.task.enter_phase(now, model, average)
     }
 
     /// Moves the state into `phase` when the next update starts it: its data begins at

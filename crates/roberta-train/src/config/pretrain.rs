@@ -119,7 +119,8 @@ pub struct ScheduleSection {
     /// `[[schedule.phases]]`, in order: BERT's 90% of updates at 128 tokens then 512,
     /// or cramming's short sequences first. Updates after the last phase run with the
     /// config's own `data.block_size`, `train.batch_size`, … (so the last phase need not
-    /// be written); the learning-rate schedule spans all phases.
+    /// be written); the learning-rate schedule spans all phases, unless a phase starts
+    /// a cycle of its own (its `warmup_steps`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<Phase>,
     /// Batch-size warmup (GPT-3, ModernBERT): over this many first updates the

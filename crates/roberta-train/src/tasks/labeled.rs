@@ -42,14 +42,27 @@ pub trait LabeledTask: Sized + Send + Sync {
     /// The task of `section`, with its label names in index order.
     fn new(section: TaskSection, labels: Vec<String>) -> Self;
     fn section(&self) -> &TaskSection;
+    // The label methods default to a task without label names (question answering,
+    // multiple choice), whose head has a fixed size.
+
     /// The label names to train on: `task.labels`, or those of the train file.
-    fn train_labels(path: &Path, section: &TaskSection) -> Result<Vec<String>>;
+    fn train_labels(_path: &Path, _section: &TaskSection) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// The label names of a fine-tuned model whose head has `outputs` outputs.
-    fn model_labels(section: &TaskSection, config: &RobertaConfig, outputs: usize) -> Vec<String>;
+    fn model_labels(
+        _section: &TaskSection,
+        _config: &RobertaConfig,
+        _outputs: usize,
+    ) -> Vec<String> {
+        Vec::new()
+    }
     /// The head's outputs for `labels`: `None` where the head has a fixed size.
-    fn head_size(&self) -> Option<usize>;
+    fn head_size(&self) -> Option<usize> {
+        None
+    }
     /// Writes the labels (and problem type) into a model's HF config.
-    fn describe(&self, config: &mut RobertaConfig);
+    fn describe(&self, _config: &mut RobertaConfig) {}
 
     fn read(
         &self,

@@ -81,21 +81,6 @@ impl LabeledTask for MultipleChoice {
         &self.section
     }
 
-    /// The label is the index of a choice: there are no label names.
-    fn train_labels(_: &Path, _: &TaskSection) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    fn model_labels(_: &TaskSection, _: &RobertaConfig, _: usize) -> Vec<String> {
-        Vec::new()
-    }
-
-    fn head_size(&self) -> Option<usize> {
-        None
-    }
-
-    fn describe(&self, _: &mut RobertaConfig) {}
-
     fn read(
         &self,
         path: &Path,

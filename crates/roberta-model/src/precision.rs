@@ -25,6 +25,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Bytes per element of the forward pass's activations.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+
     /// The model to run the forward pass on: `model` itself in fp32, else its weights
     /// cast to bf16 except LayerNorm's, which stay fp32 like its computation. The copy
     /// keeps every `ParamId`, so `GradientsParams::from_grads(grads, &model)` on the

@@ -136,18 +136,21 @@ macro_rules! dispatch {
                 use burn::backend::wgpu::WgpuDevice;
                 let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
                 $crate::backend::probe::<burn::backend::Wgpu>(&[(spec, device.clone())])?;
+                $crate::backend::record_buffer_limit::<burn::backend::wgpu::WgpuRuntime>(&[(spec, device.clone())]);
                 $run::<Autodiff<burn::backend::Wgpu>>(device, $($arg),*)
             }
             #[cfg(feature = "wgpu")]
             $crate::backend::DeviceSpec::WgpuCpu => {
                 let device = burn::backend::wgpu::WgpuDevice::Cpu;
                 $crate::backend::probe::<burn::backend::Wgpu>(&[(spec, device.clone())])?;
+                $crate::backend::record_buffer_limit::<burn::backend::wgpu::WgpuRuntime>(&[(spec, device.clone())]);
                 $run::<Autodiff<burn::backend::Wgpu>>(device, $($arg),*)
             }
             #[cfg(feature = "cuda")]
             $crate::backend::DeviceSpec::Cuda(index) => {
                 let device = burn::backend::cuda::CudaDevice::new(index);
                 $crate::backend::probe::<burn::backend::Cuda>(&[(spec, device.clone())])?;
+                $crate::backend::record_buffer_limit::<$crate::backend::CudaRuntime>(&[(spec, device.clone())]);
                 $run::<Autodiff<burn::backend::Cuda>>(device, $($arg),*)
             }
             #[cfg(feature = "tch")]
@@ -221,6 +224,45 @@ pub fn probe<B: burn::prelude::Backend>(devices: &[(DeviceSpec, B::Device)]) -> 
     anyhow::bail!("device {spec} cannot be used ({cause}): {advice}")
 }
 
+/// The runtime under burn's CUDA backend, which burn does not re-export.
+#[cfg(feature = "cuda")]
+pub use cubecl::cuda::CudaRuntime;
+
+/// The largest single buffer the run's devices allow, the smallest over its replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimit {
+    pub device: DeviceSpec,
+    pub bytes: u64,
+}
+
+/// Set once per process, by the dispatch macros, before any command runs.
+static BUFFER_LIMIT: std::sync::OnceLock<BufferLimit> = std::sync::OnceLock::new();
+
+/// Records the largest buffer each of `devices` allows, for [`buffer_limit`]. cubecl binds
+/// every tensor as one buffer, and a tensor past the limit fails inside the runtime's own
+/// thread (wgpu's validation panics at bind time: lavapipe allows 128 MiB, less than
+/// roberta-base's 147 MiB word embeddings; CUDA pools a quarter of the GPU's memory at
+/// most), so the checks before a run compare its largest tensors with this.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn record_buffer_limit<R: cubecl::Runtime>(devices: &[(DeviceSpec, R::Device)]) {
+    let smallest = devices
+        .iter()
+        .map(|(spec, device)| BufferLimit {
+            device: *spec,
+            bytes: R::client(device).properties().memory.max_page_size,
+        })
+        .min_by_key(|limit| limit.bytes);
+    if let Some(limit) = smallest {
+        let _ = BUFFER_LIMIT.set(limit);
+    }
+}
+
+/// The limit [`record_buffer_limit`] found; `None` on backends that allocate without
+/// one (the CPU, libtorch).
+pub fn buffer_limit() -> Option<BufferLimit> {
+    BUFFER_LIMIT.get().copied()
+}
+
 /// Replicas must sit on distinct devices, except on the CPU backend. Two peers of burn's
 /// collective on one `wgpu` device (lavapipe, measured) take the right first step, then
 /// diverge from the single-device run (gradient norm 158 against 2 at update 3), so a
@@ -274,9 +316,9 @@ macro_rules! dispatch_devices {
                         _ => WgpuDevice::Cpu,
                     })
                     .collect::<Vec<_>>();
-                $crate::backend::probe::<burn::backend::Wgpu>(
-                    &specs.iter().copied().zip(devices.iter().cloned()).collect::<Vec<_>>(),
-                )?;
+                let paired = specs.iter().copied().zip(devices.iter().cloned()).collect::<Vec<_>>();
+                $crate::backend::probe::<burn::backend::Wgpu>(&paired)?;
+                $crate::backend::record_buffer_limit::<burn::backend::wgpu::WgpuRuntime>(&paired);
                 $run::<Autodiff<burn::backend::Wgpu>>(devices, $($arg),*)
             }
             #[cfg(feature = "cuda")]
@@ -289,9 +331,9 @@ macro_rules! dispatch_devices {
                         _ => unreachable!("checked"),
                     })
                     .collect::<Vec<_>>();
-                $crate::backend::probe::<burn::backend::Cuda>(
-                    &specs.iter().copied().zip(devices.iter().cloned()).collect::<Vec<_>>(),
-                )?;
+                let paired = specs.iter().copied().zip(devices.iter().cloned()).collect::<Vec<_>>();
+                $crate::backend::probe::<burn::backend::Cuda>(&paired)?;
+                $crate::backend::record_buffer_limit::<$crate::backend::CudaRuntime>(&paired);
                 $run::<Autodiff<burn::backend::Cuda>>(devices, $($arg),*)
             }
             #[cfg(feature = "tch")]

@@ -1300,32 +1300,56 @@ fn wgpu_takes_updates_matching_cpu() {
     }
 }
 
+/// Two updates of the tiny config on `wgpu` with `set`: `None` where the device trains,
+/// else the refusal (stderr). A setting lavapipe cannot run may work on a real GPU.
+#[cfg(feature = "wgpu")]
+fn wgpu_two_updates_or_refusal(dir: &Path, set: &str) -> Option<String> {
+    let config = tiny_config(dir, "");
+    let run_dir = dir.join("run");
+    let args = [
+        "--device",
+        "wgpu",
+        "--set",
+        "schedule.total_steps=2",
+        "--set",
+        set,
+    ];
+    let out = pretrain(&config, &run_dir, &args);
+    if out.status.success() {
+        assert_eq!(losses(&run_dir).len(), 2);
+        return None;
+    }
+    assert!(!run_dir.join("checkpoints").exists());
+    Some(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// wgpu's shaders have no bf16 on lavapipe (nor in WGSL): `train.precision = "bf16"` is
 /// refused before the config is saved or the corpus read. A device whose wgpu backend has bf16 trains.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_bf16_is_refused_before_any_work_or_trains() {
     let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path(), "");
-    let run_dir = dir.path().join("run");
-    let out = pretrain(
-        &config,
-        &run_dir,
-        &[
-            "--device",
-            "wgpu",
-            "--set",
-            "schedule.total_steps=2",
-            "--set",
-            "train.precision=bf16",
-        ],
-    );
-    if out.status.success() {
-        assert_eq!(losses(&run_dir).len(), 2);
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
+    if let Some(err) = wgpu_two_updates_or_refusal(dir.path(), "train.precision=bf16") {
         assert!(err.contains("train.precision = \"bf16\""), "{err}");
+        let run_dir = dir.path().join("run");
         assert!(!run_dir.join("config.toml").exists() && !dir.path().join("data-bin").exists());
+    }
+}
+
+/// A weight larger than the wgpu device's largest buffer (lavapipe's is 128 MiB) is
+/// refused in one line before the first update, not in a panic inside wgpu's validation;
+/// a device that allows it trains.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_refuses_a_weight_past_the_devices_largest_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    // × hidden 32 × 4 bytes: 134.3 MiB.
+    if let Some(err) = wgpu_two_updates_or_refusal(dir.path(), "model.intermediate_size=1100000") {
+        assert!(
+            err.contains("model: a feed-forward weight (1100000 × 32 in fp32, 134.3 MiB) would not fit in one buffer of device wgpu, whose largest is"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
     }
 }
 

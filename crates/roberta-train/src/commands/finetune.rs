@@ -138,6 +138,7 @@ where
         max_length,
         0,
         &model_config,
+        config.train.precision,
     )?;
     let (total, per_update, steps_per_epoch) = schedule(&config, train.features.len(), world);
     let settings = settings(&config, total, &run_dir);

@@ -19,7 +19,7 @@ use crate::sentences::{PoolingChoice, TokenizerFrom};
 use crate::sources::models::load_model;
 use crate::tasks::mlm::{Mlm, Validation};
 use crate::trainer::{
-    self, RunFiles, Settings, TrainPhase, check_precision, seed_init, start_run, stop_flag,
+    self, Buffer, RunFiles, Settings, TrainPhase, check_precision, seed_init, start_run, stop_flag,
 };
 use roberta_data::labeled::Columns;
 use roberta_model::TrainingBackend;
@@ -323,12 +323,16 @@ fn pretraining_model<B: TrainingBackend>(
     Ok((model, model_config))
 }
 
-/// Every phase's batches fit the memory here (checked before any work).
+/// Every phase's batches fit the memory here (checked before any work), the MLM head's
+/// logits included: the masking picks at most `⌈rate × (block_size − 2)⌉` tokens of a
+/// block (whole-word masking picks that many words), at the highest rate of the run.
 fn check_phase_memory<B: TrainingBackend>(
     config: &PretrainConfig,
     model_config: &RobertaConfig,
     device: &B::Device,
 ) -> Result<()> {
+    let precision = config.train.precision;
+    let end_rate = crate::tasks::mlm::mask_prob_end(config).map_or(0.0, |(end, _)| end);
     for (i, phase) in config.phases().iter().enumerate() {
         let key = match i < config.schedule.phases.len() {
             true => format!("schedule.phases[{i}].batch_size"),
@@ -341,6 +345,19 @@ fn check_phase_memory<B: TrainingBackend>(
             phase.block_size,
             config.train.loader_queue,
             model_config,
+            precision,
+        )?;
+        let rate = phase.mask_prob.max(end_rate);
+        let per_block = (rate * phase.block_size.saturating_sub(2) as f64).ceil() as usize;
+        let logits = [phase.batch_size * per_block, model_config.vocab_size];
+        trainer::check_buffers(
+            &[Buffer::new(
+                "the MLM head's logits",
+                &logits,
+                precision.bytes(),
+            )],
+            &format!("{key} = {}", phase.batch_size),
+            &format!("lower {key} and raise train.accumulation to keep the update's size"),
         )?;
     }
     Ok(())

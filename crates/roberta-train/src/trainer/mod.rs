@@ -35,8 +35,8 @@ mod start;
 
 use replica::{Finished, Leader, Replica};
 pub use start::{
-    check_batch_memory, check_model_memory, check_precision, check_resume_changes, machine_memory,
-    resume_point, start_run, stop_flag,
+    Buffer, check_batch_memory, check_buffers, check_model_memory, check_precision,
+    check_resume_changes, machine_memory, resume_point, start_run, stop_flag,
 };
 
 /// How a run trains, whatever the task.

@@ -201,7 +201,9 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
 /// its token ids, attention mask and labels on the host (the loader's queue of
 /// `queue` batches included) and, where the model runs in host memory, a lower bound
 /// of what the backward pass keeps per token (the inputs of the query, key and value,
-/// attention-output, and both feed-forward matmuls, in fp32). `key` names the setting.
+/// attention-output, and both feed-forward matmuls, in fp32). On a device with a largest
+/// buffer, also the micro-batch's largest activations ([`check_buffers`]). `key` names
+/// the setting.
 pub fn check_batch_memory<B: Backend>(
     device: &B::Device,
     key: &str,
@@ -209,7 +211,15 @@ pub fn check_batch_memory<B: Backend>(
     seq_len: usize,
     queue: usize,
     model: &RobertaConfig,
+    precision: Precision,
 ) -> Result<()> {
+    check_buffers(
+        &activation_buffers(rows, seq_len, model, precision),
+        &format!("{key} = {rows}"),
+        &format!(
+            "lower {key} and raise train.accumulation to keep the update's size, or shorten the sequences"
+        ),
+    )?;
     let Some(memory) = machine_memory() else {
         return Ok(());
     };
@@ -241,11 +251,118 @@ pub fn check_batch_memory<B: Backend>(
     Ok(())
 }
 
+/// One tensor a run holds as a single device buffer.
+pub struct Buffer {
+    pub what: &'static str,
+    pub shape: Vec<usize>,
+    /// Bytes per element.
+    pub bytes: usize,
+}
+
+impl Buffer {
+    pub fn new(what: &'static str, shape: &[usize], bytes: usize) -> Self {
+        let shape = shape.to_vec();
+        Self { what, shape, bytes }
+    }
+
+    fn size(&self) -> u64 {
+        self.shape
+            .iter()
+            .fold(self.bytes as u64, |n, &d| n.saturating_mul(d as u64))
+    }
+}
+
+/// A model's largest parameters, in fp32 (bf16 runs keep fp32 master weights).
+fn parameter_buffers(config: &RobertaConfig) -> [Buffer; 3] {
+    let hidden = config.hidden_size;
+    [
+        Buffer::new("the word embeddings", &[config.vocab_size, hidden], 4),
+        Buffer::new(
+            "the position embeddings",
+            &[config.max_position_embeddings, hidden],
+            4,
+        ),
+        Buffer::new(
+            "a feed-forward weight",
+            &[config.intermediate_size, hidden],
+            4,
+        ),
+    ]
+}
+
+/// A micro-batch's largest activations in the encoder.
+fn activation_buffers(
+    rows: usize,
+    seq_len: usize,
+    model: &RobertaConfig,
+    precision: Precision,
+) -> [Buffer; 2] {
+    let bytes = precision.bytes();
+    [
+        Buffer::new(
+            "the attention scores",
+            &[rows, model.num_attention_heads, seq_len, seq_len],
+            bytes,
+        ),
+        Buffer::new(
+            "the feed-forward activations",
+            &[rows, seq_len, model.intermediate_size],
+            bytes,
+        ),
+    ]
+}
+
+/// Refuses the first of `buffers` larger than the largest buffer the run's device
+/// allows ([`crate::backend::buffer_limit`]), before any work: past it, cubecl fails
+/// inside its own thread with a panic and a backtrace instead of a message. `context`
+/// names what made the tensor, `remedy` what to change.
+pub fn check_buffers(buffers: &[Buffer], context: &str, remedy: &str) -> Result<()> {
+    check_buffers_within(crate::backend::buffer_limit(), buffers, context, remedy)
+}
+
+fn check_buffers_within(
+    limit: Option<crate::backend::BufferLimit>,
+    buffers: &[Buffer],
+    context: &str,
+    remedy: &str,
+) -> Result<()> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let Some(buffer) = buffers.iter().find(|b| b.size() > limit.bytes) else {
+        return Ok(());
+    };
+    let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+    let shape = buffer
+        .shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(" × ");
+    let dtype = match buffer.bytes {
+        2 => "bf16",
+        _ => "fp32",
+    };
+    bail!(
+        "{context}: {} ({shape} in {dtype}, {:.1} MiB) would not fit in one buffer of device {}, whose largest is {:.1} MiB: {remedy}",
+        buffer.what,
+        mib(buffer.size()),
+        limit.device,
+        mib(limit.bytes)
+    )
+}
+
 /// Refuses a model whose parameters alone (and, for training, their gradients and both
 /// AdamW moments) exceed this machine's memory, before it is built: a size typed wrong
 /// (`hidden_size = 65536`, a `config.json` with a vocabulary of 10⁹) would otherwise
-/// abort in an allocation deep inside the backend.
+/// abort in an allocation deep inside the backend. Also refuses a parameter larger than
+/// the device's largest buffer ([`check_buffers`]).
 pub fn check_model_memory(config: &RobertaConfig, training: bool, source: &str) -> Result<()> {
+    check_buffers(
+        &parameter_buffers(config),
+        source,
+        "pick another --device (cpu, or cuda where there is one), or a smaller vocabulary, hidden_size or intermediate_size",
+    )?;
     let Some(memory) = machine_memory() else {
         return Ok(());
     };
@@ -279,4 +396,71 @@ pub fn machine_memory() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BufferLimit, DeviceSpec};
+
+    /// Mesa's lavapipe, as cubecl reports it (wgpu's `max_storage_buffer_binding_size`).
+    const LAVAPIPE: BufferLimit = BufferLimit {
+        device: DeviceSpec::WgpuCpu,
+        bytes: 128 << 20,
+    };
+
+    #[test]
+    fn roberta_base_embeddings_exceed_lavapipes_largest_buffer() {
+        let base = RobertaConfig::roberta_base();
+        let refused = check_buffers_within(
+            Some(LAVAPIPE),
+            &parameter_buffers(&base),
+            "model",
+            "pick another --device",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            refused,
+            "model: the word embeddings (50265 × 768 in fp32, 147.3 MiB) would not fit in one buffer of device wgpu-cpu, whose largest is 128.0 MiB: pick another --device"
+        );
+        let fits = |config: &RobertaConfig, limit| {
+            check_buffers_within(limit, &parameter_buffers(config), "model", "").is_ok()
+        };
+        assert!(fits(&base, None), "no limit on the CPU");
+        let small_vocabulary = RobertaConfig {
+            vocab_size: 30_000,
+            ..base.clone()
+        };
+        assert!(fits(&small_vocabulary, Some(LAVAPIPE)));
+        let wide = RobertaConfig {
+            intermediate_size: 50_000,
+            ..small_vocabulary
+        };
+        assert!(!fits(&wide, Some(LAVAPIPE)), "the feed-forward weight");
+    }
+
+    #[test]
+    fn attention_scores_bound_the_micro_batch_and_bf16_halves_them() {
+        let base = RobertaConfig::roberta_base();
+        let check = |rows, seq_len, precision| {
+            check_buffers_within(
+                Some(LAVAPIPE),
+                &activation_buffers(rows, seq_len, &base, precision),
+                "train.batch_size",
+                "lower it",
+            )
+        };
+        // 12 heads × 512²: 12 MiB a row in fp32, 6 MiB in bf16.
+        assert!(check(10, 512, Precision::F32).is_ok());
+        let refused = check(11, 512, Precision::F32).unwrap_err().to_string();
+        assert!(
+            refused.starts_with(
+                "train.batch_size: the attention scores (11 × 12 × 512 × 512 in fp32, 132.0 MiB)"
+            ),
+            "{refused}"
+        );
+        assert!(check(21, 512, Precision::Bf16).is_ok());
+        assert!(check(22, 512, Precision::Bf16).is_err());
+    }
 }
